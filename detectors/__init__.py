@@ -1,0 +1,1 @@
+"""Analysis that turns observations into alerts. Pure: no sockets, no asyncio, no HTTP."""

@@ -1,0 +1,27 @@
+"""Water and rain sensing (城市防汛): level thresholds, rate of rise, accumulated rain, sensor health."""
+
+from .config import (
+    LevelRuleConfig,
+    RainRuleConfig,
+    RainThreshold,
+    RiseRuleConfig,
+    SensorDeviceConfig,
+    SensorHealthConfig,
+    SensorsConfig,
+)
+from .monitor import SensorMonitor
+from .replay import SensorCsvError, parse_readings_csv, schedule
+
+__all__ = [
+    "LevelRuleConfig",
+    "RainRuleConfig",
+    "RainThreshold",
+    "RiseRuleConfig",
+    "SensorCsvError",
+    "SensorDeviceConfig",
+    "SensorHealthConfig",
+    "SensorMonitor",
+    "SensorsConfig",
+    "parse_readings_csv",
+    "schedule",
+]

@@ -1,0 +1,76 @@
+"""Position filters (Traccar-like): keep bad fixes out of the rules and count why.
+
+`check` returns LIVE for a fix the rules should see, HISTORY for an old fix (a 0x0704 blind-area
+supplement or an out-of-order point: stored, used for coverage, never re-alarming the present), or
+the reason the fix was dropped. Every verdict is counted in `counts`.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+
+from gateway.model import Position
+
+from .config import FilterConfig
+
+LIVE = "live"
+HISTORY = "history"
+INVALID_FIX = "invalid_fix"
+ZERO = "zero_or_out_of_range"
+DUPLICATE = "duplicate"
+FUTURE = "future"
+JUMP = "impossible_jump"
+OUT_OF_ORDER = "out_of_order"
+ACCEPTED = (LIVE, HISTORY)
+
+
+class PositionFilter:
+    """Per-device last accepted live fix: (epoch seconds, lon, lat, consecutive jumps)."""
+
+    def __init__(self, config: FilterConfig) -> None:
+        self.config = config
+        self._last: dict[str, list[float]] = {}
+        self.counts: dict[str, int] = {}
+
+    def _count(self, verdict: str) -> str:
+        self.counts[verdict] = self.counts.get(verdict, 0) + 1
+        return verdict
+
+    def check(self, p: Position, received_at: datetime | None = None) -> str:
+        cfg = self.config
+        if cfg.invalid_fix and not p.valid:
+            return self._count(INVALID_FIX)
+        lon, lat = p.lon, p.lat
+        if cfg.zero and ((lon == 0.0 and lat == 0.0) or not (-180.0 <= lon <= 180.0 and -90.0 <= lat <= 90.0)):
+            return self._count(ZERO)
+        t = p.time.timestamp()
+        if cfg.future_s is not None and received_at is not None and t > received_at.timestamp() + cfg.future_s:
+            return self._count(FUTURE)
+        if p.history:
+            return self._count(HISTORY)
+        last = self._last.get(p.device)
+        if last is None:
+            self._last[p.device] = [t, lon, lat, 0.0]
+            return self._count(LIVE)
+        dt = t - last[0]
+        if dt == 0.0 and cfg.duplicates:
+            return self._count(DUPLICATE)
+        if dt < 0.0:
+            return self._count(HISTORY if cfg.out_of_order_as_history else OUT_OF_ORDER)
+        if cfg.max_speed_kmh is not None and dt > 0.0:
+            # equirectangular distance is plenty for a plausibility test
+            ky = 111195.0
+            kx = ky * math.cos(math.radians(lat))
+            dist = ((lon - last[1]) * kx) ** 2 + ((lat - last[2]) * ky) ** 2
+            vmax = cfg.max_speed_kmh / 3.6 * dt
+            if dist > vmax * vmax:
+                last[3] += 1
+                if last[3] < cfg.jump_accept_after:
+                    return self._count(JUMP)
+                # the terminal keeps reporting the new place: the old fix was the bad one
+        last[0], last[1], last[2], last[3] = t, lon, lat, 0.0
+        return self._count(LIVE)
+
+    def forget(self, device: str) -> None:
+        self._last.pop(device, None)

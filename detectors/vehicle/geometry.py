@@ -1,0 +1,180 @@
+"""Metric geometry for the fleet: a local plane, indexed polygon layers, and polylines.
+
+All layers are converted to WGS-84 (gateway.coords) and projected once, at load, onto a local
+equirectangular plane around the fleet's centroid, so widths and distances are in metres (the
+scale error is < 0.1 % over a city). Lookups go through a shapely STRtree whose answers are cached
+per grid cell, so the common case - a fix far from every zone - costs one dict lookup.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import shapely
+from shapely.geometry import LineString, Polygon
+
+_R = 6371008.8  # mean Earth radius, metres
+
+
+class LocalPlane:
+    """Equirectangular projection around (lon0, lat0): x east, y north, metres."""
+
+    def __init__(self, lon0: float, lat0: float) -> None:
+        self.lon0, self.lat0 = lon0, lat0
+        self.ky = _R * math.pi / 180.0
+        self.kx = self.ky * math.cos(math.radians(lat0))
+
+    def xy(self, lon: float, lat: float) -> tuple[float, float]:
+        return (lon - self.lon0) * self.kx, (lat - self.lat0) * self.ky
+
+    def lonlat(self, x: float, y: float) -> tuple[float, float]:
+        return self.lon0 + x / self.kx, self.lat0 + y / self.ky
+
+    def project(self, points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+        return [self.xy(lon, lat) for lon, lat in points]
+
+
+@dataclass(slots=True)
+class Shape:
+    """One indexed polygon with its id and bounding box (for the cheap pre-test)."""
+
+    id: str
+    geom: Polygon
+    bounds: tuple[float, float, float, float]
+    data: object  # the config entry it came from
+
+
+class PolygonLayer:
+    """Polygons with a cached STRtree lookup by grid cell, point and segment tests."""
+
+    _MAX_CELLS = 200_000  # bound the cache; a fleet roams a city, not a continent
+
+    def __init__(self, shapes: list[Shape], cell_m: float) -> None:
+        self.shapes = shapes
+        self.cell = cell_m
+        self._tree = shapely.STRtree([s.geom for s in shapes]) if shapes else None
+        for s in shapes:
+            shapely.prepare(s.geom)
+        self._cells: dict[tuple[int, int], tuple[int, ...]] = {}
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def _query_box(self, x0: float, y0: float, x1: float, y1: float) -> tuple[int, ...]:
+        if self._tree is None:
+            return ()
+        return tuple(sorted(self._tree.query(shapely.box(x0, y0, x1, y1)).tolist()))
+
+    def _cell(self, cx: int, cy: int) -> tuple[int, ...]:
+        hit = self._cells.get((cx, cy))
+        if hit is None:
+            c = self.cell
+            hit = self._query_box(cx * c, cy * c, (cx + 1) * c, (cy + 1) * c)
+            if len(self._cells) >= self._MAX_CELLS:
+                self._cells.clear()
+            self._cells[(cx, cy)] = hit
+        return hit
+
+    def candidates(self, x0: float, y0: float, x1: float, y1: float) -> tuple[int, ...]:
+        """Indices of shapes whose boxes may meet the box spanned by two points."""
+        c = self.cell
+        ax, bx = math.floor(min(x0, x1) / c), math.floor(max(x0, x1) / c)
+        ay, by = math.floor(min(y0, y1) / c), math.floor(max(y0, y1) / c)
+        if ax == bx and ay == by:
+            return self._cell(ax, ay)
+        if (bx - ax + 1) * (by - ay + 1) > 16:  # a long segment: ask the tree directly
+            return self._query_box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+        found: set[int] = set()
+        for cx in range(ax, bx + 1):
+            for cy in range(ay, by + 1):
+                found.update(self._cell(cx, cy))
+        return tuple(sorted(found))
+
+    def contains(self, i: int, x: float, y: float) -> bool:
+        b = self.shapes[i].bounds
+        if not (b[0] <= x <= b[2] and b[1] <= y <= b[3]):
+            return False
+        return bool(shapely.contains_xy(self.shapes[i].geom, x, y))
+
+    def segment_hits(self, i: int, x0: float, y0: float, x1: float, y1: float) -> bool:
+        b = self.shapes[i].bounds
+        if max(x0, x1) < b[0] or min(x0, x1) > b[2] or max(y0, y1) < b[1] or min(y0, y1) > b[3]:
+            return False
+        if x0 == x1 and y0 == y1:
+            return self.contains(i, x0, y0)
+        return bool(self.shapes[i].geom.intersects(LineString([(x0, y0), (x1, y1)])))
+
+    def any_contains(self, x: float, y: float) -> str | None:
+        """Id of a shape containing the point, if any."""
+        for i in self.candidates(x, y, x, y):
+            if self.contains(i, x, y):
+                return self.shapes[i].id
+        return None
+
+    def entry_point(self, i: int, x0: float, y0: float, x1: float, y1: float) -> tuple[float, float, float]:
+        """Where the segment first meets shape i: (x, y, fraction along the segment)."""
+        if self.contains(i, x0, y0) or (x0 == x1 and y0 == y1):
+            return x0, y0, 0.0
+        seg = LineString([(x0, y0), (x1, y1)])
+        inter = self.shapes[i].geom.intersection(seg)
+        if inter.is_empty:
+            return x1, y1, 1.0
+        # the intersection's point nearest the segment start is where the vehicle entered
+        frac = min(seg.project(shapely.points(c)) for c in shapely.get_coordinates(inter)) / seg.length
+        p = seg.interpolate(frac, normalized=True)
+        return p.x, p.y, frac
+
+
+def polygon(points_xy: Sequence[tuple[float, float]], buffer_m: float = 0.0) -> Polygon:
+    poly = Polygon(points_xy)
+    if not poly.is_valid:
+        poly = shapely.make_valid(poly)
+        if poly.geom_type != "Polygon":  # keep the largest piece of a self-touching ring
+            poly = max(getattr(poly, "geoms", [poly]), key=lambda g: g.area)
+    return poly.buffer(buffer_m) if buffer_m else poly
+
+
+class Polyline:
+    """A line in the local plane with cheap nearest-segment search (routes, roads).
+
+    `locate` first tries the segment the vehicle matched last time and its neighbours (pure Python,
+    a microsecond), and only falls back to shapely when the vehicle jumped elsewhere.
+    """
+
+    def __init__(self, points_xy: Sequence[tuple[float, float]]) -> None:
+        self.points = [(float(x), float(y)) for x, y in points_xy]
+        self.line = LineString(self.points)
+        shapely.prepare(self.line)
+        self.cum = [0.0]
+        for (ax, ay), (bx, by) in zip(self.points, self.points[1:], strict=False):
+            self.cum.append(self.cum[-1] + math.hypot(bx - ax, by - ay))
+        self.length = self.cum[-1]
+
+    def _seg(self, k: int, x: float, y: float) -> tuple[float, float]:
+        """(distance, position along the line) of the point's projection on segment k."""
+        ax, ay = self.points[k]
+        bx, by = self.points[k + 1]
+        dx, dy = bx - ax, by - ay
+        L2 = dx * dx + dy * dy
+        t = 0.0 if L2 == 0 else max(0.0, min(1.0, ((x - ax) * dx + (y - ay) * dy) / L2))
+        px, py = ax + t * dx, ay + t * dy
+        return math.hypot(x - px, y - py), self.cum[k] + t * (self.cum[k + 1] - self.cum[k])
+
+    def locate(self, x: float, y: float, hint: int, within: float) -> tuple[float, float, int]:
+        """(distance to the line, position along it, segment index). Exact when the distance is
+        <= `within`; beyond that it is the shapely answer."""
+        n = len(self.points) - 1
+        if 0 <= hint < n:
+            for k in (hint, hint + 1, hint - 1):
+                if 0 <= k < n:
+                    d, s = self._seg(k, x, y)
+                    if d <= within:
+                        return d, s, k
+        pt = shapely.points(x, y)
+        s = float(self.line.project(pt))
+        d = float(self.line.distance(pt))
+        k = max(0, min(n - 1, bisect.bisect_right(self.cum, s) - 1))
+        return d, s, k

@@ -1,0 +1,641 @@
+"""FleetMonitor: positions in, vehicle-supervision alerts out (五车监管).
+
+Pure: no I/O and no clock reads; time comes from the positions and from `tick(now)`, which the
+runtime calls every few seconds (offline detection, shift-end coverage reports).
+
+Hot path (a registered vehicle, no violation): filter, project, one cached cell lookup for zones,
+a pure-Python corridor test against the route segment matched last time, a few comparisons.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import shapely
+from shapely.geometry import box as shapely_box
+
+from gateway.coords import coords_to_wgs84
+from gateway.model import Alert, Evidence, Position
+
+from . import evidence as ev
+from .config import FleetConfig, RoadConfig, VehicleConfig, ZoneConfig, _Rule
+from .coverage import ShiftCoverage
+from .filters import HISTORY, LIVE, PositionFilter
+from .geometry import LocalPlane, PolygonLayer, Polyline, Shape, polygon
+from .timewin import Window, parse_window
+
+LOAD_SHIFT = 8  # JT/T 808 status bits 8-9: 00 empty, 01 half, 11 full
+
+
+def normalise_terminal(terminal: str) -> str:
+    """JT/T 808 terminal numbers are BCD with leading zeros (12 or 20 digits); configs write them bare."""
+    t = terminal.strip()
+    return (t.lstrip("0") or "0") if t.isdigit() else t
+
+
+class _Hold:
+    """A condition that must hold `on_s` to open and be absent `off_s` to close."""
+
+    __slots__ = ("open", "since", "clear_since", "peak", "where")
+
+    def __init__(self) -> None:
+        self.open = False
+        self.since: float | None = None
+        self.clear_since: float | None = None
+        self.peak = 0.0
+        self.where: tuple[float, float] | None = None  # lon, lat where the condition began
+
+    def update(self, cond: bool, t: float, on_s: float, off_s: float) -> int:
+        """+1 when it opens, -1 when it closes, 0 otherwise."""
+        if cond:
+            self.clear_since = None
+            if not self.open:
+                if self.since is None:
+                    self.since = t
+                if t - self.since >= on_s:
+                    self.open = True
+                    return 1
+        else:
+            self.since = None
+            if self.open:
+                if self.clear_since is None:
+                    self.clear_since = t
+                if t - self.clear_since >= off_s:
+                    self.open = False
+                    self.clear_since = None
+                    return -1
+        return 0
+
+
+@dataclass(slots=True)
+class _Road:
+    cfg: RoadConfig
+    line: Polyline
+    shifts: tuple[Window, ...]
+    place: ev.Place
+
+
+@dataclass(slots=True)
+class _Route:
+    id: str
+    line: Polyline
+    half_width: float
+    place: ev.Place
+
+
+@dataclass(slots=True)
+class _Zone:
+    cfg: ZoneConfig
+    types: frozenset[str]
+    windows: tuple[Window, ...]
+    days: frozenset[int]
+    place: ev.Place
+
+
+@dataclass(slots=True)
+class _Vehicle:
+    cfg: VehicleConfig
+    hours: tuple[Window, ...]
+    limit_kmh: float
+    route: _Route | None
+    roads: list[_Road]
+    zoned: bool  # some zone applies to its type
+    base_facts: dict[str, Any]
+
+
+@dataclass(slots=True)
+class _State:
+    track: deque
+    last_t: float | None = None
+    last_x: float = 0.0
+    last_y: float = 0.0
+    last_lon: float = 0.0
+    last_lat: float = 0.0
+    zones_open: dict[int, float] = field(default_factory=dict)
+    route_hint: int = 0
+    off_since: float | None = None
+    off_where: tuple[float, float] | None = None
+    off_dist: float = 0.0
+    off_open: bool = False
+    outside: _Hold = field(default_factory=_Hold)
+    overspeed: _Hold = field(default_factory=_Hold)
+    load: int | None = None
+    dumping_open: bool = False
+    stop_anchor: tuple[float, float, float, float, float] | None = None  # t, x, y, lon, lat
+    stop_in_site: bool | None = None
+    stop_open: bool = False
+    offline_open: bool = False
+    alarm_bits: int = 0
+    road_hint: dict[str, int] = field(default_factory=dict)
+    cov_prev: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # road -> t, s, shift
+    hist_prev: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+
+
+class FleetMonitor:
+    def __init__(self, config: FleetConfig) -> None:
+        self.config = config
+        self.rules = config.rules
+        self.tz = ZoneInfo(config.timezone)
+        self.filter = PositionFilter(config.filters)
+        self.counts: dict[str, int] = {"unregistered": 0, "history_late": 0}
+        self._build_geometry(config)
+        self._by_terminal: dict[str, _Vehicle] = {}
+        self._by_id: dict[str, _Vehicle] = {}
+        self._states: dict[str, _State] = {}
+        for vc in config.vehicles:
+            v = self._vehicle(vc)
+            self._by_terminal[normalise_terminal(vc.terminal)] = v
+            self._by_id[vc.id] = v
+            self._states[vc.id] = _State(track=deque(maxlen=config.track_points))
+        self._coverage: dict[tuple[str, str, float], ShiftCoverage] = {}
+        self._unregistered_seen: set[str] = set()
+        self._now: float | None = None  # latest tick time, epoch seconds
+        self._first_tick: float | None = None
+
+    # ------------------------------------------------------------------ set-up
+
+    def _build_geometry(self, cfg: FleetConfig) -> None:
+        layers: list[tuple[str, Any, list[tuple[float, float]]]] = []
+        for kind, items, attr in (("zone", cfg.zones, "polygon"), ("site", cfg.sites, "polygon"),
+                                  ("route", cfg.routes, "line"), ("road", cfg.roads, "line")):
+            for item in items:
+                layers.append((kind, item, coords_to_wgs84(getattr(item, attr), item.crs)))
+        bounds_wgs = coords_to_wgs84(cfg.city_bounds.polygon, cfg.city_bounds.crs) if cfg.city_bounds else []
+        every = [p for _, _, pts in layers for p in pts] + bounds_wgs
+        if every:
+            lons, lats = [p[0] for p in every], [p[1] for p in every]
+            self.plane: LocalPlane | None = LocalPlane((min(lons) + max(lons)) / 2, (min(lats) + max(lats)) / 2)
+        else:
+            self.plane = None  # set from the first fix; there is no geometry to agree with
+        plane = self.plane
+        zone_shapes, site_shapes, site_tol, stop_tol = [], [], [], []
+        self._zones: list[_Zone] = []
+        self._routes: dict[str, _Route] = {}
+        self._roads: dict[str, _Road] = {}
+        self.sites: dict[str, ev.Place] = {}
+        dump = self.rules.illegal_dumping
+        for kind, item, wgs in layers:
+            assert plane is not None
+            xy = plane.project(wgs)
+            if kind in ("zone", "site"):
+                poly = polygon(xy)
+                place = ev.Place(item.id, kind, item.name, tuple(wgs), False, poly)
+                if kind == "zone":
+                    zone_shapes.append(Shape(item.id, poly, poly.bounds, item))
+                    self._zones.append(_Zone(item, frozenset(item.applies_to),
+                                             tuple(parse_window(w) for w in item.windows),
+                                             frozenset(item.days), place))
+                else:
+                    self.sites[item.id] = place
+                    site_shapes.append(Shape(item.id, poly, poly.bounds, item))
+                    if item.kind in dump.allowed_site_kinds:
+                        g = poly.buffer(dump.site_tolerance_m)
+                        site_tol.append(Shape(item.id, g, g.bounds, item))
+                    g = poly.buffer(self.rules.long_stop.site_tolerance_m)
+                    stop_tol.append(Shape(item.id, g, g.bounds, item))
+            elif kind == "route":
+                line = Polyline(xy)
+                corridor = line.line.buffer(item.width_m / 2)
+                self._routes[item.id] = _Route(item.id, line, item.width_m / 2,
+                                               ev.Place(item.id, "route", item.name, tuple(wgs), True, corridor))
+            else:
+                line = Polyline(xy)
+                self._roads[item.id] = _Road(
+                    item, line, tuple(parse_window(w) for w in item.shifts),
+                    ev.Place(item.id, "road", item.name, tuple(wgs), True,
+                             line.line.buffer(self.rules.coverage.match_m)))
+        cell = cfg.index_cell_m
+        self.zone_layer = PolygonLayer(zone_shapes, cell)
+        self.site_layer = PolygonLayer(site_shapes, cell)
+        self.dump_layer = PolygonLayer(site_tol, cell)  # approved unloading places, with slack
+        self.stop_layer = PolygonLayer(stop_tol, cell)  # any approved site, with slack
+        self._zone_types = frozenset(t for z in self._zones for t in z.types)
+        # city bounds: a configured polygon, or the layers' envelope plus a margin
+        self._city = None
+        if plane is not None:
+            if bounds_wgs:
+                self._city = polygon(plane.project(bounds_wgs))
+            elif every:
+                xs, ys = zip(*plane.project(every), strict=True)
+                m = cfg.city_margin_m
+                self._city = shapely_box(min(xs) - m, min(ys) - m, max(xs) + m, max(ys) + m)
+            if self._city is not None:
+                shapely.prepare(self._city)
+
+    def _vehicle(self, vc: VehicleConfig) -> _Vehicle:
+        return _Vehicle(
+            cfg=vc,
+            hours=tuple(parse_window(w) for w in vc.working_hours),
+            limit_kmh=vc.speed_limit_kmh or self.rules.overspeed.default_limit_kmh,
+            route=self._routes.get(vc.route) if vc.route else None,
+            roads=[self._roads[r] for r in vc.assigned_roads],
+            zoned=vc.type in self._zone_types,
+            base_facts={"plate": vc.plate, "vehicle_type": vc.type, "company": vc.company,
+                        "terminal": vc.terminal},
+        )
+
+    # ------------------------------------------------------------------ helpers
+
+    def _local(self, t: datetime) -> tuple[datetime, int]:
+        local = t.astimezone(self.tz)
+        return local, local.hour * 60 + local.minute
+
+    @staticmethod
+    def _in_hours(hours: tuple[Window, ...], minute: int) -> bool:
+        if not hours:
+            return True  # no working hours configured: always allowed
+        for w in hours:  # noqa: SIM110 - a plain loop: this runs for every fix
+            if w.contains(minute):
+                return True
+        return False
+
+    def _alert(self, rule: _Rule, v: _Vehicle, state: str, when: datetime, *, place: str = "",
+               lon: float | None = None, lat: float | None = None, facts: dict | None = None,
+               message: str = "", evidence: tuple[Evidence, ...] = (), severity: str | None = None) -> Alert:
+        return Alert(
+            rule=rule.name, subject_kind="vehicle", subject_id=v.cfg.id, state=state,  # type: ignore[arg-type]
+            time=when, source="vehicle", severity=severity or rule.severity,  # type: ignore[arg-type]
+            message=message, category=rule.category, place=place, lon=lon, lat=lat,
+            facts={**v.base_facts, **(facts or {})}, evidence=evidence,
+        )
+
+    def _evidence(self, rule: _Rule, st: _State, places: Iterable[ev.Place], lon: float, lat: float,
+                  props: dict) -> tuple[Evidence, ...]:
+        if rule.category is None or self.plane is None:
+            return ()  # alert-only rules make no case, so no evidence
+        track = list(st.track)
+        return ev.build(self.plane, track, list(places), (lon, lat), props)
+
+    def _sites_near(self, x: float, y: float, radius: float = 500.0) -> list[ev.Place]:
+        idx = self.site_layer.candidates(x - radius, y - radius, x + radius, y + radius)
+        return [self.sites[self.site_layer.shapes[i].id] for i in idx]
+
+    # ------------------------------------------------------------------ positions
+
+    def process(self, p: Position, received_at: datetime | None = None) -> list[Alert]:
+        """Run the filters and every rule on one fix. `received_at` (when the gateway got it; the
+        source knows, this pure class does not) bounds the future-timestamp filter."""
+        verdict = self.filter.check(p, received_at)
+        if verdict != LIVE and verdict != HISTORY:
+            return []
+        if self.plane is None:
+            self.plane = LocalPlane(p.lon, p.lat)
+        v = self._by_terminal.get(p.device)
+        if v is None:
+            v = self._by_terminal.get(normalise_terminal(p.device))
+            if v is None:
+                return self._unregistered(p)
+        st = self._states[v.cfg.id]
+        x, y = self.plane.xy(p.lon, p.lat)
+        t = p.time.timestamp()
+        local, minute = self._local(p.time)
+        if verdict == HISTORY:
+            if v.roads and self.rules.coverage.enabled:
+                self._cover(v, st, st.hist_prev, t, x, y, p.speed_kmh, local, history=True)
+            return []
+
+        out: list[Alert] = []
+        rules = self.rules
+        seg = st.last_t is not None and t - st.last_t <= self.config.segment_max_gap_s
+        x0, y0 = (st.last_x, st.last_y) if seg else (x, y)
+        st.track.append((t, p.lon, p.lat, p.speed_kmh))
+        in_hours = self._in_hours(v.hours, minute)
+
+        if st.offline_open:
+            st.offline_open = False
+            out.append(self._alert(rules.offline, v, "closed", p.time, lon=p.lon, lat=p.lat,
+                                   facts={"silent_s": round(t - (st.last_t or t))}))
+        if v.zoned and rules.forbidden_zone.enabled:
+            self._zones_check(v, st, p, local, minute, t, x0, y0, x, y, out)
+        if v.route is not None and rules.off_route.enabled:
+            self._route_check(v, st, p, t, x, y, in_hours, out)
+        if rules.outside_hours.enabled:
+            self._outside_hours(v, st, p, t, in_hours, out)
+        if rules.overspeed.enabled:
+            self._overspeed(v, st, p, t, out)
+        if rules.illegal_dumping.enabled:
+            self._dumping(v, st, p, x, y, seg, out)
+        if rules.long_stop.enabled:
+            self._long_stop(v, st, p, t, x, y, out)
+        if rules.terminal_alarm.enabled and (p.alarm or st.alarm_bits):
+            self._terminal_alarms(v, st, p, out)
+        if v.roads and rules.coverage.enabled:
+            self._cover(v, st, st.cov_prev, t, x, y, p.speed_kmh, local, history=False)
+
+        st.last_t, st.last_x, st.last_y, st.last_lon, st.last_lat = t, x, y, p.lon, p.lat
+        return out
+
+    def _unregistered(self, p: Position) -> list[Alert]:
+        self.counts["unregistered"] += 1
+        rule = self.rules.unregistered
+        if not rule.enabled or p.device in self._unregistered_seen:
+            return []
+        if self._city is not None:
+            assert self.plane is not None
+            x, y = self.plane.xy(p.lon, p.lat)
+            if not shapely.contains_xy(self._city, x, y):
+                return []
+        if len(self._unregistered_seen) < 100_000:  # bounded: a flood of ids must not eat memory
+            self._unregistered_seen.add(p.device)
+        return [Alert(rule=rule.name, subject_kind="terminal", subject_id=p.device, state="open", time=p.time,
+                      source="vehicle", severity=rule.severity, category=rule.category,
+                      message=f"unregistered terminal {p.device} reporting inside the city",
+                      lon=p.lon, lat=p.lat, facts={"terminal": p.device, "speed_kmh": p.speed_kmh})]
+
+    # ------------------------------------------------------------------ rules
+
+    def _zone_active(self, z: _Zone, local: datetime, minute: int) -> bool:
+        if len(z.days) < 7 and local.isoweekday() not in z.days:
+            return False
+        return not z.windows or self._in_hours(z.windows, minute)
+
+    def _zones_check(self, v: _Vehicle, st: _State, p: Position, local: datetime, minute: int, t: float,
+                     x0: float, y0: float, x: float, y: float, out: list[Alert]) -> None:
+        layer, rule, vtype = self.zone_layer, self.rules.forbidden_zone, v.cfg.type
+        for i in layer.candidates(x0, y0, x, y):
+            if i in st.zones_open:
+                continue
+            z = self._zones[i]
+            if vtype not in z.types or not self._zone_active(z, local, minute):
+                continue
+            if not layer.segment_hits(i, x0, y0, x, y):
+                continue
+            ex, ey, frac = layer.entry_point(i, x0, y0, x, y)
+            elon, elat = self.plane.lonlat(ex, ey)  # type: ignore[union-attr]
+            entered = (st.last_t + frac * (t - st.last_t)) if st.last_t is not None and (x0, y0) != (x, y) else t
+            inside = layer.contains(i, x, y)
+            facts = {"zone": z.cfg.id, "zone_name": z.cfg.name, "speed_kmh": p.speed_kmh,
+                     "entered_at": datetime.fromtimestamp(round(entered, 3), self.tz).isoformat(),
+                     "crossed_between_fixes": not inside}
+            name = z.cfg.name or z.cfg.id
+            out.append(self._alert(
+                rule, v, "open", p.time, place=z.cfg.id, lon=elon, lat=elat, facts=facts,
+                message=f"{v.cfg.plate or v.cfg.id} ({vtype}) entered forbidden zone {name}",
+                evidence=self._evidence(rule, st, [z.place], elon, elat, {"rule": rule.name, "zone": z.cfg.id})))
+            if inside:
+                st.zones_open[i] = entered
+            else:  # passed through between two fixes: the episode is already over
+                out.append(self._alert(rule, v, "closed", p.time, place=z.cfg.id, lon=p.lon, lat=p.lat,
+                                       facts={"zone": z.cfg.id, "duration_s": round(t - entered, 1)}))
+        if st.zones_open:
+            for i, entered in list(st.zones_open.items()):
+                z = self._zones[i]
+                if layer.contains(i, x, y) and self._zone_active(z, local, minute):
+                    continue
+                del st.zones_open[i]
+                out.append(self._alert(rule, v, "closed", p.time, place=z.cfg.id, lon=p.lon, lat=p.lat,
+                                       facts={"zone": z.cfg.id, "duration_s": round(t - entered, 1)}))
+
+    def _route_check(self, v: _Vehicle, st: _State, p: Position, t: float, x: float, y: float,
+                     in_hours: bool, out: list[Alert]) -> None:
+        rule, route = self.rules.off_route, v.route
+        assert route is not None
+        off = False
+        if in_hours or not rule.working_hours_only:
+            d, _, st.route_hint = route.line.locate(x, y, st.route_hint, route.half_width)
+            off = d > route.half_width
+        if off:
+            if st.off_since is None:
+                st.off_since, st.off_where, st.off_dist = t, (p.lon, p.lat), 0.0
+            elif st.last_t is not None:
+                st.off_dist += math.hypot(x - st.last_x, y - st.last_y)
+            if not st.off_open:
+                long_enough = t - st.off_since >= rule.min_duration_s
+                far_enough = rule.min_distance_m is not None and st.off_dist >= rule.min_distance_m
+                if long_enough or far_enough:
+                    st.off_open = True
+                    facts = {"route": route.id, "off_since": datetime.fromtimestamp(st.off_since, self.tz).isoformat(),
+                             "duration_s": round(t - st.off_since), "distance_off_m": round(st.off_dist),
+                             "left_at": list(st.off_where or ()), "speed_kmh": p.speed_kmh}
+                    out.append(self._alert(
+                        rule, v, "open", p.time, place=route.id, lon=p.lon, lat=p.lat, facts=facts,
+                        message=f"{v.cfg.plate or v.cfg.id} left its permitted route {route.id}",
+                        evidence=self._evidence(rule, st, [route.place], p.lon, p.lat,
+                                                {"rule": rule.name, "route": route.id})))
+        elif st.off_since is not None:
+            if st.off_open:
+                out.append(self._alert(rule, v, "closed", p.time, place=route.id, lon=p.lon, lat=p.lat,
+                                       facts={"route": route.id, "duration_s": round(t - st.off_since)}))
+            st.off_since, st.off_open, st.off_dist = None, False, 0.0
+
+    def _outside_hours(self, v: _Vehicle, st: _State, p: Position, t: float, in_hours: bool,
+                       out: list[Alert]) -> None:
+        rule, h = self.rules.outside_hours, st.outside
+        cond = not in_hours and p.speed_kmh >= rule.moving_kmh
+        if cond and h.since is None and not h.open:
+            h.where = (p.lon, p.lat)
+        change = h.update(cond, t, rule.min_duration_s, 0.0 if in_hours else rule.clear_after_s)
+        if change > 0:
+            lon, lat = h.where or (p.lon, p.lat)
+            out.append(self._alert(
+                rule, v, "open", p.time, lon=p.lon, lat=p.lat,
+                facts={"working_hours": list(v.cfg.working_hours), "speed_kmh": p.speed_kmh,
+                       "moving_since": datetime.fromtimestamp(h.since or t, self.tz).isoformat(),
+                       "started_at": [lon, lat]},
+                message=f"{v.cfg.plate or v.cfg.id} working outside its hours {', '.join(v.cfg.working_hours)}",
+                evidence=self._evidence(rule, st, [v.route.place] if v.route else [], p.lon, p.lat,
+                                        {"rule": rule.name})))
+        elif change < 0:
+            out.append(self._alert(rule, v, "closed", p.time, lon=p.lon, lat=p.lat))
+
+    def _overspeed(self, v: _Vehicle, st: _State, p: Position, t: float, out: list[Alert]) -> None:
+        rule, h = self.rules.overspeed, st.overspeed
+        cond = p.speed_kmh > v.limit_kmh + rule.tolerance_kmh
+        if cond:
+            h.peak = p.speed_kmh if (h.since is None and not h.open) else max(h.peak, p.speed_kmh)
+        change = h.update(cond, t, rule.min_duration_s, rule.clear_after_s)
+        if change > 0:
+            out.append(self._alert(
+                rule, v, "open", p.time, lon=p.lon, lat=p.lat,
+                facts={"speed_kmh": p.speed_kmh, "limit_kmh": v.limit_kmh, "max_speed_kmh": h.peak,
+                       "duration_s": round(t - (h.since or t))},
+                message=f"{v.cfg.plate or v.cfg.id} at {p.speed_kmh:.0f} km/h over its {v.limit_kmh:.0f} km/h limit",
+                evidence=self._evidence(rule, st, [], p.lon, p.lat, {"rule": rule.name, "speed_kmh": p.speed_kmh})))
+        elif change < 0:
+            out.append(self._alert(rule, v, "closed", p.time, lon=p.lon, lat=p.lat,
+                                   facts={"max_speed_kmh": h.peak}))
+
+    def _dumping(self, v: _Vehicle, st: _State, p: Position, x: float, y: float, seg: bool,
+                 out: list[Alert]) -> None:
+        rule = self.rules.illegal_dumping
+        load = (p.status >> LOAD_SHIFT) & 3
+        prev, st.load = st.load, load
+        if prev is None or prev == load:
+            return
+        if load and st.dumping_open:  # loaded again: a new cycle begins
+            st.dumping_open = False
+            out.append(self._alert(rule, v, "closed", p.time, lon=p.lon, lat=p.lat))
+            return
+        if not (prev and not load):
+            return
+        # unloaded somewhere between the last fix and this one: either end inside a dump site is fine
+        if self.dump_layer.any_contains(x, y) or (seg and self.dump_layer.any_contains(st.last_x, st.last_y)):
+            return
+        st.dumping_open = True
+        out.append(self._alert(
+            rule, v, "open", p.time, lon=p.lon, lat=p.lat,
+            facts={"load_before": "full" if prev == 3 else "half", "speed_kmh": p.speed_kmh},
+            message=f"{v.cfg.plate or v.cfg.id} unloaded outside approved dump sites (suspected illegal dumping)",
+            evidence=self._evidence(rule, st, self._sites_near(x, y), p.lon, p.lat, {"rule": rule.name})))
+
+    def _long_stop(self, v: _Vehicle, st: _State, p: Position, t: float, x: float, y: float,
+                   out: list[Alert]) -> None:
+        rule = self.rules.long_stop
+        a = st.stop_anchor
+        stopped = p.speed_kmh < rule.stop_kmh
+        if stopped and a is not None and math.hypot(x - a[1], y - a[2]) <= rule.radius_m:
+            if not st.stop_open and t - a[0] >= rule.min_duration_s:
+                if st.stop_in_site is None:
+                    st.stop_in_site = self.stop_layer.any_contains(a[1], a[2]) is not None
+                if not st.stop_in_site:
+                    st.stop_open = True
+                    out.append(self._alert(
+                        rule, v, "open", p.time, lon=a[3], lat=a[4],
+                        facts={"stopped_since": datetime.fromtimestamp(a[0], self.tz).isoformat(),
+                               "duration_s": round(t - a[0])},
+                        message=f"{v.cfg.plate or v.cfg.id} stopped {round((t - a[0]) / 60)} min outside any site",
+                        evidence=self._evidence(rule, st, self._sites_near(a[1], a[2]), a[3], a[4],
+                                                {"rule": rule.name})))
+            return
+        if st.stop_open and a is not None:
+            out.append(self._alert(rule, v, "closed", p.time, lon=a[3], lat=a[4],
+                                   facts={"duration_s": round(t - a[0])}))
+        st.stop_open, st.stop_in_site = False, None
+        st.stop_anchor = (t, x, y, p.lon, p.lat) if stopped else None
+
+    def _terminal_alarms(self, v: _Vehicle, st: _State, p: Position, out: list[Alert]) -> None:
+        rule = self.rules.terminal_alarm
+        changed = (p.alarm ^ st.alarm_bits) & 0xFFFFFFFF
+        if not changed:
+            return
+        for bit, name in rule.bits.items():
+            mask = 1 << bit
+            if not changed & mask:
+                continue
+            if p.alarm & mask:
+                st.alarm_bits |= mask
+                facts: dict[str, Any] = {"alarm_bit": bit, "alarm": name, "speed_kmh": p.speed_kmh}
+                for key in ("zone_route_alarm", "overspeed_alarm", "route_time_alarm"):
+                    if key in p.extras:
+                        facts[key] = p.extras[key]
+                out.append(self._alert(rule, v, "open", p.time, place=name, lon=p.lon, lat=p.lat, facts=facts,
+                                       message=f"terminal of {v.cfg.plate or v.cfg.id} raised {name}"))
+            else:
+                st.alarm_bits &= ~mask
+                out.append(self._alert(rule, v, "closed", p.time, place=name, lon=p.lon, lat=p.lat,
+                                       facts={"alarm_bit": bit, "alarm": name}))
+
+    # ------------------------------------------------------------------ coverage
+
+    def _shift(self, v: _Vehicle, road: _Road, local: datetime) -> tuple[datetime, datetime] | None:
+        for w in road.shifts or v.hours:
+            inst = w.instance(local)
+            if inst is not None:
+                return inst
+        return None
+
+    def _cover(self, v: _Vehicle, st: _State, prev: dict[str, tuple[float, float, float]], t: float,
+               x: float, y: float, speed: float, local: datetime, history: bool) -> None:
+        rule = self.rules.coverage
+        working = rule.min_kmh <= speed <= rule.max_kmh
+        for road in v.roads:
+            inst = self._shift(v, road, local) if working else None
+            if inst is None:
+                prev.pop(road.cfg.id, None)
+                continue
+            d, s, st.road_hint[road.cfg.id] = road.line.locate(x, y, st.road_hint.get(road.cfg.id, 0), rule.match_m)
+            if d > rule.match_m:
+                prev.pop(road.cfg.id, None)
+                continue
+            start, end = inst[0].timestamp(), inst[1].timestamp()
+            key = (v.cfg.id, road.cfg.id, start)
+            acc = self._coverage.get(key)
+            if acc is None:
+                if history and self._now is not None and end <= self._now:
+                    self.counts["history_late"] += 1  # its shift was already reported
+                    continue
+                acc = self._coverage[key] = ShiftCoverage(v.cfg.id, road.cfg.id, start, end,
+                                                          road.line.length, rule.bin_m)
+            last = prev.get(road.cfg.id)
+            if last is not None and last[2] == start and abs(t - last[0]) <= rule.max_gap_s:
+                acc.cover(last[1], s)
+            else:
+                acc.cover(s, s)
+            prev[road.cfg.id] = (t, s, start)
+
+    # ------------------------------------------------------------------ clock
+
+    def tick(self, now: datetime) -> list[Alert]:
+        """Offline detection and shift-end coverage reports; call every few seconds."""
+        ts = now.timestamp()
+        if self._first_tick is None:
+            self._first_tick = ts
+        self._now = ts if self._now is None else max(self._now, ts)
+        out: list[Alert] = []
+        local, minute = self._local(now)
+        rules = self.rules
+        for v in self._by_id.values():
+            st = self._states[v.cfg.id]
+            if rules.offline.enabled and not st.offline_open:
+                self._offline(v, st, now, ts, local, minute, out)
+            if v.roads and rules.coverage.enabled:
+                for road in v.roads:  # open an empty record so a vehicle that never came still gets a report
+                    inst = self._shift(v, road, local)
+                    if inst is not None:
+                        start = inst[0].timestamp()
+                        if (v.cfg.id, road.cfg.id, start) not in self._coverage:
+                            self._coverage[(v.cfg.id, road.cfg.id, start)] = ShiftCoverage(
+                                v.cfg.id, road.cfg.id, start, inst[1].timestamp(), road.line.length,
+                                rules.coverage.bin_m)
+        for key, acc in list(self._coverage.items()):
+            if acc.end_ts <= ts:
+                del self._coverage[key]
+                out.append(self._report(acc))
+        return out
+
+    def _offline(self, v: _Vehicle, st: _State, now: datetime, ts: float, local: datetime, minute: int,
+                 out: list[Alert]) -> None:
+        if not self._in_hours(v.hours, minute):
+            return
+        last = st.last_t if st.last_t is not None else self._first_tick
+        assert last is not None
+        # silence counts only inside working hours: a terminal asleep overnight is not offline at 06:00
+        for w in v.hours:
+            inst = w.instance(local)
+            if inst is not None:
+                last = max(last, inst[0].timestamp())
+                break
+        silent = ts - last
+        if silent >= self.rules.offline.min_minutes * 60:
+            st.offline_open = True
+            seen = st.last_t is not None
+            out.append(self._alert(
+                self.rules.offline, v, "open", now, lon=st.last_lon if seen else None,
+                lat=st.last_lat if seen else None,
+                facts={"silent_s": round(silent),
+                       "last_fix": datetime.fromtimestamp(st.last_t, self.tz).isoformat() if seen else None},
+                message=f"terminal of {v.cfg.plate or v.cfg.id} silent for {round(silent / 60)} min in working hours"))
+
+    def _report(self, acc: ShiftCoverage) -> Alert:
+        rule = self.rules.coverage
+        v = self._by_id[acc.vehicle_id]
+        road = self._roads[acc.road_id]
+        share = acc.share
+        low = share < rule.min_share
+        mid = road.line.line.interpolate(0.5, normalized=True)
+        lon, lat = self.plane.lonlat(mid.x, mid.y)  # type: ignore[union-attr]
+        start, end = datetime.fromtimestamp(acc.start_ts, self.tz), datetime.fromtimestamp(acc.end_ts, self.tz)
+        return self._alert(
+            rule, v, "open" if low else "closed", end, place=acc.road_id, lon=lon, lat=lat,
+            severity=rule.low_severity if low else rule.severity,
+            facts={"share": round(share, 3), "covered_m": round(acc.covered_m), "road_length_m": round(acc.length),
+                   "road_name": road.cfg.name, "shift_start": start.isoformat(), "shift_end": end.isoformat(),
+                   "min_share": rule.min_share},
+            message=f"{v.cfg.plate or v.cfg.id} covered {share:.0%} of road {road.cfg.name or road.cfg.id} "
+                    f"during shift {start:%H:%M}-{end:%H:%M}")

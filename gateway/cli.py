@@ -1,0 +1,266 @@
+"""`citygate run|check|replay|cases|bench`: the command line of the gateway."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import runpy
+import signal
+import sys
+from pathlib import Path
+
+from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.logs import setup_logging
+
+log = logging.getLogger("citygate")
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(getattr(args, "log_level", None) or "INFO", json_lines=args.log_json)
+    return args.func(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="citygate", description="Ingestion gateway for digital city management.")
+    parser.add_argument("--log-json", action="store_true", help="log JSON lines instead of readable text")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the gateway on a deployment config")
+    run.add_argument("config", type=Path)
+    run.add_argument("--for", dest="duration", type=float, default=None, metavar="SECONDS",
+                     help="stop by itself after this many seconds (demos, smoke tests)")
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check", help="validate a config: every problem with its path; exit 2 if any")
+    check.add_argument("config", type=Path)
+    check.set_defaults(func=cmd_check)
+
+    replay = sub.add_parser("replay", help="run one camera's rules over a video file and print the cases")
+    replay.add_argument("--camera", required=True, help="camera name in the config")
+    replay.add_argument("--config", type=Path, default=Path("configs/demo.yaml"))
+    replay.add_argument("--no-progress", action="store_true", help="no progress bar")
+    replay.add_argument("file", type=Path)
+    replay.set_defaults(func=cmd_replay)
+
+    cases = sub.add_parser("cases", help="the local case store: list, show, retry")
+    cases.add_argument("--config", type=Path, default=Path("configs/demo.yaml"))
+    cases_sub = cases.add_subparsers(dest="action", required=True)
+    lst = cases_sub.add_parser("list", help="recent cases")
+    lst.add_argument("--status", choices=["pending", "delivered", "dead", "stored"])
+    lst.add_argument("--limit", type=int, default=50)
+    lst.add_argument("--json", action="store_true")
+    lst.set_defaults(func=cmd_cases_list)
+    show = cases_sub.add_parser("show", help="one case with its delivery state and dead letters")
+    show.add_argument("case_id")
+    show.set_defaults(func=cmd_cases_show)
+    retry = cases_sub.add_parser("retry", help="deliver a dead or stored case again")
+    retry.add_argument("case_id")
+    retry.set_defaults(func=cmd_cases_retry)
+
+    bench = sub.add_parser("bench", help="run a benchmark from bench/ (outbox, video, vehicles)")
+    bench.add_argument("name", choices=["outbox", "video", "vehicles"])
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def _load(path: Path) -> GatewayConfig | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"{exc.source}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    print(summary(config))
+    return EXIT_OK
+
+
+def summary(config: GatewayConfig) -> str:
+    v, fleet, s = config.video, config.vehicles.fleet, config.sensors
+    lines = [
+        f"{config.site}: config is valid (gateway id {config.id}, time zone {config.timezone})",
+        f"  data dir      {config.data_path}",
+        f"  cameras       {len(v.cameras)}"
+        + (f"  detector {v.detector.backend} {config.path(v.detector.model).name}" if v.cameras else ""),
+    ]
+    for cam in v.cameras:
+        rules = ", ".join(f"{r.name} ({r.kind}→{r.category or 'alert'})" for r in cam.rules) or "no rules"
+        lines.append(f"    {cam.name:<12} {cam.detect_fps:g} fps  {len(cam.zones)} zone(s)  {rules}")
+    lines += [
+        f"  vehicles      {len(fleet.vehicles)}  routes {len(fleet.routes)}  zones {len(fleet.zones)}  "
+        f"sites {len(fleet.sites)}  roads {len(fleet.roads)}",
+        "  JT/T 808      " + (f"{config.vehicles.jt808.host}:{config.vehicles.jt808.port}"
+                               if config.vehicles.jt808.enabled else "off"),
+        f"  sensors       {len(s.devices)}  level rules {len(s.level_rules)}  rise rules {len(s.rise_rules)}  "
+        f"rain rules {len(s.rain_rules)}",
+        f"  replays       {len(config.vehicles.replay)} track file(s), {len(config.sensors.replay)} sensor file(s)",
+        f"  MQTT devices  {', '.join(config.mqtt_source.profiles) or 'none'}",
+        f"  central       {config.central.url or 'none (cases kept in the local store)'}",
+        "  MQTT alerts   " + (f"{config.mqtt.host}:{config.mqtt.port} under {config.mqtt.topic_prefix}/{config.site}/"
+                               if config.mqtt.enabled else "off"),
+        f"  time series   {config.timeseries.backend}"
+        + (f" {config.timeseries.url}" if config.timeseries.backend == "influxdb" else ""),
+        "  status page   " + (f"http://{config.web.host}:{config.web.port}/" if config.web.enabled else "off"),
+    ]
+    return "\n".join(lines)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    logging.getLogger().setLevel(config.log_level)
+    from detectors.video.backends import ModelError
+    from gateway.runtime import Gateway
+
+    try:
+        gateway = Gateway(config)
+    except ModelError as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_CONFIG
+    return asyncio.run(_serve(gateway, args.duration))
+
+
+async def _serve(gateway, duration: float | None) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if duration is not None:
+        loop.call_later(duration, stop.set)
+    try:
+        await gateway.start(stop)
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        await gateway.shutdown()
+        return EXIT_FAILED
+    await stop.wait()
+    log.info("stop requested")
+    return await gateway.shutdown()
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    cameras = {c.name: c for c in config.video.cameras}
+    if args.camera not in cameras:
+        print(f"no camera named {args.camera!r} in {args.config} (cameras: {', '.join(cameras) or 'none'})",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    if not args.file.exists():
+        print(f"{args.file}: no such video file", file=sys.stderr)
+        return EXIT_CONFIG
+    from detectors.video.backends import ModelError, load_detector
+    from gateway.replay import replay_camera
+
+    try:
+        detector = load_detector(config.video.detector, config.path(config.video.detector.model))
+    except ModelError as exc:
+        print(f"cannot load the model: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    alerts = replay_camera(cameras[args.camera], detector, args.file, progress=not args.no_progress)
+    cases = [a for a in alerts if a.state == "open" and a.category]
+    print(f"{len(cases)} case(s) would be created from {args.file.name} by camera {args.camera}:")
+    for a in cases:
+        facts = ", ".join(f"{k}={v}" for k, v in a.facts.items() if k not in ("box",))
+        print(f"  {a.time.isoformat(timespec='seconds')}  {a.rule:<20} {a.category:<18} zone={a.place or '-'} "
+              f"track={a.track_id}  {facts}")
+    others = [a for a in alerts if a not in cases]
+    if others:
+        print(f"and {len(others)} other alert(s) (closes, alert-only rules)")
+    return EXIT_OK
+
+
+def _outbox(args: argparse.Namespace):
+    config = _load(args.config)
+    if config is None:
+        return None
+    path = config.data_path / "cases.sqlite3"
+    if not path.exists():
+        print(f"no case store at {path} yet (run the gateway first)", file=sys.stderr)
+        return None
+    from gateway.outbox import Outbox
+
+    return Outbox(path, max_cases=config.cases.max_outbox, deliver=bool(config.central.url))
+
+
+def cmd_cases_list(args: argparse.Namespace) -> int:
+    outbox = _outbox(args)
+    if outbox is None:
+        return EXIT_CONFIG
+    records = outbox.list(status=args.status, limit=args.limit)
+    if args.json:
+        print(json.dumps([_record_json(r) for r in records], ensure_ascii=False, indent=1))
+        return EXIT_OK
+    counts = outbox.counts()
+    print("  ".join(f"{k} {v}" for k, v in counts.items()))
+    for r in records:
+        case = r.to_case()
+        print(f"{case.case_id}  {case.detected_at.isoformat(timespec='seconds')}  {r.status:<9} "
+              f"{case.category.get('name', ''):<10} {case.rule:<22} {case.subject.get('id', '')}  "
+              f"grid {case.location.get('grid_code') or '-'}  x{1 + r.recurrences}")
+    outbox.close()
+    return EXIT_OK
+
+
+def _record_json(record) -> dict:
+    out = record.to_case().to_json()
+    out.update(status=record.status, attempts=record.attempts, recurrences=record.recurrences,
+               last_error=record.last_error)
+    return out
+
+
+def cmd_cases_show(args: argparse.Namespace) -> int:
+    outbox = _outbox(args)
+    if outbox is None:
+        return EXIT_CONFIG
+    record = outbox.get(args.case_id)
+    if record is None:
+        print(f"no case {args.case_id}", file=sys.stderr)
+        return EXIT_FAILED
+    out = _record_json(record)
+    out["dead_letters"] = [{"at": d.at.isoformat(), "status_code": d.status_code, "response_body": d.response_body}
+                           for d in outbox.dead_letters(args.case_id)]
+    print(json.dumps(out, ensure_ascii=False, indent=2))
+    outbox.close()
+    return EXIT_OK
+
+
+def cmd_cases_retry(args: argparse.Namespace) -> int:
+    outbox = _outbox(args)
+    if outbox is None:
+        return EXIT_CONFIG
+    ok = outbox.retry(args.case_id)
+    outbox.close()
+    if not ok:
+        print(f"case {args.case_id} is unknown or already delivered", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"case {args.case_id} is due for delivery again; a running gateway sends it at its next poll")
+    return EXIT_OK
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    script = Path(__file__).resolve().parent.parent / "bench" / f"{args.name}.py"
+    if not script.exists():
+        print(f"{script}: benchmarks run from a source checkout", file=sys.stderr)
+        return EXIT_FAILED
+    sys.argv = [str(script)]
+    runpy.run_path(str(script), run_name="__main__")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Config section of the central-platform delivery (`central:` in a deployment YAML)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from gateway.schema import StrictModel
+
+
+class CentralConfig(StrictModel):
+    url: str | None = Field(
+        None,
+        description="URL the cases are POSTed to; empty = no central platform, cases are only stored locally",
+    )
+    token: str | None = Field(None, description="bearer token sent as 'Authorization: Bearer <token>'")
+    timeout_s: float = Field(10.0, gt=0, description="timeout of one delivery request, seconds")
+    evidence_mode: Literal["multipart", "base64"] = Field(
+        "multipart",
+        description="how evidence files travel: multipart parts evidence[i] beside a 'case' JSON part,"
+        " or base64 inside the JSON body",
+    )
+    max_attempts: int | None = Field(
+        None, ge=1, description="attempts before a case is dead-lettered; empty = retry forever"
+    )
+    backoff_initial_s: float = Field(1.0, gt=0, description="retry delay after the first failure, seconds")
+    backoff_max_s: float = Field(300.0, gt=0, description="longest retry delay, seconds")
+    concurrency: int = Field(4, ge=1, le=64, description="requests in flight at once")
+    batch: int = Field(50, ge=1, description="cases taken from the outbox per poll")
+    poll_s: float = Field(
+        5.0, gt=0, description="longest sleep between outbox polls when nothing wakes the worker, seconds"
+    )
+    max_evidence_bytes: int = Field(
+        20 * 1024 * 1024, ge=0, description="evidence files larger than this are sent without their bytes"
+    )
+
+    @field_validator("url", "token", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _check(self) -> CentralConfig:
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"central.url must start with http:// or https://, got {self.url!r}")
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ValueError("central.backoff_max_s must be >= central.backoff_initial_s")
+        return self

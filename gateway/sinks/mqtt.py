@@ -1,0 +1,262 @@
+"""Live alerts and device health over MQTT (aiomqtt), best effort.
+
+Topic layout (``<prefix>`` is ``MqttConfig.topic_prefix``, default ``citygate``):
+
+    <prefix>/<site>/alerts/<severity>/<rule>       one message per Alert, QoS 1 (configurable), not retained
+    <prefix>/<site>/health/<kind>/<device_id>      device-health state, retained: a late subscriber sees it
+    <prefix>/<site>/status                         {"state": "online"|"offline"}, retained; "offline" is the
+                                                   connection's last will, so it also appears on a crash
+
+Topic levels taken from names (site, rule, kind, device id) have ``/ + # $`` replaced by ``_`` and an
+empty level becomes ``_``, so a name can never change the layout or act as a wildcard.
+
+Alert payload (JSON, UTF-8; evidence is listed but its bytes are never sent; they go to the case store):
+
+    {"rule", "state": "open"|"closed", "time": ISO 8601, "source", "severity", "category",
+     "subject": {"kind", "id"}, "place", "message", "lon", "lat", "track_id", "facts": {...},
+     "evidence": [{"name", "media_type", "bytes"}], "site"}
+
+Delivery policy: alerts are also kept in the case store, so MQTT is a live notification channel,
+not the record. Alerts wait in a bounded queue (``queue_size``) while the broker is away and are sent
+after the reconnect; when the queue is full the *oldest* alert is dropped and counted in
+``stats["dropped"]``. An alert leaves the queue only after the broker acknowledged it (QoS >= 1), so
+a disconnect in the middle of a publish resends it: at-least-once while the process lives.
+Health states are coalesced (latest per device) and re-published after every reconnect, because a
+broker without persistence forgets retained messages when it restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import random
+import re
+import ssl
+from collections.abc import Mapping
+from typing import Any
+
+import aiomqtt
+
+from gateway.model import Alert
+from gateway.sinks.sink_config import MqttConfig
+
+__all__ = ["Backoff", "MqttAlertSink", "MqttConfig", "alert_payload", "make_client", "topic_level",
+           "wait_or_stop"]
+
+log = logging.getLogger(__name__)
+
+_UNSAFE = re.compile(r"[/+#$\x00]")
+
+
+def topic_level(name: str) -> str:
+    """A name made safe to use as exactly one topic level."""
+    return _UNSAFE.sub("_", str(name)) or "_"
+
+
+class Backoff:
+    """Exponential backoff with jitter: first, 2*first, ... capped at `cap` seconds."""
+
+    def __init__(self, first: float, cap: float) -> None:
+        self.first, self.cap = first, max(first, cap)
+        self._next = first
+
+    def next(self) -> float:
+        delay = self._next
+        self._next = min(self.cap, self._next * 2)
+        return delay * random.uniform(0.8, 1.0)  # jitter: replicas must not reconnect in lock-step
+
+    def reset(self) -> None:
+        self._next = self.first
+
+
+async def wait_or_stop(stop_event: asyncio.Event, seconds: float) -> bool:
+    """Sleep up to `seconds`; True when the stop event was set meanwhile."""
+    try:
+        await asyncio.wait_for(stop_event.wait(), timeout=seconds)
+    except TimeoutError:
+        return False
+    return True
+
+
+def make_client(cfg: MqttConfig, role: str, will: aiomqtt.Will | None = None, **kwargs: Any) -> aiomqtt.Client:
+    """An aiomqtt client for `cfg`. `role` suffixes a configured client id, so that the alert sink and
+    the source of one gateway never share an id (the broker would keep kicking one of them off)."""
+    if not cfg.host:
+        raise ValueError("mqtt.host is not set: MQTT is disabled in this config")
+    return aiomqtt.Client(
+        cfg.host,
+        cfg.port,
+        username=cfg.username,
+        password=cfg.password,
+        identifier=f"{cfg.client_id}-{role}" if cfg.client_id else None,
+        keepalive=cfg.keepalive,
+        timeout=cfg.timeout_s,
+        will=will,
+        tls_context=ssl.create_default_context() if cfg.tls else None,
+        **kwargs,
+    )
+
+
+def alert_payload(alert: Alert, site: str = "") -> dict[str, Any]:
+    """The JSON document published for one alert (see the module doc)."""
+    return {
+        "site": site,
+        "rule": alert.rule,
+        "state": alert.state,
+        "time": alert.time.isoformat(),
+        "source": alert.source,
+        "severity": alert.severity,
+        "category": alert.category,
+        "subject": {"kind": alert.subject_kind, "id": alert.subject_id},
+        "place": alert.place,
+        "message": alert.message,
+        "lon": alert.lon,
+        "lat": alert.lat,
+        "track_id": alert.track_id,
+        "facts": dict(alert.facts),
+        "evidence": [{"name": e.name, "media_type": e.media_type, "bytes": len(e.data)} for e in alert.evidence],
+    }
+
+
+def _dumps(doc: Any) -> bytes:
+    # default=str: a fact that is not JSON (a datetime, a Path) is sent as text rather than losing the alert
+    return json.dumps(doc, ensure_ascii=False, default=str, separators=(",", ":")).encode()
+
+
+class MqttAlertSink:
+    """Publishes alerts and retained device-health states; `run()` keeps the connection alive.
+
+    `publish_alert` and `publish_health` never block and must be called from the event loop's thread.
+    """
+
+    def __init__(self, config: MqttConfig, site: str) -> None:
+        self.config = config
+        self.site = site
+        base = f"{topic_level(config.topic_prefix)}/{topic_level(site)}"
+        self._alerts_base = f"{base}/alerts"
+        self._health_base = f"{base}/health"
+        self.status_topic = f"{base}/status"
+        self._alerts: collections.deque[tuple[str, bytes]] = collections.deque()
+        self._health: dict[str, bytes] = {}  # latest state per topic, kept to re-publish after reconnects
+        self._health_pending: dict[str, bytes] = {}
+        self._wake = asyncio.Event()
+        self.connected = asyncio.Event()
+        self.stats: dict[str, int] = {
+            "published": 0, "dropped": 0, "queued": 0, "health_published": 0, "reconnects": 0, "errors": 0,
+        }
+
+    # -- topics ---------------------------------------------------------------------------------
+    def alert_topic(self, alert: Alert) -> str:
+        return f"{self._alerts_base}/{topic_level(alert.severity)}/{topic_level(alert.rule)}"
+
+    def health_topic(self, kind: str, device_id: str) -> str:
+        return f"{self._health_base}/{topic_level(kind)}/{topic_level(device_id)}"
+
+    # -- producer side --------------------------------------------------------------------------
+    def publish_alert(self, alert: Alert) -> None:
+        """Queue an alert for publishing; drops (and counts) the oldest queued one when full."""
+        if len(self._alerts) >= self.config.queue_size:
+            self._alerts.popleft()
+            self.stats["dropped"] += 1
+            if self.stats["dropped"] == 1 or self.stats["dropped"] % 100 == 0:
+                log.warning("MQTT alert queue full (%d): dropped the oldest alert, %d dropped so far",
+                            self.config.queue_size, self.stats["dropped"])
+        self._alerts.append((self.alert_topic(alert), _dumps(alert_payload(alert, self.site))))
+        self.stats["queued"] = len(self._alerts)
+        self._wake.set()
+
+    def publish_health(self, kind: str, device_id: str, state: Mapping[str, Any]) -> None:
+        """Set the retained health state of one device (only the latest state is sent)."""
+        topic = self.health_topic(kind, device_id)
+        payload = _dumps({"kind": kind, "device": device_id, **state})
+        self._health[topic] = payload
+        self._health_pending[topic] = payload
+        self._wake.set()
+
+    # -- connection loop ------------------------------------------------------------------------
+    async def run(self, stop_event: asyncio.Event) -> None:
+        """Connect, publish what is queued, reconnect with backoff; returns when stop_event is set."""
+        cfg = self.config
+        if not cfg.enabled:
+            log.info("MQTT alert sink: no mqtt.host configured, alerts go to the case store only")
+            return
+        backoff = Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s)
+        will = aiomqtt.Will(self.status_topic, _dumps({"state": "offline"}), qos=1, retain=True)
+        first = True
+        while not stop_event.is_set():
+            if not first:
+                self.stats["reconnects"] += 1
+            first = False
+            try:
+                async with make_client(cfg, "alerts", will=will) as client:
+                    log.info("MQTT alert sink connected to %s:%d", cfg.host, cfg.port)
+                    backoff.reset()
+                    self._health_pending.update(self._health)  # the broker may have lost retained states
+                    await client.publish(self.status_topic, _dumps({"state": "online"}), qos=1, retain=True)
+                    self.connected.set()
+                    try:
+                        await self._serve(client, stop_event)
+                    finally:
+                        self.connected.clear()
+                    if stop_event.is_set():
+                        await client.publish(self.status_topic, _dumps({"state": "offline"}), qos=1, retain=True)
+            except aiomqtt.MqttError as exc:
+                self.stats["errors"] += 1
+                delay = backoff.next()
+                log.warning("MQTT alert sink: %s (broker %s:%d); reconnecting in %.1f s, %d alerts queued",
+                            exc, cfg.host, cfg.port, delay, len(self._alerts))
+                if await wait_or_stop(stop_event, delay):
+                    break
+
+    async def _serve(self, client: aiomqtt.Client, stop_event: asyncio.Event) -> None:
+        """Send until stopped or disconnected (the message iterator is what notices a dead connection)."""
+        tasks = {
+            asyncio.create_task(self._send(client)),
+            asyncio.create_task(self._watch(client)),
+            asyncio.create_task(stop_event.wait()),
+        }
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for task in done:
+            task.result()  # re-raises the MqttError of a lost connection
+
+    @staticmethod
+    async def _watch(client: aiomqtt.Client) -> None:
+        async for _ in client.messages:  # nothing is subscribed; raises MqttError on disconnect
+            pass
+
+    async def _send(self, client: aiomqtt.Client) -> None:
+        while True:
+            if self._health_pending:
+                topic, payload = next(iter(self._health_pending.items()))
+                if await self._publish(client, topic, payload, retain=True):
+                    self.stats["health_published"] += 1
+                if self._health_pending.get(topic) is payload:  # unless a newer state arrived meanwhile
+                    del self._health_pending[topic]
+            elif self._alerts:
+                item = self._alerts[0]
+                if await self._publish(client, item[0], item[1], retain=False):
+                    self.stats["published"] += 1
+                if self._alerts and self._alerts[0] is item:  # it may have been dropped as the oldest meanwhile
+                    self._alerts.popleft()
+                self.stats["queued"] = len(self._alerts)
+            else:
+                self._wake.clear()
+                await self._wake.wait()
+
+    async def _publish(self, client: aiomqtt.Client, topic: str, payload: bytes, retain: bool) -> bool:
+        """Publish one message; False when paho refuses the message itself (it is then dropped, so one bad
+        message cannot block the queue). Connection errors propagate: the message stays queued."""
+        try:
+            await client.publish(topic, payload, qos=self.config.qos, retain=retain)
+        except ValueError as exc:
+            self.stats["errors"] += 1
+            log.error("MQTT alert sink: message to %s refused and dropped: %s", topic, exc)
+            return False
+        return True

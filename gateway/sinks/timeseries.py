@@ -1,0 +1,306 @@
+"""Every Position, Reading and detection count as a time-series point: InfluxDB API or local SQLite.
+
+Measurements (tag values are strings; empty tags are left out):
+
+    vehicle_position   tags: vehicle, type, company, terminal
+                       fields: lat, lon, speed_kmh, course, altitude_m (float), valid, history (bool),
+                               plus numeric Position.extras (mileage_km, fuel_l, ...) under their own names
+    sensor_reading     tags: device, profile
+                       fields: the reading's values (level_cm, rain_mm, battery_v, ...; floats)
+    video_detections   tags: camera, label
+                       fields: count (int): objects of that label in one analysed frame
+
+VictoriaMetrics stores an InfluxDB point as series named ``<measurement>_<field>`` (e.g.
+``vehicle_position_speed_kmh``) with the tags as labels; booleans become 1/0.
+
+Backends:
+- ``influxdb``: influxdb-client's synchronous write API, one request per batch, run in a thread so the
+  event loop never blocks. Network errors and 5xx/429 answers are retried with exponential backoff
+  while the points stay buffered; a 4xx answer (malformed data) drops that batch and counts it.
+- ``sqlite`` (default, embedded, no service): one table ``points(measurement, time, tags, fields)``
+  with tags/fields as JSON text, time as UNIX seconds, an index on (measurement, time); points older
+  than ``retention_days`` are deleted. ``query()`` reads them back for the status page and tests.
+
+The buffer is bounded (``buffer_size``): when the backend is away for long, the oldest points are
+dropped and counted in ``stats["dropped"]``; the gateway keeps running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import math
+import sqlite3
+import threading
+import time as _time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from gateway.model import Detection, Position, Reading, require_aware
+from gateway.sinks.mqtt import Backoff, wait_or_stop
+from gateway.sinks.sink_config import TimeSeriesConfig
+
+__all__ = ["Point", "TimeSeriesConfig", "TimeSeriesSink", "WriteRejected", "detection_points",
+           "position_point", "reading_point"]
+
+log = logging.getLogger(__name__)
+
+FieldValue = float | int | bool | str
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    measurement: str
+    tags: Mapping[str, str]
+    fields: Mapping[str, FieldValue]
+    time: datetime
+
+    def __post_init__(self) -> None:
+        require_aware(self.time, "Point.time")
+        if not self.fields:
+            raise ValueError(f"Point {self.measurement!r} at {self.time.isoformat()} has no fields")
+        for key, value in self.fields.items():
+            # checked here, not at write time: one bad value would otherwise get a whole batch rejected
+            if not isinstance(value, bool | int | float | str):
+                raise ValueError(f"Point {self.measurement!r} field {key!r}: {type(value).__name__} is not a "
+                                 "number, bool or string")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"Point {self.measurement!r} field {key!r}: {value} is not finite")
+
+
+def _finite(fields: dict[str, FieldValue]) -> dict[str, FieldValue]:
+    """NaN/inf mean 'no value': leave them out (time-series stores reject them)."""
+    return {k: v for k, v in fields.items() if not (isinstance(v, float) and not math.isfinite(v))}
+
+
+def _tags(**tags: Any) -> dict[str, str]:
+    return {k: str(v) for k, v in tags.items() if v is not None and str(v) != ""}
+
+
+def position_point(pos: Position, vehicle_tags: Mapping[str, str] | None = None) -> Point:
+    """`vehicle_tags` comes from the vehicle registry: vehicle (plate/name), type, company."""
+    vt = dict(vehicle_tags or {})
+    fields: dict[str, FieldValue] = {
+        "lat": float(pos.lat), "lon": float(pos.lon), "speed_kmh": float(pos.speed_kmh),
+        "course": float(pos.course), "altitude_m": float(pos.altitude_m),
+        "valid": bool(pos.valid), "history": bool(pos.history),
+    }
+    for key, value in pos.extras.items():
+        if isinstance(value, int | float) and not isinstance(value, bool) and key not in fields:
+            fields[key] = float(value)
+    tags = _tags(vehicle=vt.get("vehicle") or pos.device, type=vt.get("type"), company=vt.get("company"),
+                 terminal=pos.device)
+    return Point("vehicle_position", tags, _finite(fields), pos.time)
+
+
+def reading_point(reading: Reading) -> Point:
+    fields = _finite({k: float(v) for k, v in reading.values.items()})
+    return Point("sensor_reading", _tags(device=reading.device, profile=reading.profile), fields, reading.time)
+
+
+def detection_points(camera: str, detections: Iterable[Detection], t: datetime) -> list[Point]:
+    """One point per label present in the frame (counts, not boxes: boxes would flood the store)."""
+    counts = collections.Counter(d.label for d in detections)
+    return [Point("video_detections", _tags(camera=camera, label=label), {"count": n}, t)
+            for label, n in sorted(counts.items())]
+
+
+class WriteRejected(Exception):
+    """The backend refused a batch as malformed: retrying it would never succeed."""
+
+
+class _SqliteBackend:
+    def __init__(self, path: Path, retention_days: float) -> None:
+        self.path = path
+        self.retention_s = retention_days * 86400.0
+        if str(path) != ":memory:":
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()  # writes come from a worker thread, queries from anywhere
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS points (measurement TEXT NOT NULL, time REAL NOT NULL, "
+                         "tags TEXT NOT NULL, fields TEXT NOT NULL)")
+        self._db.execute("CREATE INDEX IF NOT EXISTS points_measurement_time ON points (measurement, time)")
+        self._last_prune = 0.0
+
+    def write(self, points: Sequence[Point]) -> None:
+        rows = [(p.measurement, p.time.timestamp(), json.dumps(dict(p.tags), ensure_ascii=False),
+                 json.dumps(dict(p.fields), ensure_ascii=False)) for p in points]
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany("INSERT INTO points VALUES (?, ?, ?, ?)", rows)
+                now = _time.time()
+                if now - self._last_prune > 600:  # retention: at most every 10 minutes
+                    self._db.execute("DELETE FROM points WHERE time < ?", (now - self.retention_s,))
+                    self._last_prune = now
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def query(self, measurement: str, since: datetime | None, tags: Mapping[str, str] | None,
+              limit: int) -> list[Point]:
+        start = since.timestamp() if since else float("-inf")
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT time, tags, fields FROM points WHERE measurement = ? AND time >= ? ORDER BY time",
+                (measurement, start)).fetchall()
+        out = []
+        for t, tags_json, fields_json in rows:
+            point_tags = json.loads(tags_json)
+            if tags and any(point_tags.get(k) != v for k, v in tags.items()):
+                continue
+            out.append(Point(measurement, point_tags, json.loads(fields_json), datetime.fromtimestamp(t, UTC)))
+        return out[-limit:] if limit else out
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class _InfluxBackend:
+    def __init__(self, cfg: TimeSeriesConfig) -> None:
+        from influxdb_client import InfluxDBClient
+        from influxdb_client.client.write_api import SYNCHRONOUS
+
+        self.cfg = cfg
+        # retries=False: our own loop retries, with the points still in the bounded buffer
+        self._client = InfluxDBClient(url=cfg.url, token=cfg.token, org=cfg.org, timeout=cfg.timeout_ms,
+                                      retries=False)
+        self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
+
+    def write(self, points: Sequence[Point]) -> None:
+        from influxdb_client import Point as InfluxPoint
+        from influxdb_client import WritePrecision
+        from influxdb_client.rest import ApiException
+
+        records = []
+        for p in points:
+            rec = InfluxPoint(p.measurement).time(p.time, WritePrecision.MS)
+            for k, v in p.tags.items():
+                rec.tag(k, v)
+            for k, v in p.fields.items():
+                rec.field(k, v)
+            records.append(rec)
+        try:
+            self._write_api.write(bucket=self.cfg.bucket, org=self.cfg.org, record=records,
+                                  write_precision=WritePrecision.MS)
+        except ApiException as exc:
+            if exc.status is not None and 400 <= exc.status < 500 and exc.status not in (408, 429):
+                raise WriteRejected(f"HTTP {exc.status}: {(exc.body or exc.reason or '')[:300]}") from exc
+            raise
+
+    def query(self, *args: Any) -> list[Point]:
+        raise NotImplementedError("query() is only available on the sqlite backend; query InfluxDB itself")
+
+    def close(self) -> None:
+        self._write_api.close()
+        self._client.close()
+
+
+class TimeSeriesSink:
+    """Buffers points and writes them in batches; `run()` flushes every `flush_interval_ms`."""
+
+    def __init__(self, config: TimeSeriesConfig, data_dir: str | Path = ".") -> None:
+        self.config = config
+        if config.backend == "sqlite":
+            path = Path(config.sqlite_path)
+            if str(path) != ":memory:" and not path.is_absolute():
+                path = Path(data_dir) / path
+            self._backend: _SqliteBackend | _InfluxBackend = _SqliteBackend(path, config.retention_days)
+            self.where = f"sqlite {path}"
+        else:
+            self._backend = _InfluxBackend(config)
+            self.where = f"influxdb {config.url} bucket {config.bucket}"
+        self._buffer: collections.deque[Point] = collections.deque()
+        self._flush_lock = asyncio.Lock()
+        self._full = asyncio.Event()
+        self._backoff = Backoff(config.retry_min_s, config.retry_max_s)
+        self._retry_at = 0.0  # monotonic time before which run() does not retry a failed backend
+        self.stats: dict[str, int] = {"written": 0, "buffered": 0, "dropped": 0, "rejected": 0, "errors": 0}
+
+    def write(self, point: Point) -> None:
+        """Buffer one point (never blocks); the oldest point is dropped when the buffer is full."""
+        if len(self._buffer) >= self.config.buffer_size:
+            self._buffer.popleft()
+            self.stats["dropped"] += 1
+            if self.stats["dropped"] == 1 or self.stats["dropped"] % 10_000 == 0:
+                log.warning("time-series buffer full (%d points, %s): dropping the oldest, %d dropped so far",
+                            self.config.buffer_size, self.where, self.stats["dropped"])
+        self._buffer.append(point)
+        self.stats["buffered"] = len(self._buffer)
+        if len(self._buffer) >= self.config.batch_size:
+            self._full.set()
+
+    def write_many(self, points: Iterable[Point]) -> None:
+        for p in points:
+            self.write(p)
+
+    async def flush(self) -> bool:
+        """Write everything buffered now. False when the backend failed (the points stay buffered)."""
+        async with self._flush_lock:
+            while self._buffer:
+                n = min(len(self._buffer), self.config.batch_size)
+                batch = [self._buffer.popleft() for _ in range(n)]
+                try:
+                    await asyncio.to_thread(self._backend.write, batch)
+                except WriteRejected as exc:
+                    self.stats["rejected"] += len(batch)
+                    log.error("time series (%s) rejected a batch of %d points, dropped: %s", self.where, n, exc)
+                except Exception as exc:  # network, HTTP 5xx, disk: keep the points and retry later
+                    self._requeue(batch)
+                    self.stats["errors"] += 1
+                    delay = self._backoff.next()
+                    self._retry_at = _time.monotonic() + delay
+                    log.warning("time series (%s) write of %d points failed: %s; retrying in %.1f s",
+                                self.where, n, exc, delay)
+                    return False
+                else:
+                    self.stats["written"] += n
+                    self._backoff.reset()
+                finally:
+                    self.stats["buffered"] = len(self._buffer)
+            return True
+
+    def _requeue(self, batch: list[Point]) -> None:
+        self._buffer.extendleft(reversed(batch))
+        while len(self._buffer) > self.config.buffer_size:
+            self._buffer.popleft()
+            self.stats["dropped"] += 1
+
+    async def run(self, stop_event: asyncio.Event) -> None:
+        """Flush on every interval or full batch until stopped, then a last flush and close."""
+        interval = self.config.flush_interval_ms / 1000.0
+        try:
+            while not stop_event.is_set():
+                full_wait = asyncio.create_task(self._full.wait())
+                stop_wait = asyncio.create_task(stop_event.wait())
+                await asyncio.wait({full_wait, stop_wait}, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+                full_wait.cancel()
+                stop_wait.cancel()
+                self._full.clear()
+                pause = self._retry_at - _time.monotonic()
+                if pause > 0 and await wait_or_stop(stop_event, pause):
+                    break
+                await self.flush()
+            if self._buffer and not await self.flush():
+                log.error("time series (%s): %d points not written at shutdown", self.where, len(self._buffer))
+        finally:
+            self.close()
+
+    def query(self, measurement: str, since: datetime | None = None, *, tags: Mapping[str, str] | None = None,
+              limit: int = 0) -> list[Point]:
+        """Points of one measurement from `since` on, oldest first (sqlite backend only).
+        `tags` keeps points whose tags include these values; `limit` keeps the newest `limit`."""
+        return self._backend.query(measurement, since, tags, limit)
+
+    def close(self) -> None:
+        self._backend.close()
+

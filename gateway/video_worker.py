@@ -1,0 +1,68 @@
+"""Runs one camera's analysis pipeline in its own thread, fed through a one-frame mailbox.
+
+Queue policy: the mailbox holds one frame; a newer frame replaces an unprocessed older one (counted
+as `frames_skipped`), so a slow model makes the camera analyse fewer frames, never older ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from gateway.model import Alert, Frame
+
+log = logging.getLogger(__name__)
+
+
+class FrameWorker:
+    def __init__(self, name: str, process: Callable[[Frame], list[Alert]],
+                 on_alert: Callable[[Alert], None], on_done: Callable[[Frame], None] | None = None) -> None:
+        self.name = name
+        self._process = process
+        self._on_alert = on_alert
+        self._on_done = on_done
+        self._cond = threading.Condition()
+        self._slot: Frame | None = None
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name=f"analyse-{name}", daemon=True)
+        self.stats = {"frames_analysed": 0, "frames_skipped": 0, "errors": 0, "last_error": ""}
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def offer(self, frame: Frame) -> None:
+        with self._cond:
+            if self._slot is not None:
+                self.stats["frames_skipped"] += 1
+            self._slot = frame
+            self._cond.notify()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish the frame in hand (its alerts still count), then end the thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._slot is None and not self._stopping:
+                    self._cond.wait()
+                if self._slot is None:
+                    return
+                frame, self._slot = self._slot, None
+            try:
+                alerts = self._process(frame)
+            except Exception as exc:  # noqa: BLE001 - a bad frame must not end the camera's analysis
+                self.stats["errors"] += 1
+                self.stats["last_error"] = f"{type(exc).__name__}: {exc}"
+                log.exception("camera %s: analysis failed on frame %d", self.name, frame.index)
+                continue
+            self.stats["frames_analysed"] += 1
+            for alert in alerts:
+                self._on_alert(alert)
+            if self._on_done is not None:
+                self._on_done(frame)

@@ -87,4 +87,3 @@ def replay_camera(
         if bar:
             bar.close(reader.position, len(alerts))
     return alerts
-

@@ -173,11 +173,11 @@ class CentralDelivery:
 
     async def _fetch(self, now: float) -> list[OutboxItem]:
         limit = self.config.batch + len(self._inflight)
-        items = self.outbox.due(now, limit)
+        items = await asyncio.to_thread(self.outbox.due, now, limit)
         return [i for i in items if i.case_id not in self._inflight][: self.config.batch]
 
     async def _sleep(self, polled_at: float, stopper: asyncio.Task) -> None:
-        nxt = self.outbox.next_due_after(polled_at)
+        nxt = await asyncio.to_thread(self.outbox.next_due_after, polled_at)
         timeout = self.config.poll_s if nxt is None else min(self.config.poll_s, nxt - time.time())
         if timeout <= 0:
             return
@@ -208,7 +208,7 @@ class CentralDelivery:
             while not results.empty():
                 batch.append(results.get_nowait())
             try:
-                self._record(batch)
+                await asyncio.to_thread(self._record, batch)
             except asyncio.CancelledError:
                 raise
             except Exception:  # a broken disk: the cases stay pending and go again later

@@ -172,19 +172,22 @@ class MqttSource:
                     break
 
     async def _consume(self, client: aiomqtt.Client, stop_event: asyncio.Event) -> None:
-        stop = asyncio.create_task(stop_event.wait())
+        """Deliver messages until stopped; raises MqttError when the connection is lost."""
+        tasks = {asyncio.create_task(self._pump(client)), asyncio.create_task(stop_event.wait())}
         try:
-            while True:
-                nxt = asyncio.create_task(anext(client.messages))
-                done, _ = await asyncio.wait({nxt, stop}, return_when=asyncio.FIRST_COMPLETED)
-                if nxt not in done:
-                    nxt.cancel()
-                    return
-                message = nxt.result()  # raises MqttError when the connection is lost
-                payload = message.payload if isinstance(message.payload, bytes | bytearray) else \
-                    str(message.payload or "").encode()
-                obs = self.decode(message.topic.value, bytes(payload))
-                if obs is not None:
-                    await self._deliver(obs)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            stop.cancel()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for task in done:
+            task.result()
+
+    async def _pump(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            payload = message.payload
+            if not isinstance(payload, bytes | bytearray):  # aiomqtt hands bytes; be safe with str/None
+                payload = str(payload or "").encode()
+            obs = self.decode(message.topic.value, bytes(payload))
+            if obs is not None:
+                await self._deliver(obs)

@@ -21,9 +21,11 @@ the central platform in its payload (``recurrences``, ``last_recurrence_at``, ``
 after delivery they stay local (the central platform gets no updates).
 
 Threading: every method is synchronous and thread-safe (one connection behind a lock). A commit
-costs one fsync (~0.2 ms on the dev box); async code may call it directly for single cases and
-should use ``asyncio.to_thread`` for batches. One process owns an outbox file for writing; other
-processes (the CLI) may open the same file: SQLite's locking keeps them consistent.
+waits for one fsync: 0.2 ms on an idle disk, several ms on a busy one or an SD card, so async code
+should call ``await asyncio.to_thread(outbox.enqueue, case)`` and then ``delivery.notify()``
+(CentralDelivery itself does all its outbox calls in threads). `enqueue_many` commits a batch with
+one fsync. Reads are cheap and may be called directly. One process owns an outbox file for
+writing; other processes (the CLI) may open the same file: SQLite's locking keeps them consistent.
 """
 
 from __future__ import annotations

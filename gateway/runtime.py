@@ -147,7 +147,7 @@ class Gateway:
         if outcome is not None and outcome.kind == "new" and self.central is not None:
             self.central.notify()
         if self.mqtt is not None:
-            self.mqtt.publish_alert(alert)
+            self.mqtt.publish_alert(alert, outcome.case_id if outcome is not None else None)
 
     # -- running -------------------------------------------------------------------------------
 

@@ -127,6 +127,7 @@ def test_terminal_to_case_alert_and_time_series(tmp_path, receiver, broker, vm):
         topic, payload = wait_for(lambda: next((a for a in alerts if a[1]["rule"] == "forbidden_zone"), None),
                                   15, "the alert on MQTT")
         assert topic == "citygate/e2e/alerts/warning/forbidden_zone"
+        assert payload["case_id"] == case["case_id"]
         assert payload["state"] == "open" and payload["subject"] == {"kind": "vehicle", "id": "muck-01"}
 
         series = wait_for(lambda: vm.export('{__name__="vehicle_position_lat", vehicle="muck-01"}'), 15,

@@ -159,3 +159,16 @@ def test_problems_are_logged_once_per_device_per_interval(caplog):
 def test_needs_a_profile():
     with pytest.raises(ValueError, match="profile"):
         MqttSource(cfg(1883), [], print)
+
+
+def test_a_flood_of_made_up_device_ids_takes_bounded_memory(monkeypatch, caplog):
+    from gateway.sources import mqtt as source_module
+
+    monkeypatch.setattr(source_module._Throttle, "MAX_KEYS", 3)
+    source = MqttSource(cfg(1883), PROFILES.values(), lambda obs: None, known_devices=set())
+    with caplog.at_level(logging.WARNING, logger="gateway.sources.mqtt"):
+        for i in range(50):
+            source.decode(f"trackers/fake-{i}/gps", json.dumps(GPS).encode())
+    assert source.stats["unknown_device"] == 50
+    assert len(source.device_problems) == 4 and source.device_problems["(other devices)"] == 47
+    assert len(caplog.records) == 4  # three devices, then one line for the rest

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -48,10 +49,23 @@ def test_onnxruntime_finds_the_persons_and_the_bus(onnx_detector, bus):
     assert all(0 <= d.box[0] < d.box[2] <= w and 0 <= d.box[1] < d.box[3] <= h for d in dets)
 
 
-def test_openvino_gives_the_same_labels(onnx_detector, bus):
-    ov = load_detector(DetectorConfig(backend="openvino", model=str(OPENVINO)), OPENVINO)
-    assert _confident(ov.detect(bus)) == _confident(onnx_detector.detect(bus))
-    assert ov.names == onnx_detector.names
+@pytest.fixture(scope="module")
+def openvino_detector():
+    return load_detector(DetectorConfig(backend="openvino", model=str(OPENVINO)), OPENVINO)
+
+
+def test_openvino_gives_the_same_labels(onnx_detector, openvino_detector, bus):
+    assert _confident(openvino_detector.detect(bus)) == _confident(onnx_detector.detect(bus))
+    assert openvino_detector.names == onnx_detector.names
+
+
+@pytest.mark.parametrize("which", ["onnx_detector", "openvino_detector"])
+def test_one_detector_serves_several_camera_threads(which, request, bus):
+    detector = request.getfixturevalue(which)
+    expected = _confident(detector.detect(bus))
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(lambda _: _confident(detector.detect(bus)), range(6)))
+    assert results == [expected] * 6
 
 
 def test_classes_filter_and_class_map(bus):

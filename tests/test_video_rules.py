@@ -96,6 +96,15 @@ def test_new_track_on_an_open_case_continues_it_even_with_gaps():
     assert [(s, ev.state) for s, ev in events] == [(60, "open")]
 
 
+def test_close_of_a_fragmented_case_names_the_track_that_opened_it():
+    # the case desk pairs an open with its close by track id: the close must not carry the new fragment's id
+    frames = [(s, [car(1)]) for s in range(0, 70)] + [(s, [car(5, x=406)]) for s in range(70, 120)]
+    frames += [(s, []) for s in range(120, 200)]  # the car leaves
+    events = run(ZoneRules(camera()), frames)
+    assert [(ev.state, ev.track_id) for _, ev in events] == [("open", 1), ("closed", 1)]
+    assert 5 in events[-1][1].facts["track_ids"]
+
+
 def test_a_second_car_beside_it_opens_its_own_case():
     frames = [(s, [car(1)] + ([car(2, x=700)] if s >= 30 else [])) for s in range(0, 100)]
     events = opened(run(ZoneRules(camera()), frames))

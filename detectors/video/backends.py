@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,6 +31,8 @@ class ModelError(RuntimeError):
 
 
 class ObjectDetector(Protocol):
+    """What the pipeline needs of a model. `detect` may be called from several threads at once."""
+
     names: dict[int, str]
 
     def detect(self, image_bgr: np.ndarray) -> list[Detection]: ...
@@ -222,6 +225,11 @@ def _openvino_names(xml: Path, model: Any) -> dict[int, str]:
         raise ModelError(f"{xml}: no class names (no metadata.yaml beside it, none in the IR)") from exc
 
 
+def _dims(shape: Any) -> list[int | str]:
+    """An OpenVINO partial shape as a list; dynamic dimensions become '?'."""
+    return [d.get_length() if d.is_static else "?" for d in shape]
+
+
 class OpenVinoDetector:
     def __init__(self, cfg: DetectorConfig, model_path: Path) -> None:
         import openvino as ov
@@ -239,17 +247,17 @@ class OpenVinoDetector:
             raise ModelError(f"cannot load OpenVINO model {xml}: {exc}") from exc
         self.decoder = YoloDecoder(_openvino_names(xml, model), cfg)
         self.names = self.decoder.names
-        self.size = _input_size(model.inputs[0].get_partial_shape().to_shape()
-                                if model.inputs[0].get_partial_shape().is_static
-                                else [1, 3, -1, -1], cfg, xml)
-        out_shape = model.outputs[0].get_partial_shape()
-        _check_output([d.get_length() if d.is_static else -1 for d in out_shape], len(self.names), xml)
-        self.request = self.compiled.create_infer_request()
+        self.size = _input_size(_dims(model.inputs[0].get_partial_shape()), cfg, xml)
+        _check_output(_dims(model.outputs[0].get_partial_shape()), len(self.names), xml)
+        self._local = threading.local()  # an infer request serves one thread at a time
         self.path = xml
 
     def detect(self, image_bgr: np.ndarray) -> list[Detection]:
         blob, scale, pad = letterbox(image_bgr, self.size)
-        out = self.request.infer({0: blob})[self.compiled.output(0)]
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        out = request.infer({0: blob})[self.compiled.output(0)]
         return self.decoder.decode(out, scale, pad, image_bgr.shape[:2])
 
 
@@ -281,10 +289,12 @@ class UltralyticsDetector:
                 raise ModelError(f"detector.classes {unknown} are not classes of the model {model_path}")
             self.class_ids = [i for i, n in self.names.items() if n in cfg.classes]
         self.path = model_path
+        self._lock = threading.Lock()  # ultralytics predictors are not thread-safe
 
     def detect(self, image_bgr: np.ndarray) -> list[Detection]:
-        res = self.model.predict(image_bgr, imgsz=self.cfg.input_size, conf=self.cfg.conf_threshold,
-                                 iou=self.cfg.iou_threshold, classes=self.class_ids, verbose=False)[0]
+        with self._lock:
+            res = self.model.predict(image_bgr, imgsz=self.cfg.input_size, conf=self.cfg.conf_threshold,
+                                     iou=self.cfg.iou_threshold, classes=self.class_ids, verbose=False)[0]
         b = res.boxes
         xyxy, conf, cls = b.xyxy.cpu().numpy(), b.conf.cpu().numpy(), b.cls.cpu().numpy().astype(int)
         return [Detection(label=self.names.get(int(c), str(c)), class_id=int(c), confidence=float(s),

@@ -106,6 +106,8 @@ class _Case:
     track_ids: set[int] = field(default_factory=set)
     since_t: float = 0.0  # when the condition started (dwell / presence start)
     category: str | None = None  # fixed at opening, so the close names the same catalog entry
+    track_id: int | None = None  # the track that opened it: open and close carry the same id, so the
+    #                              case desk pairs them even after the object's track fragmented
 
 
 @dataclass(eq=False)
@@ -188,7 +190,8 @@ class _RuleState:
 
     def _open(self, det: Detection, t: float, since: float, when: datetime, facts: dict[str, Any]) -> RuleEvent:
         category = self.rule.class_categories.get(det.label, self.rule.category)
-        case = _Case(next(self._numbers), det.box, det, opened_t=t, last_t=t, since_t=since, category=category)
+        case = _Case(next(self._numbers), det.box, det, opened_t=t, last_t=t, since_t=since, category=category,
+                     track_id=det.track_id)
         if det.track_id is not None:
             case.track_ids.add(det.track_id)
         self.cases.append(case)
@@ -199,7 +202,7 @@ class _RuleState:
         det = case.detection
         base = {"object": det.label, "box": [round(v, 1) for v in case.box], "zone": self.zone_name,
                 "track_ids": sorted(case.track_ids), "case_no": case.no}
-        return RuleEvent(self.rule, state, when, self.zone_name, case.category, det, det.track_id,
+        return RuleEvent(self.rule, state, when, self.zone_name, case.category, det, case.track_id,
                          base | facts, case.no)
 
     # ------------------------------------------------------------ per frame

@@ -30,6 +30,7 @@ import contextlib
 import json
 import logging
 import random
+import secrets
 import threading
 import time
 from dataclasses import dataclass
@@ -45,7 +46,8 @@ from gateway.sinks.central_config import CentralConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CentralConfig", "CentralDelivery", "backoff_delay", "is_retryable", "parse_retry_after"]
+__all__ = ["CentralConfig", "CentralDelivery", "backoff_delay", "encode_multipart", "is_retryable",
+           "parse_retry_after"]
 
 
 def backoff_delay(attempt: int, initial_s: float, max_s: float, rng: random.Random | None = None) -> float:
@@ -78,6 +80,29 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def encode_multipart(parts: list[tuple[str, tuple[str | None, bytes, str]]]) -> tuple[bytes, str]:
+    """multipart/form-data body and its Content-Type from (name, (filename, data, media type)) parts.
+
+    Rendered in one piece: httpx's streaming encoder costs a third more CPU per small case."""
+    boundary = secrets.token_hex(16)
+    out = []
+    for name, (filename, data, media_type) in parts:
+        disposition = f'form-data; name="{_quote(name)}"'
+        if filename:
+            disposition += f'; filename="{_quote(filename)}"'
+        out.append(f"--{boundary}\r\nContent-Disposition: {disposition}\r\nContent-Type: {media_type}\r\n\r\n"
+                   .encode())
+        out.append(data)
+        out.append(b"\r\n")
+    out.append(f"--{boundary}--\r\n".encode())
+    return b"".join(out), f"multipart/form-data; boundary={boundary}"
+
+
+def _quote(value: str) -> str:
+    # RFC 7578: names are quoted strings; escape what would end or break the quoting.
+    return value.replace("\\", "\\\\").replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +138,7 @@ class CentralDelivery:
         }
         self._stats_lock = threading.Lock()  # stats are updated from worker threads too
         self._client = client
+        self._url = httpx.URL(config.url)  # parsed once: it is used for every request
         self._rng = rng or random.Random()
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -155,13 +181,13 @@ class CentralDelivery:
             while not stop_event.is_set():
                 self._wake.clear()  # before the poll, so a notify() during it is not lost
                 now = time.time()
-                fresh = await self._fetch(now)
+                fresh, next_due = await asyncio.to_thread(self._poll, now, frozenset(self._inflight))
                 for item in fresh:
                     self._inflight.add(item.case_id)
                     await queue.put(item)  # blocks while the workers are busy: back-pressure
                 if len(fresh) >= self.config.batch:
                     continue  # there may be more due right now
-                await self._sleep(now, stopper)
+                await self._sleep(next_due, stopper)
         finally:
             stopper.cancel()
             for w in workers:
@@ -171,14 +197,15 @@ class CentralDelivery:
             if own_client:
                 await client.aclose()
 
-    async def _fetch(self, now: float) -> list[OutboxItem]:
-        limit = self.config.batch + len(self._inflight)
-        items = await asyncio.to_thread(self.outbox.due, now, limit)
-        return [i for i in items if i.case_id not in self._inflight][: self.config.batch]
+    def _poll(self, now: float, inflight: frozenset[str]) -> tuple[list[OutboxItem], float | None]:
+        """Due cases not yet in hand, and when the next later one is due (one thread hop for both)."""
+        items = self.outbox.due(now, self.config.batch + len(inflight))
+        fresh = [i for i in items if i.case_id not in inflight][: self.config.batch]
+        next_due = None if len(fresh) >= self.config.batch else self.outbox.next_due_after(now)
+        return fresh, next_due
 
-    async def _sleep(self, polled_at: float, stopper: asyncio.Task) -> None:
-        nxt = await asyncio.to_thread(self.outbox.next_due_after, polled_at)
-        timeout = self.config.poll_s if nxt is None else min(self.config.poll_s, nxt - time.time())
+    async def _sleep(self, next_due: float | None, stopper: asyncio.Task) -> None:
+        timeout = self.config.poll_s if next_due is None else min(self.config.poll_s, next_due - time.time())
         if timeout <= 0:
             return
         waker = asyncio.create_task(self._wake.wait())
@@ -222,7 +249,7 @@ class CentralDelivery:
     async def _attempt(self, client: httpx.AsyncClient, item: OutboxItem) -> _Outcome:
         request = await self._build_request(item)
         try:
-            resp = await client.post(self.config.url, **request)
+            resp = await client.post(self._url, **request)
         except httpx.TimeoutException as exc:
             return _Outcome("retry", error=f"timeout after {self.config.timeout_s} s ({type(exc).__name__})")
         except httpx.HTTPError as exc:
@@ -297,7 +324,8 @@ class CentralDelivery:
             headers["Content-Type"] = "application/json"
             return {"content": body, "headers": headers}
         case_part = ("case", (None, json.dumps(payload, ensure_ascii=False).encode(), "application/json"))
-        return {"files": [case_part, *files], "headers": headers}
+        body, headers["Content-Type"] = encode_multipart([case_part, *files])
+        return {"content": body, "headers": headers}
 
     def _attach_evidence(self, item: OutboxItem) -> tuple[dict[str, Any], list]:
         """Read the evidence files: base64 into the JSON, or as multipart parts (runs in a thread)."""

@@ -14,7 +14,8 @@ Alert payload (JSON, UTF-8; evidence is listed but its bytes are never sent; the
 
     {"rule", "state": "open"|"closed", "time": ISO 8601, "source", "severity", "category",
      "subject": {"kind", "id"}, "place", "message", "lon", "lat", "track_id", "facts": {...},
-     "evidence": [{"name", "media_type", "bytes"}], "site"}
+     "evidence": [{"name", "media_type", "bytes"}], "site",
+     "case_id": the case this alert opened or recurred, or null}
 
 Delivery policy: alerts are also kept in the case store, so MQTT is a live notification channel,
 not the record. Alerts wait in a bounded queue (``queue_size``) while the broker is away and are sent
@@ -99,10 +100,12 @@ def make_client(cfg: MqttConfig, role: str, will: aiomqtt.Will | None = None, **
     )
 
 
-def alert_payload(alert: Alert, site: str = "") -> dict[str, Any]:
-    """The JSON document published for one alert (see the module doc)."""
+def alert_payload(alert: Alert, site: str = "", case_id: str | None = None) -> dict[str, Any]:
+    """The JSON document published for one alert (see the module doc); `case_id` names the case it
+    opened or recurred, so a command-centre screen can link the alert to the case."""
     return {
         "site": site,
+        "case_id": case_id,
         "rule": alert.rule,
         "state": alert.state,
         "time": alert.time.isoformat(),
@@ -155,7 +158,7 @@ class MqttAlertSink:
         return f"{self._health_base}/{topic_level(kind)}/{topic_level(device_id)}"
 
     # -- producer side --------------------------------------------------------------------------
-    def publish_alert(self, alert: Alert) -> None:
+    def publish_alert(self, alert: Alert, case_id: str | None = None) -> None:
         """Queue an alert for publishing; drops (and counts) the oldest queued one when full."""
         if len(self._alerts) >= self.config.queue_size:
             self._alerts.popleft()
@@ -163,7 +166,7 @@ class MqttAlertSink:
             if self.stats["dropped"] == 1 or self.stats["dropped"] % 100 == 0:
                 log.warning("MQTT alert queue full (%d): dropped the oldest alert, %d dropped so far",
                             self.config.queue_size, self.stats["dropped"])
-        self._alerts.append((self.alert_topic(alert), _dumps(alert_payload(alert, self.site))))
+        self._alerts.append((self.alert_topic(alert), _dumps(alert_payload(alert, self.site, case_id))))
         self.stats["queued"] = len(self._alerts)
         self._wake.set()
 

@@ -41,6 +41,7 @@ OFFLINE_RULE = "camera_offline"
 OPEN_TIMEOUT_MS = 10_000
 READ_TIMEOUT_MS = 10_000
 DEFAULT_FILE_FPS = 25.0  # when a file does not say its frame rate
+STALE_FPS_S = 5.0  # no frame decoded for this long: the decoded fps reads 0, not the last rate
 
 # RTSP over TCP: UDP loses packets on busy networks and smears the picture. The variable is
 # process-wide and read by OpenCV at open time; a value the operator set wins.
@@ -83,13 +84,21 @@ class FileReader:
     progress bar.
     """
 
-    def __init__(self, camera: str, path: Path, detect_fps: float, start: datetime | None = None) -> None:
+    def __init__(
+        self,
+        camera: str,
+        path: Path,
+        detect_fps: float,
+        start: datetime | None = None,
+        on_decode: Callable[[], None] | None = None,
+    ) -> None:
         if detect_fps <= 0:
             raise ValueError(f"camera {camera!r}: detect_fps must be > 0, got {detect_fps}")
         self.camera = camera
         self.path = Path(path)
         self.detect_fps = detect_fps
         self.start = start or datetime.now(UTC)
+        self.on_decode = on_decode  # called for every decoded frame, picked or not (decode-rate stats)
         self.position = 0
         self.picked = 0
         cap = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
@@ -109,6 +118,8 @@ class FileReader:
                     return
                 i = self.position
                 self.position += 1
+                if self.on_decode is not None:
+                    self.on_decode()
                 video_s = i / self.fps
                 if video_s * self.detect_fps + 1e-9 < k:
                     continue  # between two picks
@@ -211,7 +222,9 @@ class CameraSource:
     def stats(self) -> dict[str, Any]:
         """Counters for the status page: decoded_fps (rolling), frames decoded/dropped/dispatched, ..."""
         times = list(self._decode_times)
-        fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
+        fps = 0.0
+        if len(times) > 1 and times[-1] > times[0] and self.clock() - times[-1] < STALE_FPS_S:
+            fps = (len(times) - 1) / (times[-1] - times[0])
         return {**self._counters, "decoded_fps": round(fps, 2)}
 
     # ----------------------------------------------------------------- reader
@@ -278,10 +291,14 @@ class CameraSource:
 
     def _read_file_fast(self) -> None:
         """As fast as possible, every picked frame handed on synchronously (no drops, deterministic)."""
+
+        def decoded() -> None:
+            self._decode_times.append(self.clock())
+            self._counters["frames_decoded"] += 1
+
+        path = file_path(self.camera.url)
         try:
-            reader = FileReader(
-                self.name, file_path(self.camera.url), self.camera.detect_fps, self.start_time
-            )
+            reader = FileReader(self.name, path, self.camera.detect_fps, self.start_time, decoded)
         except FileNotFoundError as exc:
             self._error(str(exc))
             self.finished.set()
@@ -290,13 +307,9 @@ class CameraSource:
             for frame in reader:
                 if self._stop.is_set():
                     break
-                now = self.clock()
-                self._decode_times.append(now)
-                self._counters["frames_decoded"] = reader.position
                 self._counters["frames_dispatched"] += 1
-                self._last_frame_at = now
+                self._last_frame_at = self.clock()
                 self._deliver(frame)
-            self._counters["frames_decoded"] = reader.position
         finally:
             reader.close()
             self.finished.set()
@@ -383,8 +396,9 @@ class CameraSource:
             self.finished.set()
 
     def _error(self, message: str, exc: BaseException | None = None) -> None:
-        self._counters["errors"] += 1
-        self._counters["last_error"] = message
+        with self._slot_lock:  # both threads report errors
+            self._counters["errors"] += 1
+            self._counters["last_error"] = message
         log.warning("camera %s: %s", self.name, message, exc_info=exc)
 
     def _where(self) -> str:

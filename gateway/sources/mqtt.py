@@ -43,8 +43,15 @@ class _Throttle:
         self._last: dict[str, float] = {}
         self._held: collections.Counter[str] = collections.Counter()
 
+    MAX_KEYS = 10_000  # device ids come from the network: bound the memory they can take
+
     def allow(self, key: str) -> tuple[bool, int]:
         now = time.monotonic()
+        if len(self._last) >= self.MAX_KEYS and key not in self._last:
+            self._last = {k: t for k, t in self._last.items() if now - t < self.interval_s}
+            self._held = collections.Counter({k: n for k, n in self._held.items() if k in self._last})
+            if len(self._last) >= self.MAX_KEYS:
+                key = "(many devices)"
         last = self._last.get(key)
         if last is not None and now - last < self.interval_s:
             self._held[key] += 1
@@ -90,7 +97,7 @@ class MqttSource:
             "received": 0, "observations": 0, "undecodable": 0, "values_dropped": 0, "unknown_device": 0,
             "unmatched": 0, "callback_errors": 0, "reconnects": 0,
         }
-        self.device_problems: collections.Counter[str] = collections.Counter()
+        self.device_problems: collections.Counter[str] = collections.Counter()  # see _problem()
 
     # -- decoding (no I/O, usable without a broker) ----------------------------------------------
     def decode(self, topic: str, payload: bytes, received: datetime | None = None) -> Observation | None:
@@ -106,23 +113,28 @@ class MqttSource:
             return None
         if self.known_devices is not None and device not in self.known_devices:
             self.stats["unknown_device"] += 1
-            self.device_problems[device] += 1
+            self._problem(device)
             self._log(device, "unknown device %r (profile %s, topic %s): ignored", device, profile.name, topic)
             return None
         try:
             result = profile.decode(topic, payload, received=received or datetime.now(UTC))
         except PayloadError as exc:
             self.stats["undecodable"] += 1
-            self.device_problems[device] += 1
+            self._problem(device)
             self._log(device, "undecodable payload: %s", exc)
             return None
         if result.problems:
             self.stats["values_dropped"] += len(result.problems)
-            self.device_problems[device] += 1
+            self._problem(device)
             self._log(device, "profile %r, device %r: values left out: %s", profile.name, device,
                       "; ".join(result.problems))
         self.stats["observations"] += 1
         return result.observation
+
+    def _problem(self, device: str) -> None:
+        if device not in self.device_problems and len(self.device_problems) >= _Throttle.MAX_KEYS:
+            device = "(other devices)"  # bounded: a flood of made-up ids cannot grow this without end
+        self.device_problems[device] += 1
 
     def _log(self, key: str, msg: str, *args: object) -> None:
         allowed, held = self._throttle.allow(key)

@@ -113,3 +113,13 @@ def test_shipped_configs_are_valid(name, monkeypatch):
     monkeypatch.setenv("CITYGATE_CENTRAL_TOKEN", "t")
     monkeypatch.setenv("CITYGATE_INFLUX_TOKEN", "t")
     load_config(REPO / "configs" / name)
+
+
+def test_every_config_field_is_documented_and_the_reference_is_current():
+    from gateway.config import GatewayConfig
+    from gateway.config_reference import render, rows
+
+    undocumented = [path for path, _, _, doc in rows(GatewayConfig) if not doc.strip()]
+    assert undocumented == []
+    committed = (REPO / "docs" / "config-reference.md").read_text(encoding="utf-8")
+    assert committed == render(), "docs/config-reference.md is stale: run python -m gateway.config_reference"

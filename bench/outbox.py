@@ -1,10 +1,10 @@
 """Benchmark of the durable outbox: cases from enqueue to acknowledged by a local HTTP receiver.
 
-    python bench/outbox.py [--count 5000] [--rate 500] [--evidence-mode multipart]
+    python bench/outbox.py [--count 3000] [--rate 500] [--evidence-mode multipart]
 
 The receiver (tests/central_receiver.py) runs in its own process, as the central platform would.
 The gateway side runs as in production: a producer thread enqueues cases (each commit fsynced)
-and calls `notify()`, the `CentralDelivery` worker posts them over one keep-alive httpx client.
+and calls `notify()`, the `CentralDelivery` worker posts them over one keep-alive aiohttp session.
 
 Two phases, each on a fresh outbox:
 - steady: `--count` cases offered at `--rate` cases/s (the goal's load) -> latency under load;
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import sqlite3
 import subprocess
 import sys
@@ -48,6 +49,8 @@ class Result:
     p99_ms: float
     max_ms: float
     duplicates: int
+    gateway_cpu_ms: float  # CPU time of this process per case (all threads)
+    receiver_cpu_ms: float  # CPU time of the receiver process per case
 
 
 def make_case(i: int, prefix: str) -> Case:
@@ -88,18 +91,26 @@ def produce(outbox: Outbox, delivery: CentralDelivery, count: int, rate: float |
         delivery.notify()
 
 
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def run_phase(workdir: Path, url: str, mode: str, count: int, rate: float | None, name: str,
-                    log: Path) -> Result:
+                    log: Path, receiver_pid: int) -> Result:
     outbox = Outbox(workdir / f"{name}.db", max_cases=count + 1)
     delivery = CentralDelivery(outbox, CentralConfig(url=url, evidence_mode=mode))
     stop = asyncio.Event()
     task = asyncio.create_task(delivery.run(stop))
     await asyncio.sleep(0)  # let run() start so notify() reaches it
+    cpu0, rx_cpu0 = time.process_time(), process_cpu_s(receiver_pid)
     producer = threading.Thread(target=produce, args=(outbox, delivery, count, rate, name), daemon=True)
     producer.start()
     deadline = time.monotonic() + 50
     while delivery.stats["delivered"] < count and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
+    cpu, rx_cpu = time.process_time() - cpu0, process_cpu_s(receiver_pid) - rx_cpu0
     stop.set()
     await task
     producer.join()
@@ -121,32 +132,37 @@ async def run_phase(workdir: Path, url: str, mode: str, count: int, rate: float 
         p99_ms=lat[min(len(lat) - 1, int(len(lat) * 0.99))],
         max_ms=lat[-1],
         duplicates=len(received) - len(set(received)),
+        gateway_cpu_ms=cpu / count * 1000,
+        receiver_cpu_ms=rx_cpu / count * 1000,
     )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description="outbox -> central platform delivery benchmark")
-    ap.add_argument("--count", type=int, default=5000, help="cases per phase")
+    ap.add_argument("--count", type=int, default=3000, help="cases per phase")
     ap.add_argument("--rate", type=float, default=500.0, help="offered load of the steady phase, cases/s")
     ap.add_argument("--evidence-mode", choices=("multipart", "base64"), default="multipart")
     args = ap.parse_args()
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="citygate-bench-") as tmp:
         workdir = Path(tmp)
         log = workdir / "received.log"
         rx, url = start_receiver(log)
         try:
-            steady = asyncio.run(run_phase(workdir, url, args.evidence_mode, args.count, args.rate, "steady", log))
-            burst = asyncio.run(run_phase(workdir, url, args.evidence_mode, args.count, None, "burst", log))
+            steady = asyncio.run(run_phase(workdir, url, args.evidence_mode, args.count, args.rate, "steady", log,
+                                         rx.pid))
+            burst = asyncio.run(run_phase(workdir, url, args.evidence_mode, args.count, None, "burst", log, rx.pid))
         finally:
             rx.terminate()
             rx.wait(timeout=10)
     print(f"outbox -> HTTP receiver (separate process), evidence_mode={args.evidence_mode}, "
-          f"synchronous=FULL, concurrency={CentralConfig().concurrency}")
+          f"synchronous=FULL, concurrency={CentralConfig().concurrency}, {os.cpu_count()} CPUs, "
+          f"load average before/after {load_before:.1f}/{os.getloadavg()[0]:.1f}")
     print(f"{'phase':<8}{'offered':>10}{'cases':>8}{'seconds':>9}{'cases/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
-          f"{'max ms':>9}{'dups':>6}")
+          f"{'max ms':>9}{'dups':>6}{'gw cpu ms/case':>16}{'rx cpu ms/case':>16}")
     for r in (steady, burst):
         print(f"{r.phase:<8}{r.offered:>10}{r.count:>8}{r.seconds:>9.2f}{r.cases_per_s:>9.0f}{r.p50_ms:>9.1f}"
-              f"{r.p99_ms:>9.1f}{r.max_ms:>9.1f}{r.duplicates:>6}")
+              f"{r.p99_ms:>9.1f}{r.max_ms:>9.1f}{r.duplicates:>6}{r.gateway_cpu_ms:>16.2f}{r.receiver_cpu_ms:>16.2f}")
     print(f"cases_per_s={burst.cases_per_s:.0f} p50_ms={steady.p50_ms:.1f} p99_ms={steady.p99_ms:.1f}")
 
 

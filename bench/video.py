@@ -44,6 +44,7 @@ from detectors.video.config import (  # noqa: E402
     VideoRuleConfig,
     ZoneConfig,
 )
+from detectors.video.motion import MotionGate  # noqa: E402
 from detectors.video.pipeline import CameraPipeline  # noqa: E402
 from gateway.model import Frame  # noqa: E402
 
@@ -100,10 +101,23 @@ def street_camera(motion: bool) -> CameraConfig:
             ZoneConfig(name="kerb", polygon=[(400, 0), (480, 0), (480, 80), (400, 80)]),
         ],
         rules=[
-            VideoRuleConfig(name="crowd", kind="count", zone="road", classes=["person"], min_count=3,
-                            min_seconds=2, category="crowding"),
-            VideoRuleConfig(name="parking", kind="dwell", zone="kerb", classes=["car", "truck"],
-                            min_seconds=5, category="illegal_parking"),
+            VideoRuleConfig(
+                name="crowd",
+                kind="count",
+                zone="road",
+                classes=["person"],
+                min_count=3,
+                min_seconds=2,
+                category="crowding",
+            ),
+            VideoRuleConfig(
+                name="parking",
+                kind="dwell",
+                zone="kerb",
+                classes=["car", "truck"],
+                min_seconds=5,
+                category="illegal_parking",
+            ),
         ],
     )
 
@@ -111,6 +125,46 @@ def street_camera(motion: bool) -> CameraConfig:
 def as_frames(camera: str, images: list[np.ndarray], fps: float) -> list[Frame]:
     start = datetime(2026, 1, 1, tzinfo=UTC)
     return [Frame(camera, i, start + timedelta(seconds=i / fps), im) for i, im in enumerate(images)]
+
+
+def bare_vs_pipeline(det, images: list[np.ndarray]) -> tuple[list[float], list[float], CameraPipeline]:
+    """Seconds per frame for the bare model and for the full pipeline over the same frames.
+
+    The two are interleaved frame by frame (alternating which goes first), so that a busy box or
+    a CPU clock change slows both alike. The pipeline's share per frame: decoding it (read again
+    from the file), the motion gate, and `CameraPipeline.process` with gating off so that every
+    frame is inferred, as in the bare run.
+    """
+    frames = as_frames("bench", images, fps=10.0)
+    pipe = CameraPipeline(street_camera(motion=False), det)
+    gate = MotionGate(MotionConfig())
+    cap = cv2.VideoCapture(str(STREET), cv2.CAP_FFMPEG)
+    det.detect(images[0])  # warm-up: the first call allocates
+    bare: list[float] = []
+    piped: list[float] = []
+    for i, frame in enumerate(frames):
+
+        def run_bare(image=frame.image) -> None:
+            det.detect(image)
+
+        def run_pipeline(frame=frame) -> None:
+            ok, _ = cap.read()
+            if not ok:
+                raise SystemExit(f"{STREET}: fewer frames on the second read")
+            gate.changed(frame.image)
+            pipe.process(frame)
+
+        first, second = (run_bare, run_pipeline) if i % 2 == 0 else (run_pipeline, run_bare)
+        t0 = time.perf_counter()
+        first()
+        t1 = time.perf_counter()
+        second()
+        t2 = time.perf_counter()
+        b, p = (t1 - t0, t2 - t1) if i % 2 == 0 else (t2 - t1, t1 - t0)
+        bare.append(b)
+        piped.append(p)
+    cap.release()
+    return bare, piped, pipe
 
 
 def encode_1080p(src: list[np.ndarray], fps: int, path: Path) -> str:
@@ -140,7 +194,7 @@ def encode_1080p(src: list[np.ndarray], fps: int, path: Path) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--frames", type=int, default=150, help="frames of the street clip to run the model on")
+    ap.add_argument("--frames", type=int, default=100, help="frames of the street clip to run the model on")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     rows: list[tuple[str, str, str]] = []
@@ -164,8 +218,10 @@ def main() -> None:
             row(f"{backend} model", "missing", f"{name} not in {', '.join(map(str, model_dirs()))}")
             continue
         try:
-            detectors[backend] = (load_detector(DetectorConfig(backend=backend, model=str(path), threads=CORES), path),
-                                  path)
+            detectors[backend] = (
+                load_detector(DetectorConfig(backend=backend, model=str(path), threads=CORES), path),
+                path,
+            )
         except ModelError as exc:
             row(f"{backend} model", "failed", str(exc)[:60])
     if not detectors:
@@ -174,20 +230,21 @@ def main() -> None:
     ratios: dict[str, float] = {}
     detect_cpu: dict[str, float] = {}
     for backend, (det, path) in detectors.items():
-        det.detect(images[0])  # warm-up: first call allocates
-        bare_wall, _ = timed(lambda det=det: [det.detect(im) for im in images])
-        bare_fps = n / bare_wall
-
-        frames = as_frames("bench", images, fps=10.0)
-        pipe = CameraPipeline(street_camera(motion=True), det)
-        pipe_wall, _ = timed(lambda pipe=pipe, frames=frames: [pipe.process(f) for f in frames])
-        inferred = pipe.stats["inferences"]
-        pipe_fps = n / (pipe_wall + dec_per_frame * n)  # decode of every frame counted in
-        ratios[backend] = pipe_fps / bare_fps
-        row(f"{backend} bare model ({path.name})", f"{bare_fps:.1f} fps", f"{1000 / bare_fps:.1f} ms/frame, {CORES} threads")
-        row(f"{backend} full pipeline", f"{pipe_fps:.1f} fps",
-            f"decode+gate+detect+track+rules; {inferred}/{n} inferred, {pipe.stats['alerts']} alerts")
-        row(f"{backend} pipeline / bare", f"{ratios[backend]:.3f}", "must be >= 0.90")
+        bare_s, pipe_s, pipe = bare_vs_pipeline(det, images)
+        bare_fps, pipe_fps = n / sum(bare_s), n / sum(pipe_s)
+        # median of the per-frame ratios: a load spike from another process hits one frame, not the result
+        ratios[backend] = float(np.median(np.array(bare_s) / np.array(pipe_s)))
+        row(
+            f"{backend} bare model ({path.name})",
+            f"{bare_fps:.1f} fps",
+            f"{1000 / bare_fps:.1f} ms/frame, {CORES} threads",
+        )
+        row(
+            f"{backend} full pipeline",
+            f"{pipe_fps:.1f} fps",
+            f"decode+gate+detect+track+rules; {pipe.stats['inferences']}/{n} inferred, {pipe.stats['alerts']} alerts",
+        )
+        row(f"{backend} pipeline / bare", f"{ratios[backend]:.3f}", "median per-frame ratio; must be >= 0.90")
 
         # CPU seconds of one inference on one thread: what a box full of cameras pays per detect
         det1 = load_detector(DetectorConfig(backend=backend, model=str(path), threads=1), path)
@@ -201,35 +258,51 @@ def main() -> None:
     static, sub_wall, sub_cpu = decode_all(STATIC)
     fastest = min(detect_cpu, key=detect_cpu.get)
     gated = CameraPipeline(
-        CameraConfig(name="static", url=str(STATIC), realtime=False, motion=MotionConfig(enabled=True),
-                     zones=[ZoneConfig(name="lot", polygon=[(0, 0), (640, 0), (640, 360), (0, 360)])],
-                     rules=[VideoRuleConfig(name="parking", kind="dwell", zone="lot", classes=["car"])]),
+        CameraConfig(
+            name="static",
+            url=str(STATIC),
+            realtime=False,
+            motion=MotionConfig(enabled=True),
+            zones=[ZoneConfig(name="lot", polygon=[(0, 0), (640, 0), (640, 360), (0, 360)])],
+            rules=[VideoRuleConfig(name="parking", kind="dwell", zone="lot", classes=["car"])],
+        ),
         detectors[fastest][0],
     )
     for f in as_frames("static", static, fps=SUBSTREAM_FPS):
         gated.process(f)
     gated_skip = gated.stats["skipped_by_motion"] / max(1, gated.stats["frames"])
-    row("motion gating, static scene", f"{100 * gated_skip:.0f} % skipped",
-        f"{gated.stats['skipped_by_motion']}/{gated.stats['frames']} frames of {STATIC.name}")
+    row(
+        "motion gating, static scene",
+        f"{100 * gated_skip:.0f} % skipped",
+        f"{gated.stats['skipped_by_motion']}/{gated.stats['frames']} frames of {STATIC.name}",
+    )
 
     # -- decode cost: 1080p main stream, 640x360 sub-stream --------------------------------------
     sub_h, sub_w = static[0].shape[:2]
     sub_cpu_per_frame = sub_cpu / len(static)
-    row(f"decode {sub_w}x{sub_h} sub-stream", f"{len(static) / sub_wall:.0f} fps",
-        f"{1000 * sub_cpu_per_frame:.2f} ms CPU/frame")
+    row(
+        f"decode {sub_w}x{sub_h} sub-stream",
+        f"{len(static) / sub_wall:.0f} fps",
+        f"{1000 * sub_cpu_per_frame:.2f} ms CPU/frame",
+    )
     with tempfile.TemporaryDirectory() as tmp:
         big = Path(tmp) / "1080p.mp4"
         codec = encode_1080p(static[:75], SUBSTREAM_FPS, big)
         _, big_wall, big_cpu = decode_all(big)
         nbig = 75
-    row("decode 1920x1080", f"{nbig / big_wall:.0f} fps", f"{codec}; {1000 * big_cpu / nbig:.1f} ms CPU/frame")
+    row(
+        "decode 1920x1080", f"{nbig / big_wall:.0f} fps", f"{codec}; {1000 * big_cpu / nbig:.1f} ms CPU/frame"
+    )
 
     # -- cameras per 2-core box --------------------------------------------------------------------
     per_camera = SUBSTREAM_FPS * sub_cpu_per_frame + 1 * detect_cpu[fastest]
     cameras = math.floor(CORES * 1.0 / per_camera)
-    row("cameras at 1 detect-fps", str(cameras),
+    row(
+        "cameras at 1 detect-fps",
+        str(cameras),
         f"{CORES} cores / ({SUBSTREAM_FPS} x {1000 * sub_cpu_per_frame:.2f} ms decode + "
-        f"1 x {1000 * detect_cpu[fastest]:.1f} ms {fastest} detect) CPU per camera-second")
+        f"1 x {1000 * detect_cpu[fastest]:.1f} ms {fastest} detect) CPU per camera-second",
+    )
 
     width = max(len(r[0]) for r in rows)
     vwidth = max(len(r[1]) for r in rows)

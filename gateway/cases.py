@@ -52,7 +52,7 @@ class CaseDesk:
         self.gateway_id = gateway_id
         self.timezone = timezone
         self.cooldown = timedelta(seconds=cooldown_s)
-        self.stats = {"cases": 0, "recurrences": 0, "closed": 0, "unknown_category": 0}
+        self.stats = {"cases": 0, "recurrences": 0, "closed": 0, "unknown_category": 0, "evidence_errors": 0}
         self._lock = threading.Lock()
         self._db = sqlite3.connect(state_path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -124,7 +124,13 @@ class CaseDesk:
         subject = {"kind": alert.subject_kind, "id": alert.subject_id, "place": alert.place}
         if alert.track_id is not None:
             subject["track_id"] = alert.track_id
-        evidence = tuple(self._store_evidence(cid, alert.time, e) for e in alert.evidence)
+        try:
+            drawn = alert.all_evidence()
+        except Exception:  # noqa: BLE001 - a drawing bug must not cost the case; file it without the drawing
+            self.stats["evidence_errors"] += 1
+            log.exception("case %s: rendering evidence for %s failed; filing the case without it", cid, alert.rule)
+            drawn = alert.evidence
+        evidence = tuple(self._store_evidence(cid, alert.time, e) for e in drawn)
         return Case(case_id=cid, source=alert.source, category=self._category(alert.category or ""),
                     rule=alert.rule, severity=alert.severity, detected_at=alert.time.astimezone(self.timezone),
                     location=location, subject=subject, evidence=evidence, facts=dict(alert.facts),

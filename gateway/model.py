@@ -7,7 +7,7 @@ timezone-aware; constructors reject naive datetimes so that a local-time bug fai
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -118,6 +118,9 @@ class Alert:
 
     `category` names a catalog entry; an opening alert with a category becomes (or recurs) a case.
     `place` distinguishes several violations of one rule by one subject (a zone name, a road).
+    `render_evidence`, when set, makes evidence that is costly to draw (a map, a track excerpt) only
+    if the case desk files a new case, on the desk's thread: recurrences and alert-only uses never pay
+    for it, and the detector's hot path stays short. It must capture what it draws (no live state).
     """
 
     rule: str
@@ -135,9 +138,14 @@ class Alert:
     track_id: int | None = None
     facts: Mapping[str, Any] = field(default_factory=dict)
     evidence: tuple[Evidence, ...] = ()
+    render_evidence: Callable[[], tuple[Evidence, ...]] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         require_aware(self.time, "Alert.time")
+
+    def all_evidence(self) -> tuple[Evidence, ...]:
+        """The evidence attached now plus what `render_evidence` draws (called once, by the case desk)."""
+        return self.evidence + (self.render_evidence() if self.render_evidence is not None else ())
 
     @property
     def key(self) -> str:

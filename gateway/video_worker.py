@@ -26,7 +26,7 @@ class FrameWorker:
         self._slot: Frame | None = None
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=f"analyse-{name}", daemon=True)
-        self.stats = {"frames_analysed": 0, "frames_skipped": 0, "errors": 0, "last_error": ""}
+        self.stats = {"frames_analysed": 0, "frames_skipped": 0, "analysis_errors": 0, "analysis_last_error": ""}
 
     def start(self) -> None:
         self._thread.start()
@@ -57,8 +57,8 @@ class FrameWorker:
             try:
                 alerts = self._process(frame)
             except Exception as exc:  # noqa: BLE001 - a bad frame must not end the camera's analysis
-                self.stats["errors"] += 1
-                self.stats["last_error"] = f"{type(exc).__name__}: {exc}"
+                self.stats["analysis_errors"] += 1
+                self.stats["analysis_last_error"] = f"{type(exc).__name__}: {exc}"
                 log.exception("camera %s: analysis failed on frame %d", self.name, frame.index)
                 continue
             self.stats["frames_analysed"] += 1

@@ -137,7 +137,7 @@ def test_forbidden_zone_entry_opens_at_the_boundary_and_clears_on_leaving():
     assert opened.facts["entered_at"] == (start + timedelta(seconds=102.5)).isoformat()
     assert opened.facts["plate"] == "京A·M0001" and opened.facts["zone_name"] == "Old town"
     assert closed.time == start + timedelta(seconds=205) and closed.facts["duration_s"] == 102.5
-    names = {e.name: e for e in opened.evidence}
+    names = {e.name: e for e in opened.all_evidence()}
     fc = json.loads(names["track.geojson"].data)
     assert fc["type"] == "FeatureCollection"
     assert any(f["properties"].get("id") == "centre" for f in fc["features"])
@@ -214,7 +214,7 @@ def test_off_route_opens_after_the_threshold_and_clears_back_on_route():
     assert opened.time > left.time and opened.time - left.time <= timedelta(seconds=35)
     back = next(p for p in fixes if p.time > opened.time and p.lat < at(0, 50)[1])
     assert closed.time == back.time
-    assert {e.name for e in opened.evidence} == {"track.geojson", "map.png"}
+    assert {e.name for e in opened.all_evidence()} == {"track.geojson", "map.png"}
 
 
 def test_driving_inside_the_corridor_is_not_off_route():
@@ -291,7 +291,7 @@ def test_unloading_outside_a_dump_site_is_suspected_illegal_dumping():
     opened, closed = once(run(FleetMonitor(world()), fixes), "illegal_dumping")
     assert opened.time == first_empty.time and near(opened, 4000, 0, 5)
     assert opened.category == "illegal_dumping" and opened.facts["load_before"] == "full"
-    assert {e.name for e in opened.evidence} == {"track.geojson", "map.png"}
+    assert {e.name for e in opened.all_evidence()} == {"track.geojson", "map.png"}
     assert closed.time == reloaded.time
 
 

@@ -311,7 +311,7 @@ class FleetConfig(StrictModel):
     segment_max_gap_s: float = Field(
         120.0, gt=0, description="Test the straight segment between fixes at most this far apart in time."
     )
-    track_points: int = Field(120, ge=2, description="Recent fixes kept per vehicle for evidence.")
+    track_points: int = Field(60, ge=2, description="Recent fixes kept per vehicle for evidence.")
     index_cell_m: float = Field(250.0, gt=0, description="Cell size of the zone lookup cache, metres.")
     filters: FilterConfig = Field(default_factory=FilterConfig, description="Position filters.")
     rules: VehicleRulesConfig = Field(default_factory=VehicleRulesConfig, description="Rules and thresholds.")

@@ -37,14 +37,16 @@ class PositionFilter:
         self.counts[verdict] = self.counts.get(verdict, 0) + 1
         return verdict
 
-    def check(self, p: Position, received_at: datetime | None = None) -> str:
+    def check(self, p: Position, received_at: datetime | None = None, t: float | None = None) -> str:
+        """The verdict on one fix; `t` is p.time as epoch seconds when the caller has it already."""
         cfg = self.config
         if cfg.invalid_fix and not p.valid:
             return self._count(INVALID_FIX)
         lon, lat = p.lon, p.lat
         if cfg.zero and ((lon == 0.0 and lat == 0.0) or not (-180.0 <= lon <= 180.0 and -90.0 <= lat <= 90.0)):
             return self._count(ZERO)
-        t = p.time.timestamp()
+        if t is None:
+            t = p.time.timestamp()
         if cfg.future_s is not None and received_at is not None and t > received_at.timestamp() + cfg.future_s:
             return self._count(FUTURE)
         if p.history:
@@ -52,7 +54,8 @@ class PositionFilter:
         last = self._last.get(p.device)
         if last is None:
             self._last[p.device] = [t, lon, lat, 0.0]
-            return self._count(LIVE)
+            self.counts[LIVE] = self.counts.get(LIVE, 0) + 1
+            return LIVE
         dt = t - last[0]
         if dt == 0.0 and cfg.duplicates:
             return self._count(DUPLICATE)
@@ -70,7 +73,9 @@ class PositionFilter:
                     return self._count(JUMP)
                 # the terminal keeps reporting the new place: the old fix was the bad one
         last[0], last[1], last[2], last[3] = t, lon, lat, 0.0
-        return self._count(LIVE)
+        counts = self.counts  # the common case, inlined
+        counts[LIVE] = counts.get(LIVE, 0) + 1
+        return LIVE
 
     def forget(self, device: str) -> None:
         self._last.pop(device, None)

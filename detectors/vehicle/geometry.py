@@ -13,6 +13,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import shapely
 from shapely.geometry import LineString, Polygon
 
@@ -45,6 +46,44 @@ class Shape:
     geom: Polygon
     bounds: tuple[float, float, float, float]
     data: object  # the config entry it came from
+    ring: tuple[tuple[float, float], ...] | None = None  # vertices of a small simple polygon, else None
+
+
+_SMALL = 24  # polygons with at most this many vertices are tested in pure Python (no geometry objects)
+
+
+def _ring_of(geom: Polygon) -> tuple[tuple[float, float], ...] | None:
+    if geom.geom_type != "Polygon" or len(geom.interiors) or len(geom.exterior.coords) - 1 > _SMALL:
+        return None
+    return tuple((float(x), float(y)) for x, y in geom.exterior.coords[:-1])
+
+
+def _inside(ring: tuple[tuple[float, float], ...], x: float, y: float) -> bool:
+    """Even-odd ray casting."""
+    inside = False
+    jx, jy = ring[-1]
+    for ix, iy in ring:
+        if (iy > y) != (jy > y) and x < (jx - ix) * (y - iy) / (jy - iy) + ix:
+            inside = not inside
+        jx, jy = ix, iy
+    return inside
+
+
+def _crosses(ring: tuple[tuple[float, float], ...], x0: float, y0: float, x1: float, y1: float) -> bool:
+    """Whether segment (x0,y0)-(x1,y1) meets any edge of the ring (touching counts)."""
+    dx, dy = x1 - x0, y1 - y0
+    jx, jy = ring[-1]
+    for ix, iy in ring:
+        ex, ey = ix - jx, iy - jy
+        den = dx * ey - dy * ex
+        if den != 0.0:
+            wx, wy = jx - x0, jy - y0
+            t = (wx * ey - wy * ex) / den
+            u = (wx * dy - wy * dx) / den
+            if 0.0 <= t <= 1.0 and 0.0 <= u <= 1.0:
+                return True
+        jx, jy = ix, iy
+    return False
 
 
 class PolygonLayer:
@@ -58,7 +97,29 @@ class PolygonLayer:
         self._tree = shapely.STRtree([s.geom for s in shapes]) if shapes else None
         for s in shapes:
             shapely.prepare(s.geom)
+            s.ring = _ring_of(s.geom)
         self._cells: dict[tuple[int, int], tuple[int, ...]] = {}
+
+    def prefill(self, x0: float, y0: float, x1: float, y1: float, max_cells: int = 250_000) -> int:
+        """Answer every cell of a box at once (one vectorised tree query) so that no fix pays for a
+        cold cell later; returns the number of cells filled (0 when the box is too large)."""
+        c = self.cell
+        ax, bx, ay, by = math.floor(x0 / c), math.floor(x1 / c), math.floor(y0 / c), math.floor(y1 / c)
+        n = (bx - ax + 1) * (by - ay + 1)
+        if self._tree is None or n > max_cells:
+            return 0
+        gx, gy = np.meshgrid(np.arange(ax, bx + 1), np.arange(ay, by + 1))
+        gx, gy = gx.ravel(), gy.ravel()
+        cell_idx, shape_idx = self._tree.query(shapely.box(gx * c, gy * c, (gx + 1) * c, (gy + 1) * c))
+        found: dict[int, list[int]] = {}
+        for ci, si in zip(cell_idx.tolist(), shape_idx.tolist(), strict=True):
+            found.setdefault(ci, []).append(si)
+        empty: tuple[int, ...] = ()
+        keys = list(zip(gx.tolist(), gy.tolist(), strict=True))
+        for ci, key in enumerate(keys):
+            hit = found.get(ci)
+            self._cells[key] = tuple(sorted(hit)) if hit else empty
+        return n
 
     def __len__(self) -> int:
         return len(self.shapes)
@@ -94,18 +155,24 @@ class PolygonLayer:
         return tuple(sorted(found))
 
     def contains(self, i: int, x: float, y: float) -> bool:
-        b = self.shapes[i].bounds
+        s = self.shapes[i]
+        b = s.bounds
         if not (b[0] <= x <= b[2] and b[1] <= y <= b[3]):
             return False
-        return bool(shapely.contains_xy(self.shapes[i].geom, x, y))
+        if s.ring is not None:
+            return _inside(s.ring, x, y)
+        return bool(shapely.contains_xy(s.geom, x, y))
 
     def segment_hits(self, i: int, x0: float, y0: float, x1: float, y1: float) -> bool:
-        b = self.shapes[i].bounds
+        s = self.shapes[i]
+        b = s.bounds
         if max(x0, x1) < b[0] or min(x0, x1) > b[2] or max(y0, y1) < b[1] or min(y0, y1) > b[3]:
             return False
         if x0 == x1 and y0 == y1:
             return self.contains(i, x0, y0)
-        return bool(self.shapes[i].geom.intersects(LineString([(x0, y0), (x1, y1)])))
+        if s.ring is not None:
+            return _inside(s.ring, x1, y1) or _crosses(s.ring, x0, y0, x1, y1)
+        return bool(s.geom.intersects(LineString([(x0, y0), (x1, y1)])))
 
     def any_contains(self, x: float, y: float) -> str | None:
         """Id of a shape containing the point, if any."""

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -107,6 +108,7 @@ class _Vehicle:
     roads: list[_Road]
     zoned: bool  # some zone applies to its type
     base_facts: dict[str, Any]
+    state: _State
 
 
 @dataclass(slots=True)
@@ -147,15 +149,22 @@ class FleetMonitor:
         self._build_geometry(config)
         self._by_terminal: dict[str, _Vehicle] = {}
         self._by_id: dict[str, _Vehicle] = {}
-        self._states: dict[str, _State] = {}
         for vc in config.vehicles:
             v = self._vehicle(vc)
             self._by_terminal[normalise_terminal(vc.terminal)] = v
             self._by_id[vc.id] = v
-            self._states[vc.id] = _State(track=deque(maxlen=config.track_points))
         self._coverage: dict[tuple[str, str, float], ShiftCoverage] = {}
         self._unregistered_seen: set[str] = set()
         self._now: float | None = None  # latest tick time, epoch seconds
+        self._shift_cache: dict[tuple, tuple[float, float] | None] = {}
+        self._lt_lo = self._lt_hi = 0.0  # the cached local minute [lo, hi) and its values
+        self._lt_local, self._lt_minute = datetime.fromtimestamp(0, self.tz), 0
+        r = self.rules  # flags read on every fix, looked up once
+        self._zone_on, self._route_on = r.forbidden_zone.enabled, r.off_route.enabled
+        self._hours_on, self._speed_on = r.outside_hours.enabled, r.overspeed.enabled
+        self._dump_on, self._stop_on = r.illegal_dumping.enabled, r.long_stop.enabled
+        self._alarm_on, self._coverage_on = r.terminal_alarm.enabled, r.coverage.enabled
+        self._stop_kmh, self._seg_gap = r.long_stop.stop_kmh, config.segment_max_gap_s
         self._first_tick: float | None = None
 
     # ------------------------------------------------------------------ set-up
@@ -211,7 +220,14 @@ class FleetMonitor:
                     ev.Place(item.id, "road", item.name, tuple(wgs), True,
                              line.line.buffer(self.rules.coverage.match_m)))
         cell = cfg.index_cell_m
-        self.zone_layer = PolygonLayer(zone_shapes, cell)
+        self.zone_layer = PolygonLayer(zone_shapes, cell)  # every zone (lookups, tests)
+        # one layer per vehicle type, holding only the zones that bar it: a cell lookup then yields
+        # only zones that matter for this vehicle
+        self._type_zones: dict[str, tuple[PolygonLayer, list[_Zone]]] = {}
+        for vtype in sorted({t for z in self._zones for t in z.types}):
+            keep = [k for k, z in enumerate(self._zones) if vtype in z.types]
+            self._type_zones[vtype] = (PolygonLayer([zone_shapes[k] for k in keep], cell),
+                                       [self._zones[k] for k in keep])
         self.site_layer = PolygonLayer(site_shapes, cell)
         self.dump_layer = PolygonLayer(site_tol, cell)  # approved unloading places, with slack
         self.stop_layer = PolygonLayer(stop_tol, cell)  # any approved site, with slack
@@ -227,6 +243,9 @@ class FleetMonitor:
                 self._city = shapely_box(min(xs) - m, min(ys) - m, max(xs) + m, max(ys) + m)
             if self._city is not None:
                 shapely.prepare(self._city)
+                # answer every zone-lookup cell of the city now rather than on a vehicle's first visit
+                for layer, _ in self._type_zones.values():
+                    layer.prefill(*self._city.bounds)
 
     def _vehicle(self, vc: VehicleConfig) -> _Vehicle:
         return _Vehicle(
@@ -238,13 +257,18 @@ class FleetMonitor:
             zoned=vc.type in self._zone_types,
             base_facts={"plate": vc.plate, "vehicle_type": vc.type, "company": vc.company,
                         "terminal": vc.terminal},
+            state=_State(track=deque(maxlen=self.config.track_points)),
         )
 
     # ------------------------------------------------------------------ helpers
 
-    def _local(self, t: datetime) -> tuple[datetime, int]:
-        local = t.astimezone(self.tz)
-        return local, local.hour * 60 + local.minute
+    def _local_minute(self, t: float) -> tuple[datetime, int]:
+        """Local time (to the minute: every window is minute-granular) of epoch `t`, cached."""
+        local = datetime.fromtimestamp(t, self.tz).replace(second=0, microsecond=0)
+        self._lt_lo = local.timestamp()
+        self._lt_hi = self._lt_lo + 60.0
+        self._lt_local, self._lt_minute = local, local.hour * 60 + local.minute
+        return self._lt_local, self._lt_minute
 
     @staticmethod
     def _in_hours(hours: tuple[Window, ...], minute: int) -> bool:
@@ -257,20 +281,21 @@ class FleetMonitor:
 
     def _alert(self, rule: _Rule, v: _Vehicle, state: str, when: datetime, *, place: str = "",
                lon: float | None = None, lat: float | None = None, facts: dict | None = None,
-               message: str = "", evidence: tuple[Evidence, ...] = (), severity: str | None = None) -> Alert:
+               message: str = "", evidence: Callable[[], tuple[Evidence, ...]] | None = None,
+               severity: str | None = None) -> Alert:
         return Alert(
             rule=rule.name, subject_kind="vehicle", subject_id=v.cfg.id, state=state,  # type: ignore[arg-type]
             time=when, source="vehicle", severity=severity or rule.severity,  # type: ignore[arg-type]
             message=message, category=rule.category, place=place, lon=lon, lat=lat,
-            facts={**v.base_facts, **(facts or {})}, evidence=evidence,
+            facts={**v.base_facts, **(facts or {})}, render_evidence=evidence,
         )
 
     def _evidence(self, rule: _Rule, st: _State, places: Iterable[ev.Place], lon: float, lat: float,
-                  props: dict) -> tuple[Evidence, ...]:
+                  props: dict) -> Callable[[], tuple[Evidence, ...]] | None:
+        """The map and track excerpt, drawn later by the case desk and only for a new case."""
         if rule.category is None or self.plane is None:
-            return ()  # alert-only rules make no case, so no evidence
-        track = list(st.track)
-        return ev.build(self.plane, track, list(places), (lon, lat), props)
+            return None  # alert-only rules make no case, so no evidence
+        return partial(ev.build, self.plane, list(st.track), list(places), (lon, lat), props)
 
     def _sites_near(self, x: float, y: float, radius: float = 500.0) -> list[ev.Place]:
         idx = self.site_layer.candidates(x - radius, y - radius, x + radius, y + radius)
@@ -281,7 +306,8 @@ class FleetMonitor:
     def process(self, p: Position, received_at: datetime | None = None) -> list[Alert]:
         """Run the filters and every rule on one fix. `received_at` (when the gateway got it; the
         source knows, this pure class does not) bounds the future-timestamp filter."""
-        verdict = self.filter.check(p, received_at)
+        t = p.time.timestamp()
+        verdict = self.filter.check(p, received_at, t)
         if verdict != LIVE and verdict != HISTORY:
             return []
         if self.plane is None:
@@ -290,43 +316,48 @@ class FleetMonitor:
         if v is None:
             v = self._by_terminal.get(normalise_terminal(p.device))
             if v is None:
-                return self._unregistered(p)
-        st = self._states[v.cfg.id]
+                return self._unregistered(p) if verdict == LIVE else []
+            self._by_terminal[p.device] = v  # remember the spelling this terminal uses
+        st = v.state
         x, y = self.plane.xy(p.lon, p.lat)
-        t = p.time.timestamp()
-        local, minute = self._local(p.time)
+        if self._lt_lo <= t < self._lt_hi:  # most fixes of a fleet fall in the same local minute
+            local, minute = self._lt_local, self._lt_minute
+        else:
+            local, minute = self._local_minute(t)
         if verdict == HISTORY:
-            if v.roads and self.rules.coverage.enabled:
+            if v.roads and self._coverage_on:
                 self._cover(v, st, st.hist_prev, t, x, y, p.speed_kmh, local, history=True)
             return []
 
         out: list[Alert] = []
-        rules = self.rules
-        seg = st.last_t is not None and t - st.last_t <= self.config.segment_max_gap_s
+        last_t = st.last_t
+        seg = last_t is not None and t - last_t <= self._seg_gap
         x0, y0 = (st.last_x, st.last_y) if seg else (x, y)
-        st.track.append((t, p.lon, p.lat, p.speed_kmh))
+        speed = p.speed_kmh
+        st.track.append((t, p.lon, p.lat, speed))
         in_hours = self._in_hours(v.hours, minute)
 
         if st.offline_open:
             st.offline_open = False
-            out.append(self._alert(rules.offline, v, "closed", p.time, lon=p.lon, lat=p.lat,
-                                   facts={"silent_s": round(t - (st.last_t or t))}))
-        if v.zoned and rules.forbidden_zone.enabled:
+            out.append(self._alert(self.rules.offline, v, "closed", p.time, lon=p.lon, lat=p.lat,
+                                   facts={"silent_s": round(t - (last_t or t))}))
+        if v.zoned and self._zone_on:
             self._zones_check(v, st, p, local, minute, t, x0, y0, x, y, out)
-        if v.route is not None and rules.off_route.enabled:
+        if v.route is not None and self._route_on:
             self._route_check(v, st, p, t, x, y, in_hours, out)
-        if rules.outside_hours.enabled:
+        # each rule below is skipped outright when its condition is absent and nothing is pending
+        if self._hours_on and not (in_hours and not st.outside.open and st.outside.since is None):
             self._outside_hours(v, st, p, t, in_hours, out)
-        if rules.overspeed.enabled:
+        if self._speed_on and (speed > v.limit_kmh or st.overspeed.open or st.overspeed.since is not None):
             self._overspeed(v, st, p, t, out)
-        if rules.illegal_dumping.enabled:
+        if self._dump_on and (p.status >> LOAD_SHIFT) & 3 != st.load:
             self._dumping(v, st, p, x, y, seg, out)
-        if rules.long_stop.enabled:
+        if self._stop_on and (speed < self._stop_kmh or st.stop_anchor is not None or st.stop_open):
             self._long_stop(v, st, p, t, x, y, out)
-        if rules.terminal_alarm.enabled and (p.alarm or st.alarm_bits):
+        if self._alarm_on and (p.alarm or st.alarm_bits):
             self._terminal_alarms(v, st, p, out)
-        if v.roads and rules.coverage.enabled:
-            self._cover(v, st, st.cov_prev, t, x, y, p.speed_kmh, local, history=False)
+        if v.roads and self._coverage_on:
+            self._cover(v, st, st.cov_prev, t, x, y, speed, local, history=False)
 
         st.last_t, st.last_x, st.last_y, st.last_lon, st.last_lat = t, x, y, p.lon, p.lat
         return out
@@ -357,12 +388,13 @@ class FleetMonitor:
 
     def _zones_check(self, v: _Vehicle, st: _State, p: Position, local: datetime, minute: int, t: float,
                      x0: float, y0: float, x: float, y: float, out: list[Alert]) -> None:
-        layer, rule, vtype = self.zone_layer, self.rules.forbidden_zone, v.cfg.type
+        layer, zones = self._type_zones[v.cfg.type]
+        rule = self.rules.forbidden_zone
         for i in layer.candidates(x0, y0, x, y):
             if i in st.zones_open:
                 continue
-            z = self._zones[i]
-            if vtype not in z.types or not self._zone_active(z, local, minute):
+            z = zones[i]
+            if not self._zone_active(z, local, minute):
                 continue
             if not layer.segment_hits(i, x0, y0, x, y):
                 continue
@@ -376,7 +408,7 @@ class FleetMonitor:
             name = z.cfg.name or z.cfg.id
             out.append(self._alert(
                 rule, v, "open", p.time, place=z.cfg.id, lon=elon, lat=elat, facts=facts,
-                message=f"{v.cfg.plate or v.cfg.id} ({vtype}) entered forbidden zone {name}",
+                message=f"{v.cfg.plate or v.cfg.id} ({v.cfg.type}) entered forbidden zone {name}",
                 evidence=self._evidence(rule, st, [z.place], elon, elat, {"rule": rule.name, "zone": z.cfg.id})))
             if inside:
                 st.zones_open[i] = entered
@@ -385,7 +417,7 @@ class FleetMonitor:
                                        facts={"zone": z.cfg.id, "duration_s": round(t - entered, 1)}))
         if st.zones_open:
             for i, entered in list(st.zones_open.items()):
-                z = self._zones[i]
+                z = zones[i]
                 if layer.contains(i, x, y) and self._zone_active(z, local, minute):
                     continue
                 del st.zones_open[i]
@@ -533,12 +565,23 @@ class FleetMonitor:
 
     # ------------------------------------------------------------------ coverage
 
-    def _shift(self, v: _Vehicle, road: _Road, local: datetime) -> tuple[datetime, datetime] | None:
-        for w in road.shifts or v.hours:
+    def _shift(self, v: _Vehicle, road: _Road, local: datetime) -> tuple[float, float] | None:
+        """(start, end) epoch seconds of the shift containing `local`, cached per local minute."""
+        windows = road.shifts or v.hours
+        key = (windows, local)
+        hit = self._shift_cache.get(key, False)
+        if hit is not False:
+            return hit  # type: ignore[return-value]
+        if len(self._shift_cache) > 10_000:
+            self._shift_cache.clear()
+        found = None
+        for w in windows:
             inst = w.instance(local)
             if inst is not None:
-                return inst
-        return None
+                found = (inst[0].timestamp(), inst[1].timestamp())
+                break
+        self._shift_cache[key] = found
+        return found
 
     def _cover(self, v: _Vehicle, st: _State, prev: dict[str, tuple[float, float, float]], t: float,
                x: float, y: float, speed: float, local: datetime, history: bool) -> None:
@@ -553,7 +596,7 @@ class FleetMonitor:
             if d > rule.match_m:
                 prev.pop(road.cfg.id, None)
                 continue
-            start, end = inst[0].timestamp(), inst[1].timestamp()
+            start, end = inst
             key = (v.cfg.id, road.cfg.id, start)
             acc = self._coverage.get(key)
             if acc is None:
@@ -578,21 +621,18 @@ class FleetMonitor:
             self._first_tick = ts
         self._now = ts if self._now is None else max(self._now, ts)
         out: list[Alert] = []
-        local, minute = self._local(now)
+        local, minute = self._local_minute(ts)
         rules = self.rules
         for v in self._by_id.values():
-            st = self._states[v.cfg.id]
+            st = v.state
             if rules.offline.enabled and not st.offline_open:
                 self._offline(v, st, now, ts, local, minute, out)
             if v.roads and rules.coverage.enabled:
                 for road in v.roads:  # open an empty record so a vehicle that never came still gets a report
                     inst = self._shift(v, road, local)
-                    if inst is not None:
-                        start = inst[0].timestamp()
-                        if (v.cfg.id, road.cfg.id, start) not in self._coverage:
-                            self._coverage[(v.cfg.id, road.cfg.id, start)] = ShiftCoverage(
-                                v.cfg.id, road.cfg.id, start, inst[1].timestamp(), road.line.length,
-                                rules.coverage.bin_m)
+                    if inst is not None and (v.cfg.id, road.cfg.id, inst[0]) not in self._coverage:
+                        self._coverage[(v.cfg.id, road.cfg.id, inst[0])] = ShiftCoverage(
+                            v.cfg.id, road.cfg.id, inst[0], inst[1], road.line.length, rules.coverage.bin_m)
         for key, acc in list(self._coverage.items()):
             if acc.end_ts <= ts:
                 del self._coverage[key]

@@ -164,6 +164,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print(f"{args.file}: no such video file", file=sys.stderr)
         return EXIT_CONFIG
     from detectors.video.backends import ModelError, load_detector
+    from detectors.video.pipeline import CameraPipeline
     from gateway.replay import replay_camera
 
     try:
@@ -171,7 +172,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except ModelError as exc:
         print(f"cannot load the model: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    alerts = replay_camera(cameras[args.camera], detector, args.file, progress=not args.no_progress)
+    camera = cameras[args.camera]
+    pipeline = CameraPipeline(camera, detector, timezone=config.tz)
+    alerts = replay_camera(camera, detector, args.file, progress=not args.no_progress, pipeline=pipeline)
     cases = [a for a in alerts if a.state == "open" and a.category]
     print(f"{len(cases)} case(s) would be created from {args.file.name} by camera {args.camera}:")
     for a in cases:

@@ -108,7 +108,7 @@ class Gateway:
         for camera in self.config.video.cameras:
             if "://" not in camera.url:  # a file path in the config is relative to the config file
                 camera = camera.model_copy(update={"url": str(self.config.path(camera.url))})
-            pipeline = CameraPipeline(camera, detector)
+            pipeline = CameraPipeline(camera, detector, timezone=self.config.tz)
             worker = FrameWorker(camera.name, pipeline.process, self.bus.submit_threadsafe,
                                  on_done=self._frame_done(camera.name, pipeline))
             self.pipelines[camera.name] = pipeline
@@ -126,9 +126,17 @@ class Gateway:
     # -- observations --------------------------------------------------------------------------
 
     def on_position(self, position: Position) -> None:
+        """A live fix: its receive time bounds the filter for fixes dated in the future (bad clocks)."""
+        self._position(position, datetime.now(UTC))
+
+    def on_replayed_position(self, position: Position) -> None:
+        """A recorded fix: replay time is virtual, so there is no receive time to compare with."""
+        self._position(position, None)
+
+    def _position(self, position: Position, received_at: datetime | None) -> None:
         self._positions += 1
         self.timeseries.write(position_point(position, self._vehicle_tags.get(position.device)))
-        for alert in self.fleet.process(position):
+        for alert in self.fleet.process(position, received_at=received_at):
             self.bus.submit(alert)
 
     def on_reading(self, reading: Reading) -> None:
@@ -217,7 +225,7 @@ class Gateway:
             from gateway.protocols.tracks_csv import parse_positions_csv
 
             observations: list = parse_positions_csv(text, str(path))
-            emit = self.on_position
+            emit = self.on_replayed_position
         else:
             from detectors.sensor.replay import parse_readings_csv
 
@@ -316,8 +324,8 @@ class Gateway:
             "started_at": self.started_at.isoformat(),
             "uptime_s": round(self._uptime()),
             "cameras": cameras,
-            "vehicles": {"positions": self._positions, "jt808": dict(self.jt808.stats) if self.jt808 else None,
-                         **_stats_of(self.fleet)},
+            "vehicles": {"positions": self._positions, "rejected_by_filter": dict(self.fleet.filter.counts),
+                         "rules": dict(self.fleet.counts), "jt808": dict(self.jt808.stats) if self.jt808 else None},
             "sensors": {"readings": self._readings, **_stats_of(self.sensors)},
             "mqtt_source": dict(self.mqtt_source.stats) if self.mqtt_source else None,
             "outbox": {**self.outbox.counts(), "fill_ratio": round(self.outbox.fill_ratio(), 4)},

@@ -7,6 +7,7 @@ full-frame work besides inference is the gate's downscale; evidence is drawn onl
 from __future__ import annotations
 
 import logging
+from datetime import UTC, tzinfo
 from typing import Any
 
 import shapely
@@ -24,8 +25,10 @@ log = logging.getLogger(__name__)
 
 
 class CameraPipeline:
-    def __init__(self, camera: CameraConfig, detector: ObjectDetector, tracker: Tracker | None = None) -> None:
+    def __init__(self, camera: CameraConfig, detector: ObjectDetector, tracker: Tracker | None = None, *,
+                 timezone: tzinfo = UTC) -> None:
         self.camera = camera
+        self.timezone = timezone  # the time printed on snapshots: the operators' local time
         self.detector = detector
         self.gate = MotionGate(camera.motion)
         # lost tracks must outlive the gaps between forced re-checks of a static scene
@@ -105,7 +108,7 @@ class CameraPipeline:
         zone = self.zones.get(ev.zone)
         items = [Evidence("snapshot.jpg", "image/jpeg", render_snapshot(
             frame.image, ev.detection, zone.polygon if zone else None, ev.detection.label, ev.track_id,
-            frame.time, self.camera.name, quality=cfg.jpeg_quality, line=ev.rule.line))]
+            frame.time.astimezone(self.timezone), self.camera.name, quality=cfg.jpeg_quality, line=ev.rule.line))]
         try:
             if cfg.crop:
                 items.append(Evidence("crop.jpg", "image/jpeg", crop(frame.image, ev.detection.box, cfg.jpeg_quality)))

@@ -105,6 +105,7 @@ def summary(config: GatewayConfig) -> str:
                                if config.vehicles.jt808.enabled else "off"),
         f"  sensors       {len(s.devices)}  level rules {len(s.level_rules)}  rise rules {len(s.rise_rules)}  "
         f"rain rules {len(s.rain_rules)}",
+        f"  NMEA          {len(config.vehicles.nmea)} receiver(s)/log(s)",
         f"  replays       {len(config.vehicles.replay)} track file(s), {len(config.sensors.replay)} sensor file(s)",
         f"  MQTT devices  {', '.join(config.mqtt_source.profiles) or 'none'}",
         f"  central       {config.central.url or 'none (cases kept in the local store)'}",

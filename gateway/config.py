@@ -18,7 +18,7 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from detectors.sensor.config import SensorsConfig
 from detectors.vehicle.config import FleetConfig
@@ -69,6 +69,22 @@ class ReplayFeed(StrictModel):
                                "time of day is kept when false, so hour windows behave as recorded).")
 
 
+class NmeaFeed(StrictModel):
+    device: str = Field(description="Device id the positions carry: a fleet vehicle's `terminal`.")
+    host: str | None = Field(None, description="NMEA-over-TCP receiver to connect to (with port).")
+    port: int | None = Field(None, ge=1, le=65535, description="Its TCP port.")
+    file: str | None = Field(None, description="Or an NMEA log file to read once (RMC/GGA sentences).")
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> NmeaFeed:
+        tcp = self.host is not None or self.port is not None
+        if tcp == (self.file is not None):
+            raise ValueError("give either host and port (a TCP receiver) or file (a log), not both or neither")
+        if tcp and (self.host is None or self.port is None):
+            raise ValueError("a TCP receiver needs both host and port")
+        return self
+
+
 class MqttSourceConfig(StrictModel):
     profiles: list[str] = Field(default_factory=list, description="Device profile names to subscribe to.")
     shared_group: str | None = Field(None, description="MQTT shared-subscription group ($share/<group>/...) "
@@ -84,6 +100,7 @@ class VehiclesConfig(StrictModel):
     jt808: Jt808Config = Field(default_factory=Jt808Config, description="JT/T 808 terminal server.")
     fleet: FleetConfig = Field(default_factory=FleetConfig, description="Vehicles, routes, zones, sites, rules.")
     replay: list[ReplayFeed] = Field(default_factory=list, description="Recorded tracks to replay.")
+    nmea: list[NmeaFeed] = Field(default_factory=list, description="GNSS receivers speaking NMEA 0183.")
     tick_s: float = Field(5.0, gt=0, description="How often time-based rules (offline, shift end) run.")
 
 
@@ -308,6 +325,9 @@ def cross_check(config: GatewayConfig) -> list[str]:
         for i, rule in enumerate(rules):
             check_category(f"sensors.{section}[{i}].category", rule.category)
 
+    for i, feed in enumerate(config.vehicles.nmea):
+        if feed.file and not config.path(feed.file).exists():
+            problems.append(f"vehicles.nmea[{i}].file: {config.path(feed.file)} does not exist")
     feeds = [("vehicles.replay", f) for f in config.vehicles.replay] + [("sensors.replay", f)
                                                                          for f in config.sensors.replay]
     for i, (where, feed) in enumerate(feeds):

@@ -7,10 +7,10 @@ timezone-aware; constructors reject naive datetimes so that a local-time bug fai
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 Severity = Literal["info", "warning", "critical"]
 SourceKind = Literal["video", "vehicle", "sensor", "system"]
@@ -68,25 +68,54 @@ class Detection:
         return max(0.0, x2 - x1) * max(0.0, y2 - y1)
 
 
-@dataclass(frozen=True, slots=True)
-class Position:
-    """One GNSS fix of a vehicle terminal or tracker, in WGS-84 degrees."""
-
+class _PositionFields(NamedTuple):
     lat: float
     lon: float
     time: datetime
-    speed_kmh: float = 0.0
-    course: float = 0.0
-    altitude_m: float = 0.0
-    alarm: int = 0  # JT/T 808 alarm flag bits (0 for sources that have none)
-    status: int = 0  # JT/T 808 status bits; bit 1 = fix valid
-    device: str = ""  # terminal number / device id
-    valid: bool = True  # the fix is a real satellite fix
-    extras: Mapping[str, Any] = field(default_factory=dict)  # additional items (mileage_km, fuel_l, ...)
-    history: bool = False  # a blind-area supplement (JT/T 808 0x0704 type 1): store, never re-alarm
+    speed_kmh: float
+    course: float
+    altitude_m: float
+    alarm: int
+    status: int
+    device: str
+    valid: bool
+    extras: Mapping[str, Any]
+    history: bool
 
-    def __post_init__(self) -> None:
-        require_aware(self.time, "Position.time")
+
+class Position(_PositionFields):
+    """One GNSS fix of a vehicle terminal or tracker, in WGS-84 degrees.
+
+    Immutable. A NamedTuple rather than a frozen dataclass because a gateway builds tens of
+    thousands per second and a tuple is about four times cheaper to make (a frozen dataclass sets
+    every field through object.__setattr__). Copy with changes via `p._replace(field=...)`.
+    """
+
+    __slots__ = ()
+
+    def __new__(
+        cls,
+        lat: float,
+        lon: float,
+        time: datetime,
+        speed_kmh: float = 0.0,
+        course: float = 0.0,
+        altitude_m: float = 0.0,
+        alarm: int = 0,  # JT/T 808 alarm flag bits (0 for sources that have none)
+        status: int = 0,  # JT/T 808 status bits; bit 1 = fix valid
+        device: str = "",  # terminal number / device id
+        valid: bool = True,  # the fix is a real satellite fix
+        extras: Mapping[str, Any] | None = None,  # additional items (mileage_km, fuel_l, ...); None -> {}
+        history: bool = False,  # a blind-area supplement (JT/T 808 0x0704 type 1): store, never re-alarm
+    ) -> Position:
+        if time.utcoffset() is None:  # one C call; also catches a tzinfo that gives no offset
+            require_aware(time, "Position.time")
+        return tuple.__new__(cls, (lat, lon, time, speed_kmh, course, altitude_m, alarm, status, device,
+                                   valid, {} if extras is None else extras, history))
+
+    @classmethod
+    def _make(cls, iterable: Iterable[Any]) -> Position:  # _replace goes through here: keep the check
+        return cls(*iterable)
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ from detectors.vehicle.monitor import FleetMonitor
 from gateway.alerts import AlertBus
 from gateway.cases import CaseDesk, CaseOutcome
 from gateway.catalog import Catalog
-from gateway.config import GatewayConfig, ReplayFeed
+from gateway.config import GatewayConfig, NmeaFeed, ReplayFeed
 from gateway.geo import GridIndex
 from gateway.model import Alert, Frame, Position, Reading
 from gateway.outbox import Outbox
@@ -89,6 +89,7 @@ class Gateway:
 
         self.jt808 = None
         self.mqtt_source = None
+        self.nmea_sources: list = []
         self.web = None
         self._outbox_alert_open = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -175,6 +176,8 @@ class Gateway:
             await self._start_jt808()
         if cfg.mqtt_source.profiles:
             self._start_mqtt_source(stop)
+        for i, feed in enumerate(cfg.vehicles.nmea):
+            sup.spawn(f"nmea-{feed.device}-{i}", self._nmea_task(feed))
         for i, feed in enumerate(cfg.vehicles.replay):
             sup.spawn(f"replay-vehicles-{i}", self._replay_task(feed, "positions", stop))
         for i, feed in enumerate(cfg.sensors.replay):
@@ -217,6 +220,21 @@ class Gateway:
         self.mqtt_source = MqttSource(self.config.mqtt, chosen, self.on_observation,
                                       shared_group=self.config.mqtt_source.shared_group)
         self.supervisor.spawn("mqtt-source", lambda: self.mqtt_source.run(stop))
+
+    def _nmea_task(self, feed: NmeaFeed):
+        from gateway.sources.nmea_source import NmeaSource
+
+        source = NmeaSource(feed.device, self.on_position)
+        self.nmea_sources.append(source)
+
+        async def run() -> None:
+            if feed.file:
+                await source.read_file(self.config.path(feed.file))
+                return
+            await source.read_tcp(feed.host, feed.port)
+            # the receiver closed the stream: a lost connection, which the supervisor retries with backoff
+            raise ConnectionError(f"NMEA receiver {feed.host}:{feed.port} closed the connection")
+        return run
 
     def _replay_task(self, feed: ReplayFeed, kind: str, stop: asyncio.Event):
         path = self.config.path(feed.file)
@@ -328,6 +346,7 @@ class Gateway:
                          "rules": dict(self.fleet.counts), "jt808": dict(self.jt808.stats) if self.jt808 else None},
             "sensors": {"readings": self._readings, **_stats_of(self.sensors)},
             "mqtt_source": dict(self.mqtt_source.stats) if self.mqtt_source else None,
+            "nmea": {s.device: dict(s.stats) for s in self.nmea_sources} or None,
             "outbox": {**self.outbox.counts(), "fill_ratio": round(self.outbox.fill_ratio(), 4)},
             "cases": dict(self.desk.stats),
             "alerts": dict(self.bus.stats),

@@ -71,3 +71,57 @@ async def test_replays_become_cases_visible_in_the_status_api(tmp_path):
         assert await gateway.shutdown() == 0
     with Outbox(config.data_path / "cases.sqlite3") as outbox:
         assert outbox.counts()["stored"] >= 3
+
+
+def rmc(when, lat: float, lon: float, knots: float) -> bytes:
+    from gateway.protocols.nmea import checksum
+
+    def dm(value: float, width: int) -> str:
+        deg = int(abs(value))
+        return f"{deg:0{width}d}{(abs(value) - deg) * 60:07.4f}"
+
+    body = (f"GPRMC,{when:%H%M%S}.00,A,{dm(lat, 2)},{'N' if lat >= 0 else 'S'},{dm(lon, 3)},"
+            f"{'E' if lon >= 0 else 'W'},{knots:.1f},0.0,{when:%d%m%y},,,A")
+    return f"${body}*{checksum(body):02X}\r\n".encode()
+
+
+async def test_nmea_receiver_over_tcp_feeds_the_fleet_rules(tmp_path):
+    from datetime import UTC, datetime, timedelta
+
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=60)
+    sentences = [rmc(start + timedelta(seconds=5 * i), 39.90 + 0.0006 * i, 116.40, 43.0) for i in range(12)]
+    sentences.insert(3, b"$GPRMC,garbage*00\r\n")  # noise from the receiver: counted, not fatal
+
+    async def receiver(reader, writer):
+        writer.write(b"".join(sentences))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(receiver, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    path = tmp_path / "site.yaml"
+    path.write_text(textwrap.dedent(f"""
+        site: nmea
+        data_dir: data
+        web: {{enabled: false}}
+        vehicles:
+          nmea: [{{device: gnss-07, host: 127.0.0.1, port: {port}}}]
+          fleet:
+            vehicles: [{{id: sweep-07, type: sweeper, terminal: gnss-07, speed_limit_kmh: 40}}]
+        """), encoding="utf-8")
+    gateway = Gateway(load_config(path))
+    stop = asyncio.Event()
+    await gateway.start(stop)
+    try:
+        await wait_until(lambda: gateway.desk.stats["cases"] >= 1)
+        (source,) = gateway.nmea_sources
+        assert source.stats["positions"] == 12 and source.stats["decode_errors"] == 1
+        with Outbox(gateway.config.data_path / "cases.sqlite3") as outbox:
+            (record,) = outbox.list()
+        case = record.to_case()
+        assert case.rule == "overspeed" and case.subject["id"] == "sweep-07"
+        assert case.facts["speed_kmh"] > 40  # 43 knots = 79.6 km/h
+    finally:
+        stop.set()
+        await gateway.shutdown()
+        server.close()

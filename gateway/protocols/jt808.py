@@ -15,10 +15,12 @@ Local times on the wire are GMT+8; they become timezone-aware datetimes here, on
 
 from __future__ import annotations
 
+import operator
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from functools import reduce
 from typing import Any
 
 from gateway.model import Position
@@ -105,15 +107,22 @@ class Message:
 # ---------------------------------------------------------------- framing and escaping
 
 
+_XOR_WORDS: dict[int, struct.Struct] = {}  # padded length -> "<nQ" layout
+_ZERO_PAD = tuple(bytes(k) for k in range(8))
+
+
 def _xor(data: bytes) -> int:
-    """XOR of all bytes, by folding one big integer in halves (no per-byte Python loop)."""
-    n = len(data)
-    x = int.from_bytes(data, "little")
-    while n > 1:
-        half = (n + 1) >> 1
-        x = (x >> (half << 3)) ^ (x & ((1 << (half << 3)) - 1))
-        n = half
-    return x
+    """XOR of all bytes. Runs for every frame, so no per-byte Python loop: pad with zero bytes (they
+    change no XOR) to whole 64-bit words, unpack those in C, XOR them, and fold the last word."""
+    data += _ZERO_PAD[-len(data) & 7]
+    words = _XOR_WORDS.get(len(data))
+    if words is None:
+        words = _XOR_WORDS[len(data)] = struct.Struct(f"<{len(data) >> 3}Q")
+    x = reduce(operator.xor, words.unpack(data), 0)
+    x ^= x >> 32
+    x ^= x >> 16
+    x ^= x >> 8
+    return x & 0xFF
 
 
 def unescape(data: bytes) -> bytes:
@@ -173,6 +182,19 @@ def _bcd(raw: bytes, what: str) -> str:
     return digits
 
 
+_TERMINAL_CACHE: dict[bytes, str] = {}  # a server hears the same terminals all day: convert each once
+
+
+def _bcd_terminal_number(raw: bytes) -> str:
+    terminal = _TERMINAL_CACHE.get(raw)
+    if terminal is None:
+        terminal = _bcd(raw, "terminal number")
+        if len(_TERMINAL_CACHE) >= 100_000:
+            _TERMINAL_CACHE.clear()
+        _TERMINAL_CACHE[raw] = terminal
+    return terminal
+
+
 _TIME_CACHE: dict[bytes, datetime] = {}  # many terminals report the same second: parse it once
 
 
@@ -208,24 +230,23 @@ def decode(frame: bytes) -> Message:
     data = frame[1:-1]
     if b"\x7e" in data:
         raise DecodeError("0x7e inside a frame")
-    data = unescape(data)
+    if b"\x7d" in data:
+        data = unescape(data)
     if len(data) < 13:
         raise DecodeError(f"frame too short: {len(data)} bytes unescaped")
-    check = _xor(data[:-1])
-    if check != data[-1]:
-        raise DecodeError(f"checksum mismatch: computed {check:02x}, frame has {data[-1]:02x}")
+    if _xor(data):  # the XOR of the data and its checksum byte is 0 exactly when the checksum matches
+        raise DecodeError(f"checksum mismatch: computed {_xor(data[:-1]):02x}, frame has {data[-1]:02x}")
 
-    msg_id, attr = _HEAD.unpack_from(data)
+    msg_id, attr, phone, serial = _HEAD_2013.unpack_from(data)
     if attr & ATTR_VERSION:
         if len(data) < 18:
             raise DecodeError(f"2019 frame too short: {len(data)} bytes unescaped")
         _, _, version, phone, serial = _HEAD_2019.unpack_from(data)
         offset = 17
     else:
-        _, _, phone, serial = _HEAD_2013.unpack_from(data)
         version = 0
         offset = 12
-    terminal = _bcd(phone, "terminal number")
+    terminal = _bcd_terminal_number(phone)
     packet_total = packet_index = None
     if attr & ATTR_SUBPACKAGE:
         if len(data) < offset + 5:
@@ -237,17 +258,19 @@ def decode(frame: bytes) -> Message:
     body_len = attr & MAX_BODY
     if len(data) - 1 - offset != body_len:
         raise DecodeError(f"body length {len(data) - 1 - offset} differs from header's {body_len}")
-    msg = Message(
-        msg_id,
-        terminal,
-        serial,
-        version,
-        data[offset:-1],
-        packet_total=packet_total,
-        packet_index=packet_index,
-        encrypted=bool(attr & 0x1C00),
-    )
-    if packet_total is None and not msg.encrypted:
+    encrypted = bool(attr & 0x1C00)
+    body = data[offset:-1]
+    if msg_id == MSG_LOCATION and packet_total is None and not encrypted:
+        # the bulk of the traffic: parse it here, without the generic dispatch of _parse_body
+        try:
+            positions = [parse_location(body, terminal)]
+        except DecodeError:
+            raise
+        except (struct.error, IndexError, ValueError, UnicodeError) as exc:
+            raise DecodeError(f"body of {msg_id:#06x}: {exc}") from None
+        return Message(msg_id, terminal, serial, version, body, positions, None, None, False, {})
+    msg = Message(msg_id, terminal, serial, version, body, [], packet_total, packet_index, encrypted, {})
+    if packet_total is None and not encrypted:
         _parse_body(msg)
     return msg
 
@@ -448,20 +471,20 @@ def parse_location(body: bytes, device: str = "", history: bool = False) -> Posi
     if len(body) < 28:
         raise DecodeError(f"location body too short: {len(body)} bytes, need 28")
     alarm, status, lat, lon, altitude, speed, course, when = _LOCATION.unpack_from(body)
-    extras = _parse_extras(body, 28) if len(body) > 28 else {}
+    # positional arguments, in Position's field order: this runs for every fix
     return Position(
-        lat=-lat / 1e6 if status & STATUS_SOUTH else lat / 1e6,
-        lon=-lon / 1e6 if status & STATUS_WEST else lon / 1e6,
-        time=_bcd_time(when),
-        speed_kmh=speed / 10,
-        course=float(course),
-        altitude_m=float(altitude),
-        alarm=alarm,
-        status=status,
-        device=device,
-        valid=bool(status & STATUS_FIX),
-        extras=extras,
-        history=history,
+        -lat / 1e6 if status & STATUS_SOUTH else lat / 1e6,
+        -lon / 1e6 if status & STATUS_WEST else lon / 1e6,
+        _TIME_CACHE.get(when) or _bcd_time(when),
+        speed / 10,
+        float(course),
+        float(altitude),
+        alarm,
+        status,
+        device,
+        status & STATUS_FIX != 0,  # valid
+        _parse_extras(body, 28) if len(body) > 28 else {},
+        history,
     )
 
 

@@ -15,6 +15,14 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
+def _shifted(obs: T, offset: timedelta) -> T:
+    """A copy of `obs` with its time moved: Position is a NamedTuple (`_replace`), Reading a dataclass."""
+    when = obs.time + offset  # type: ignore[attr-defined]
+    if hasattr(obs, "_replace"):
+        return obs._replace(time=when)  # type: ignore[attr-defined]
+    return dataclasses.replace(obs, time=when)  # type: ignore[type-var]
+
+
 async def replay(observations: Sequence[T], emit: Callable[[T], None], stop: asyncio.Event, *,
                  speed: float = 1.0, loop: bool = False, shift_to_now: bool = True,
                  now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> int:
@@ -41,7 +49,7 @@ async def replay(observations: Sequence[T], emit: Callable[[T], None], stop: asy
                         pass
             elif emitted % 500 == 0:
                 await asyncio.sleep(0)  # as fast as possible, but let the loop breathe
-            emit(dataclasses.replace(obs, time=obs.time + offset) if offset else obs)  # type: ignore[attr-defined]
+            emit(_shifted(obs, offset) if offset else obs)
             emitted += 1
         if not loop:
             break

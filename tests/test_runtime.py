@@ -125,3 +125,35 @@ async def test_nmea_receiver_over_tcp_feeds_the_fleet_rules(tmp_path):
         stop.set()
         await gateway.shutdown()
         server.close()
+
+
+async def test_outbox_at_80_percent_raises_a_critical_alert(tmp_path):
+    from services import free_port
+    from test_cli import case
+
+    path = tmp_path / "site.yaml"
+    path.write_text(textwrap.dedent(f"""
+        site: full
+        data_dir: data
+        web: {{enabled: false}}
+        cases: {{max_outbox: 10}}
+        central: {{url: "http://127.0.0.1:{free_port()}/cases", backoff_initial_s: 60}}
+        vehicles: {{tick_s: 0.05}}
+        """), encoding="utf-8")
+    config = load_config(path)
+    with Outbox(config.data_path / "cases.sqlite3", max_cases=10) as outbox:
+        for i in range(8):  # the central platform is down: they stay pending
+            outbox.enqueue(case(f"full-{i}"))
+    gateway = Gateway(config)
+    stop = asyncio.Event()
+    await gateway.start(stop)
+    try:
+        def near_full():
+            return [a for a in gateway.bus.recent if a.rule == "outbox_near_full"]
+        await wait_until(near_full)
+        (alert,) = near_full()
+        assert alert.state == "open" and alert.severity == "critical"
+        assert alert.facts["fill_ratio"] == 0.8
+    finally:
+        stop.set()
+        await gateway.shutdown()

@@ -1,0 +1,76 @@
+"""`citygate cases list|show|retry` on a real case store, and `citygate replay` on a real clip."""
+
+import json
+import textwrap
+from datetime import UTC, datetime
+from pathlib import Path
+
+from gateway.cli import main
+from gateway.model import Case
+from gateway.outbox import Outbox
+
+REPO = Path(__file__).resolve().parent.parent
+CLIP = REPO / "tests" / "fixtures" / "video" / "pedestrians_480x360_10fps.mp4"
+
+
+def case(case_id: str) -> Case:
+    return Case(case_id=case_id, source="video", rule="no-parking", severity="warning",
+                category={"key": "illegal_parking", "type": "event", "major": "05", "minor": "05",
+                          "name": "机动车乱停放"},
+                detected_at=datetime(2026, 11, 23, 1, 0, tzinfo=UTC), location={"grid_code": "11010100100101"},
+                subject={"kind": "camera", "id": "cam-1"}, evidence=(), facts={"dwell_s": 300})
+
+
+def site(tmp_path: Path) -> Path:
+    config = tmp_path / "site.yaml"
+    config.write_text("site: cli\ndata_dir: data\ncentral: {url: 'http://127.0.0.1:9/cases'}\n", encoding="utf-8")
+    with Outbox(tmp_path / "data" / "cases.sqlite3") as outbox:
+        outbox.enqueue(case("cli-A"))
+        outbox.enqueue(case("cli-B"))
+        outbox.mark_dead("cli-B", 422, '{"error": "grid_code unknown"}')
+    return config
+
+
+def test_cases_list_show_and_retry(tmp_path, capsys):
+    config = str(site(tmp_path))
+    assert main(["cases", "--config", config, "list"]) == 0
+    out = capsys.readouterr().out
+    assert "pending 1" in out and "dead 1" in out and "cli-A" in out and "机动车乱停放" in out
+
+    assert main(["cases", "--config", config, "list", "--status", "dead", "--json"]) == 0
+    (listed,) = json.loads(capsys.readouterr().out)
+    assert listed["case_id"] == "cli-B" and listed["status"] == "dead"
+
+    assert main(["cases", "--config", config, "show", "cli-B"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["dead_letters"][0]["status_code"] == 422
+    assert "grid_code unknown" in shown["dead_letters"][0]["response_body"]
+
+    assert main(["cases", "--config", config, "retry", "cli-B"]) == 0
+    capsys.readouterr()
+    with Outbox(tmp_path / "data" / "cases.sqlite3") as outbox:
+        assert outbox.get("cli-B").status == "pending"
+    assert main(["cases", "--config", config, "show", "nope"]) == 1
+    assert "no case nope" in capsys.readouterr().err
+
+
+def test_replay_prints_the_cases_a_camera_would_file(tmp_path, capsys):
+    config = tmp_path / "site.yaml"
+    config.write_text(textwrap.dedent(f"""
+        data_dir: data
+        video:
+          detector: {{model: {REPO / "models" / "yolov8n_int8.onnx"}}}
+          cameras:
+            - name: cam-demo
+              url: {CLIP}
+              zones: [{{name: kerb, polygon: [[390, 15], [480, 15], [480, 75], [390, 75]]}}]
+              rules:
+                - {{name: no-parking, kind: dwell, zone: kerb, classes: [car, truck], min_seconds: 8,
+                   category: illegal_parking}}
+        """), encoding="utf-8")
+    assert main(["replay", "--camera", "cam-demo", "--config", str(config), "--no-progress", str(CLIP)]) == 0
+    out = capsys.readouterr().out
+    assert "case(s) would be created" in out
+    assert out.count("illegal_parking") >= 1 and "zone=kerb" in out
+    assert main(["replay", "--camera", "nope", "--config", str(config), str(CLIP)]) == 2
+    assert "no camera named 'nope'" in capsys.readouterr().err

@@ -58,6 +58,13 @@ class Jt808Config(StrictModel):
                                  "possible black truck) instead of refusing them.")
     idle_timeout_s: float = Field(180.0, gt=0, description="Close a connection silent for this long.")
     max_frame_bytes: int = Field(4096, ge=64, description="Drop a connection that sends a longer frame.")
+    max_garbage_frames: int = Field(5, ge=1, description="Drop a connection after this many undecodable "
+                                    "frames in a row.")
+    backlog: int = Field(1024, ge=16, description="Listen backlog: how many terminals may be connecting "
+                         "at once (a whole fleet reconnects together after a network outage).")
+    auth_secret: str | None = Field(None, description="Secret mixed into the auth codes handed to terminals "
+                                    "(e.g. ${CITYGATE_JT808_SECRET}); empty = derived from the gateway id "
+                                    "only, which anyone who knows it can recompute.")
 
 
 class ReplayFeed(StrictModel):

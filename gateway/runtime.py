@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import logging
 import time
 from datetime import UTC, datetime
@@ -39,9 +40,11 @@ def demo_grid_path() -> Path:
     return Path(str(resources.files("gateway").joinpath("data/demo_grid.geojson")))
 
 
-def auth_code(gateway_id: str, terminal: str) -> str:
-    """A terminal's JT/T 808 auth code: stable across restarts, different per gateway."""
-    return hashlib.sha256(f"{gateway_id}:{terminal}".encode()).hexdigest()[:16]
+def auth_code(gateway_id: str, terminal: str, secret: str | None = None) -> str:
+    """A terminal's JT/T 808 auth code: stable across restarts (terminals keep it), different per
+    gateway, and unguessable when a secret is configured."""
+    key = f"{secret or ''}:{gateway_id}".encode()
+    return hmac.new(key, terminal.encode(), hashlib.sha256).hexdigest()[:16]
 
 
 class Gateway:
@@ -200,7 +203,8 @@ class Gateway:
         from gateway.sources.jt808_server import Jt808Server
 
         jt = self.config.vehicles.jt808
-        registry = {v.terminal: auth_code(self.config.id, v.terminal) for v in self.config.vehicles.fleet.vehicles}
+        registry = {v.terminal: auth_code(self.config.id, v.terminal, jt.auth_secret)
+                    for v in self.config.vehicles.fleet.vehicles}
 
         def on_event(kind: str, terminal: str, info: Any = None) -> None:
             if kind == "unknown_terminal":
@@ -208,6 +212,7 @@ class Gateway:
 
         self.jt808 = Jt808Server(jt.host, jt.port, registry, self.on_position, on_event,
                                  idle_timeout_s=jt.idle_timeout_s, max_frame_bytes=jt.max_frame_bytes,
+                                 max_garbage_frames=jt.max_garbage_frames, backlog=jt.backlog,
                                  accept_unknown=jt.accept_unknown)
         await self.jt808.start()
 

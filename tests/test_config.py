@@ -112,6 +112,7 @@ def test_check_command_exit_codes(tmp_path, capsys):
 def test_shipped_configs_are_valid(name, monkeypatch):
     monkeypatch.setenv("CITYGATE_CENTRAL_TOKEN", "t")
     monkeypatch.setenv("CITYGATE_INFLUX_TOKEN", "t")
+    monkeypatch.setenv("CITYGATE_JT808_SECRET", "t")
     load_config(REPO / "configs" / name)
 
 

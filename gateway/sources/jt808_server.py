@@ -51,6 +51,7 @@ class Jt808Server:
         idle_timeout_s: float = 180,
         max_frame_bytes: int = 4096,
         max_garbage_frames: int = 5,
+        backlog: int = 1024,
         accept_unknown: bool = True,
     ) -> None:
         self.host = host
@@ -61,6 +62,7 @@ class Jt808Server:
         self.idle_timeout_s = idle_timeout_s
         self.max_frame_bytes = max_frame_bytes
         self.max_garbage_frames = max_garbage_frames
+        self.backlog = backlog  # a fleet reconnecting at once after a network blip must not be reset
         self.accept_unknown = accept_unknown
         self.stats: dict[str, int] = {
             "connections": 0,
@@ -87,7 +89,7 @@ class Jt808Server:
         return self._port
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, self.host, self._port)
+        self._server = await asyncio.start_server(self._accept, self.host, self._port, backlog=self.backlog)
         log.info("JT/T 808 server listening on %s:%d", self.host, self.port)
 
     async def stop(self) -> None:

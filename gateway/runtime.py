@@ -114,7 +114,8 @@ class Gateway:
                 camera = camera.model_copy(update={"url": str(self.config.path(camera.url))})
             pipeline = CameraPipeline(camera, detector, timezone=self.config.tz)
             worker = FrameWorker(camera.name, pipeline.process, self.bus.submit_threadsafe,
-                                 on_done=self._frame_done(camera.name, pipeline))
+                                 on_done=self._frame_done(camera.name, pipeline), flush=pipeline.flush,
+                                 idle_flush_s=camera.evidence.clip_post_s + 5.0)
             self.pipelines[camera.name] = pipeline
             self.workers[camera.name] = worker
             self.cameras[camera.name] = CameraSource(camera, worker.offer, self.bus.submit_threadsafe)

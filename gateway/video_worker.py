@@ -17,9 +17,13 @@ log = logging.getLogger(__name__)
 
 class FrameWorker:
     def __init__(self, name: str, process: Callable[[Frame], list[Alert]],
-                 on_alert: Callable[[Alert], None], on_done: Callable[[Frame], None] | None = None) -> None:
+                 on_alert: Callable[[Alert], None], on_done: Callable[[Frame], None] | None = None, *,
+                 flush: Callable[[], list[Alert]] | None = None, idle_flush_s: float = 10.0) -> None:
         self.name = name
         self._process = process
+        # alerts the analysis holds back (a clip's post-roll) come out when frames stop arriving
+        self._flush = flush
+        self._idle_flush_s = idle_flush_s
         self._on_alert = on_alert
         self._on_done = on_done
         self._cond = threading.Condition()
@@ -50,8 +54,10 @@ class FrameWorker:
         while True:
             with self._cond:
                 while self._slot is None and not self._stopping:
-                    self._cond.wait()
+                    if not self._cond.wait(self._idle_flush_s):
+                        self._emit(self._flushed())  # the stream went quiet
                 if self._slot is None:
+                    self._emit(self._flushed())  # stopping: nothing held may be lost
                     return
                 frame, self._slot = self._slot, None
             try:
@@ -62,7 +68,20 @@ class FrameWorker:
                 log.exception("camera %s: analysis failed on frame %d", self.name, frame.index)
                 continue
             self.stats["frames_analysed"] += 1
-            for alert in alerts:
-                self._on_alert(alert)
+            self._emit(alerts)
             if self._on_done is not None:
                 self._on_done(frame)
+
+    def _flushed(self) -> list[Alert]:
+        if self._flush is None:
+            return []
+        try:
+            return self._flush()
+        except Exception:  # noqa: BLE001 - logged; the worker must go on
+            self.stats["analysis_errors"] += 1
+            log.exception("camera %s: flushing held alerts failed", self.name)
+            return []
+
+    def _emit(self, alerts: list[Alert]) -> None:
+        for alert in alerts:
+            self._on_alert(alert)

@@ -111,6 +111,45 @@ def test_clip_evidence_when_configured():
     assert alerts[0].evidence[2].data[:4] == b"RIFF"
 
 
+def clip_frames(avi: bytes, tmp_path: Path) -> int:
+    path = tmp_path / "clip.avi"
+    path.write_bytes(avi)
+    cap = cv2.VideoCapture(str(path))
+    count = 0
+    while cap.read()[0]:
+        count += 1
+    return count
+
+
+def test_clip_post_roll_holds_the_case_then_attaches_pre_and_post_frames(tmp_path):
+    det = ScriptedDetector([("car", (400, 400, 600, 520))])
+    pipe = CameraPipeline(camera(motion={"enabled": False}, evidence={"clip_s": 4, "clip_post_s": 3}), det)
+    released = [(f.time, a) for f in frames(90) for a in pipe.process(f)]  # frames every 0.5 s
+    ((when, alert),) = released
+    assert when - alert.time == timedelta(seconds=3)  # filed once the post-roll was recorded
+    assert [e.name for e in alert.evidence] == ["snapshot.jpg", "crop.jpg", "clip.avi"]
+    assert clip_frames(alert.evidence[2].data, tmp_path) == 15  # 4 s before + 3 s after, at 2 fps, + the frame itself
+
+
+def test_post_roll_alert_comes_out_before_its_close_and_on_flush():
+    det = ScriptedDetector([("car", (400, 400, 600, 520))])
+    pipe = CameraPipeline(camera(motion={"enabled": False}, evidence={"clip_s": 2, "clip_post_s": 30}), det)
+    for f in frames(62):  # the rule fires at 30 s (frame 60)
+        assert pipe.process(f) == []
+    assert pipe.holding
+    (alert,) = pipe.flush()  # e.g. the stream stopped: the case goes out with the clip it has
+    assert alert.state == "open" and alert.evidence[-1].name == "clip.avi"
+    assert not pipe.holding and pipe.flush() == []
+
+    pipe = CameraPipeline(camera(motion={"enabled": False}, evidence={"clip_s": 2, "clip_post_s": 60}), det)
+    out = [a for f in frames(62) for a in pipe.process(f)]
+    det.boxes = []  # the car leaves at 31 s: its case closes 30 s later, long before the post-roll ends (90 s)
+    later = (Frame(f.camera, f.index, f.time + timedelta(seconds=31), f.image) for f in frames(80))
+    out += [(f.time, a) for f in later for a in pipe.process(f)]
+    assert [a.state for _, a in out] == ["open", "closed"]
+    assert out[0][0] == out[1][0] < T0 + timedelta(seconds=90)  # released together, by the close
+
+
 def test_motion_gate_sees_a_small_object_and_ignores_noise():
     gate = MotionGate(camera().motion)
     rng = np.random.default_rng(1)

@@ -162,6 +162,9 @@ class EvidenceConfig(StrictModel):
     crop: bool = Field(True, description="Attach a clean crop of the object.")
     clip_s: float = Field(0.0, ge=0.0, description="Attach an MJPEG clip of the last clip_s seconds of analysed "
                           "frames before the case opened; 0: off.")
+    clip_post_s: float = Field(0.0, ge=0.0, le=60.0, description="Also include this many seconds after the case "
+                               "opened (needs clip_s > 0); the case is filed that much later, or as soon as the "
+                               "object leaves or the stream stops.")
 
 
 class CameraConfig(StrictModel):

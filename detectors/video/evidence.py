@@ -86,9 +86,9 @@ class ClipBuffer:
         while self.frames and t - self.frames[0][0] > self.seconds:
             self.frames.popleft()
 
-    def to_avi(self, quality: int = 80) -> bytes | None:
-        """MJPEG AVI of the buffered frames, or None when there are fewer than two."""
-        frames = list(self.frames)
+    def to_avi(self, quality: int = 80, since: float | None = None) -> bytes | None:
+        """MJPEG AVI of the buffered frames (from `since` on), or None when there are fewer than two."""
+        frames = [f for f in self.frames if since is None or f[0] >= since]
         if len(frames) < 2:
             return None
         span = frames[-1][0] - frames[0][0]

@@ -7,6 +7,7 @@ full-frame work besides inference is the gate's downscale; evidence is drawn onl
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, replace
 from datetime import UTC, tzinfo
 from typing import Any
 
@@ -39,7 +40,10 @@ class CameraPipeline:
         self.mask = shapely.union_all(masks) if masks else None
         if self.mask is not None:
             shapely.prepare(self.mask)
-        self.clip = ClipBuffer(camera.evidence.clip_s) if camera.evidence.clip_s > 0 else None
+        ev = camera.evidence
+        self.clip = ClipBuffer(ev.clip_s + ev.clip_post_s) if ev.clip_s > 0 else None
+        self.post_s = ev.clip_post_s if self.clip is not None else 0.0
+        self._held: list[_Held] = []  # opening alerts waiting for their clip's post-roll
         self.stats: dict[str, int] = {"frames": 0, "inferences": 0, "skipped_by_motion": 0, "alerts": 0,
                                       "masked": 0}
         self.last_detections: list[Detection] = []
@@ -56,11 +60,24 @@ class CameraPipeline:
         return watching and t - self._last_inference_t >= motion.recheck_s
 
     def process(self, frame: Frame) -> list[Alert]:
-        """Analyse one frame; return the alerts it opened or closed."""
+        """Analyse one frame; return the alerts it opened or closed (an opening alert waits
+        `clip_post_s` for its clip's post-roll, then comes out of a later call)."""
         self.stats["frames"] += 1
         t = frame.time.timestamp()
         if self.clip is not None:
             self.clip.add(t, frame.image)
+        return self._release(t) + self._hold(self._analyse(frame, t))
+
+    def flush(self) -> list[Alert]:
+        """Every held alert now, with the clip it has so far: the stream stopped or the gateway is
+        stopping, and a case must never wait on frames that will not come."""
+        return self._release(None)
+
+    @property
+    def holding(self) -> bool:
+        return bool(self._held)
+
+    def _analyse(self, frame: Frame, t: float) -> list[Alert]:
         if not self._needs_inference(frame, t):
             self.stats["skipped_by_motion"] += 1
             return self._alerts(self.rules.tick(frame.time), frame)
@@ -75,6 +92,40 @@ class CameraPipeline:
         tracked = self.tracker.update(detections, t)
         self.last_detections = tracked
         return self._alerts(self.rules.update(tracked, frame.time, frame.size), frame)
+
+    def _hold(self, alerts: list[Alert]) -> list[Alert]:
+        """Keep opening alerts back for the post-roll; a close releases its own open first."""
+        if not self.post_s:
+            return alerts
+        out: list[Alert] = []
+        for alert in alerts:
+            if alert.state == "open" and alert.category is not None:
+                self._held.append(_Held(alert, alert.time.timestamp() - self.camera.evidence.clip_s,
+                                        alert.time.timestamp() + self.post_s))
+                continue
+            mine = [h for h in self._held if h.alert.key == alert.key and h.alert.track_id == alert.track_id]
+            out += [self._with_clip(h) for h in mine]
+            self._held = [h for h in self._held if h not in mine]
+            out.append(alert)
+        return out
+
+    def _release(self, t: float | None) -> list[Alert]:
+        due = [h for h in self._held if t is None or t >= h.until]
+        if not due:
+            return []
+        self._held = [h for h in self._held if h not in due]
+        return [self._with_clip(h) for h in due]
+
+    def _with_clip(self, held: _Held) -> Alert:
+        try:
+            avi = self.clip.to_avi(since=held.since) if self.clip is not None else None
+        except (ValueError, OSError) as exc:  # the case still goes out with its snapshot
+            log.warning("camera %s rule %s: clip not written: %s", self.camera.name, held.alert.rule, exc)
+            self.stats["evidence_errors"] = self.stats.get("evidence_errors", 0) + 1
+            avi = None
+        if avi is None:
+            return held.alert
+        return replace(held.alert, evidence=held.alert.evidence + (Evidence("clip.avi", "video/x-msvideo", avi),))
 
     def _alerts(self, events: list[RuleEvent], frame: Frame) -> list[Alert]:
         alerts = [self._alert(ev, frame) for ev in events]
@@ -112,7 +163,7 @@ class CameraPipeline:
         try:
             if cfg.crop:
                 items.append(Evidence("crop.jpg", "image/jpeg", crop(frame.image, ev.detection.box, cfg.jpeg_quality)))
-            if self.clip is not None:
+            if self.clip is not None and not self.post_s:  # with a post-roll the clip comes later
                 avi = self.clip.to_avi()
                 if avi is not None:
                     items.append(Evidence("clip.avi", "video/x-msvideo", avi))
@@ -120,6 +171,13 @@ class CameraPipeline:
             log.warning("camera %s rule %s: evidence incomplete: %s", self.camera.name, ev.rule.name, exc)
             self.stats["evidence_errors"] = self.stats.get("evidence_errors", 0) + 1
         return tuple(items)
+
+
+@dataclass(eq=False)
+class _Held:
+    alert: Alert
+    since: float  # clip start (pre-roll)
+    until: float  # clip end (post-roll): released at the first frame at or after it
 
 
 def _describe(facts: dict[str, Any]) -> str:

@@ -205,41 +205,34 @@ def cmd_cases_list(args: argparse.Namespace) -> int:
     outbox = _outbox(args)
     if outbox is None:
         return EXIT_CONFIG
-    records = outbox.list(status=args.status, limit=args.limit)
+    with outbox:
+        records = outbox.list(status=args.status, limit=args.limit)
+        counts = outbox.counts()
     if args.json:
-        print(json.dumps([_record_json(r) for r in records], ensure_ascii=False, indent=1))
+        print(json.dumps([r.to_json() for r in records], ensure_ascii=False, indent=1))
         return EXIT_OK
-    counts = outbox.counts()
     print("  ".join(f"{k} {v}" for k, v in counts.items()))
     for r in records:
         case = r.to_case()
         print(f"{case.case_id}  {case.detected_at.isoformat(timespec='seconds')}  {r.status:<9} "
               f"{case.category.get('name', ''):<10} {case.rule:<22} {case.subject.get('id', '')}  "
               f"grid {case.location.get('grid_code') or '-'}  x{1 + r.recurrences}")
-    outbox.close()
     return EXIT_OK
-
-
-def _record_json(record) -> dict:
-    out = record.to_case().to_json()
-    out.update(status=record.status, attempts=record.attempts, recurrences=record.recurrences,
-               last_error=record.last_error)
-    return out
 
 
 def cmd_cases_show(args: argparse.Namespace) -> int:
     outbox = _outbox(args)
     if outbox is None:
         return EXIT_CONFIG
-    record = outbox.get(args.case_id)
-    if record is None:
-        print(f"no case {args.case_id}", file=sys.stderr)
-        return EXIT_FAILED
-    out = _record_json(record)
-    out["dead_letters"] = [{"at": d.at.isoformat(), "status_code": d.status_code, "response_body": d.response_body}
-                           for d in outbox.dead_letters(args.case_id)]
+    with outbox:
+        record = outbox.get(args.case_id)
+        if record is None:
+            print(f"no case {args.case_id}", file=sys.stderr)
+            return EXIT_FAILED
+        out = record.to_json()
+        out["dead_letters"] = [{"at": d.at.isoformat(), "status_code": d.status_code,
+                                "response_body": d.response_body} for d in outbox.dead_letters(args.case_id)]
     print(json.dumps(out, ensure_ascii=False, indent=2))
-    outbox.close()
     return EXIT_OK
 
 
@@ -247,8 +240,8 @@ def cmd_cases_retry(args: argparse.Namespace) -> int:
     outbox = _outbox(args)
     if outbox is None:
         return EXIT_CONFIG
-    ok = outbox.retry(args.case_id)
-    outbox.close()
+    with outbox:
+        ok = outbox.retry(args.case_id)
     if not ok:
         print(f"case {args.case_id} is unknown or already delivered", file=sys.stderr)
         return EXIT_FAILED

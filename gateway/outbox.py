@@ -114,6 +114,17 @@ class CaseRecord:
     def to_case(self) -> Case:
         return Case.from_json(self.case)
 
+    def to_json(self) -> dict[str, Any]:
+        """The case JSON plus its delivery state in the local store (CLI and status API)."""
+
+        def iso(t: datetime | None) -> str | None:
+            return None if t is None else t.isoformat()
+
+        return {**self.case, "status": self.status, "attempts": self.attempts, "recurrences": self.recurrences,
+                "last_error": self.last_error, "created_at": iso(self.created_at),
+                "updated_at": iso(self.updated_at), "next_attempt_at": iso(self.next_attempt_at),
+                "delivered_at": iso(self.delivered_at), "last_recurrence_at": iso(self.last_recurrence_at)}
+
 
 def _dt(epoch: float | None) -> datetime | None:
     return None if epoch is None else datetime.fromtimestamp(epoch, UTC)

@@ -32,7 +32,6 @@ import asyncio
 import collections
 import json
 import logging
-import random
 import re
 import ssl
 from collections.abc import Mapping
@@ -40,11 +39,11 @@ from typing import Any
 
 import aiomqtt
 
+from gateway.aio import Backoff, race, wait_or_stop
 from gateway.model import Alert
 from gateway.sinks.sink_config import MqttConfig
 
-__all__ = ["Backoff", "MqttAlertSink", "MqttConfig", "alert_payload", "make_client", "topic_level",
-           "wait_or_stop"]
+__all__ = ["MqttAlertSink", "MqttConfig", "alert_payload", "make_client", "topic_level"]
 
 log = logging.getLogger(__name__)
 
@@ -54,31 +53,6 @@ _UNSAFE = re.compile(r"[/+#$\x00]")
 def topic_level(name: str) -> str:
     """A name made safe to use as exactly one topic level."""
     return _UNSAFE.sub("_", str(name)) or "_"
-
-
-class Backoff:
-    """Exponential backoff with jitter: first, 2*first, ... capped at `cap` seconds."""
-
-    def __init__(self, first: float, cap: float) -> None:
-        self.first, self.cap = first, max(first, cap)
-        self._next = first
-
-    def next(self) -> float:
-        delay = self._next
-        self._next = min(self.cap, self._next * 2)
-        return delay * random.uniform(0.8, 1.0)  # jitter: replicas must not reconnect in lock-step
-
-    def reset(self) -> None:
-        self._next = self.first
-
-
-async def wait_or_stop(stop_event: asyncio.Event, seconds: float) -> bool:
-    """Sleep up to `seconds`; True when the stop event was set meanwhile."""
-    try:
-        await asyncio.wait_for(stop_event.wait(), timeout=seconds)
-    except TimeoutError:
-        return False
-    return True
 
 
 def make_client(cfg: MqttConfig, role: str, will: aiomqtt.Will | None = None, **kwargs: Any) -> aiomqtt.Client:
@@ -215,19 +189,7 @@ class MqttAlertSink:
 
     async def _serve(self, client: aiomqtt.Client, stop_event: asyncio.Event) -> None:
         """Send until stopped or disconnected (the message iterator is what notices a dead connection)."""
-        tasks = {
-            asyncio.create_task(self._send(client)),
-            asyncio.create_task(self._watch(client)),
-            asyncio.create_task(stop_event.wait()),
-        }
-        try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        for task in done:
-            task.result()  # re-raises the MqttError of a lost connection
+        await race(self._send(client), self._watch(client), stop_event.wait())  # raises on a lost connection
 
     @staticmethod
     async def _watch(client: aiomqtt.Client) -> None:

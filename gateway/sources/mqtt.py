@@ -22,9 +22,10 @@ from datetime import UTC, datetime
 
 import aiomqtt
 
+from gateway.aio import Backoff, race, wait_or_stop
 from gateway.model import Position, Reading
 from gateway.profiles import DeviceProfile, PayloadError
-from gateway.sinks.mqtt import Backoff, make_client, wait_or_stop
+from gateway.sinks.mqtt import make_client
 from gateway.sinks.sink_config import MqttConfig
 
 __all__ = ["MqttSource", "Observation"]
@@ -185,15 +186,7 @@ class MqttSource:
 
     async def _consume(self, client: aiomqtt.Client, stop_event: asyncio.Event) -> None:
         """Deliver messages until stopped; raises MqttError when the connection is lost."""
-        tasks = {asyncio.create_task(self._pump(client)), asyncio.create_task(stop_event.wait())}
-        try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        for task in done:
-            task.result()
+        await race(self._pump(client), stop_event.wait())
 
     async def _pump(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from gateway.outbox import STATUSES, CaseRecord, Outbox
+from gateway.outbox import STATUSES, Outbox
 from gateway.web import page
 
 log = logging.getLogger(__name__)
@@ -86,27 +86,6 @@ def _json(data: Any, status: int = 200) -> Response:
 
 def _html(text: str) -> Response:
     return Response(200, text.encode(), _HTML, {"Content-Security-Policy": _PAGE_CSP})
-
-
-def record_json(rec: CaseRecord) -> dict[str, Any]:
-    """A case as the API shows it: the case JSON plus its delivery state in the local store."""
-
-    def iso(t):
-        return None if t is None else t.isoformat()
-
-    out = dict(rec.case)
-    out.update(
-        status=rec.status,
-        attempts=rec.attempts,
-        recurrences=rec.recurrences,
-        last_error=rec.last_error,
-        created_at=iso(rec.created_at),
-        updated_at=iso(rec.updated_at),
-        next_attempt_at=iso(rec.next_attempt_at),
-        delivered_at=iso(rec.delivered_at),
-        last_recurrence_at=iso(rec.last_recurrence_at),
-    )
-    return out
 
 
 class StatusServer:
@@ -257,7 +236,7 @@ class StatusServer:
                 if rec is None:
                     return _json({"error": f"no case {case_id!r}"}, 404)
                 letters = await asyncio.to_thread(self.outbox.dead_letters, case_id)
-                data = record_json(rec)
+                data = rec.to_json()
                 data["dead_letters"] = [
                     {"at": d.at.isoformat(), "status_code": d.status_code, "response_body": d.response_body}
                     for d in letters
@@ -301,7 +280,7 @@ class StatusServer:
         if not 1 <= limit <= MAX_LIMIT:
             return _json({"error": f"limit must be an integer from 1 to {MAX_LIMIT}, got {raw_limit!r}"}, 400)
         records = await asyncio.to_thread(self.outbox.list, status, limit)
-        return _json([record_json(r) for r in records])
+        return _json([r.to_json() for r in records])
 
     async def _case_page(self, case_id: str) -> Response:
         def read():

@@ -25,13 +25,22 @@ OUT_OF_ORDER = "out_of_order"
 ACCEPTED = (LIVE, HISTORY)
 
 
+_KY = 111195.0  # metres per degree of latitude
+_RAD = math.pi / 180.0
+
+
 class PositionFilter:
-    """Per-device last accepted live fix: (epoch seconds, lon, lat, consecutive jumps)."""
+    """Per-device last accepted live fix: [epoch seconds, lon, lat, consecutive jumps]."""
 
     def __init__(self, config: FilterConfig) -> None:
         self.config = config
         self._last: dict[str, list[float]] = {}
         self.counts: dict[str, int] = {}
+        # read on every fix: copied out of the config once
+        self._invalid_fix, self._zero, self._duplicates = config.invalid_fix, config.zero, config.duplicates
+        self._future_s, self._jump_after = config.future_s, config.jump_accept_after
+        self._max_speed_ms = None if config.max_speed_kmh is None else config.max_speed_kmh / 3.6
+        self._out_of_order = HISTORY if config.out_of_order_as_history else OUT_OF_ORDER
 
     def _count(self, verdict: str) -> str:
         self.counts[verdict] = self.counts.get(verdict, 0) + 1
@@ -39,37 +48,35 @@ class PositionFilter:
 
     def check(self, p: Position, received_at: datetime | None = None, t: float | None = None) -> str:
         """The verdict on one fix; `t` is p.time as epoch seconds when the caller has it already."""
-        cfg = self.config
-        if cfg.invalid_fix and not p.valid:
+        if not p.valid and self._invalid_fix:
             return self._count(INVALID_FIX)
         lon, lat = p.lon, p.lat
-        if cfg.zero and ((lon == 0.0 and lat == 0.0) or not (-180.0 <= lon <= 180.0 and -90.0 <= lat <= 90.0)):
+        if self._zero and ((lon == 0.0 and lat == 0.0) or not (-180.0 <= lon <= 180.0 and -90.0 <= lat <= 90.0)):
             return self._count(ZERO)
         if t is None:
             t = p.time.timestamp()
-        if cfg.future_s is not None and received_at is not None and t > received_at.timestamp() + cfg.future_s:
+        if received_at is not None and self._future_s is not None and t > received_at.timestamp() + self._future_s:
             return self._count(FUTURE)
         if p.history:
             return self._count(HISTORY)
         last = self._last.get(p.device)
         if last is None:
             self._last[p.device] = [t, lon, lat, 0.0]
-            self.counts[LIVE] = self.counts.get(LIVE, 0) + 1
-            return LIVE
+            return self._count(LIVE)
         dt = t - last[0]
-        if dt == 0.0 and cfg.duplicates:
-            return self._count(DUPLICATE)
-        if dt < 0.0:
-            return self._count(HISTORY if cfg.out_of_order_as_history else OUT_OF_ORDER)
-        if cfg.max_speed_kmh is not None and dt > 0.0:
+        if dt <= 0.0:
+            if dt < 0.0:
+                return self._count(self._out_of_order)
+            if self._duplicates:
+                return self._count(DUPLICATE)
+        elif self._max_speed_ms is not None:
             # equirectangular distance is plenty for a plausibility test
-            ky = 111195.0
-            kx = ky * math.cos(math.radians(lat))
-            dist = ((lon - last[1]) * kx) ** 2 + ((lat - last[2]) * ky) ** 2
-            vmax = cfg.max_speed_kmh / 3.6 * dt
-            if dist > vmax * vmax:
+            dx = (lon - last[1]) * _KY * math.cos(lat * _RAD)
+            dy = (lat - last[2]) * _KY
+            reach = self._max_speed_ms * dt
+            if dx * dx + dy * dy > reach * reach:
                 last[3] += 1
-                if last[3] < cfg.jump_accept_after:
+                if last[3] < self._jump_after:
                     return self._count(JUMP)
                 # the terminal keeps reporting the new place: the old fix was the bad one
         last[0], last[1], last[2], last[3] = t, lon, lat, 0.0

@@ -69,9 +69,12 @@ def _inside(ring: tuple[tuple[float, float], ...], x: float, y: float) -> bool:
     return inside
 
 
-def _crosses(ring: tuple[tuple[float, float], ...], x0: float, y0: float, x1: float, y1: float) -> bool:
-    """Whether segment (x0,y0)-(x1,y1) meets any edge of the ring (touching counts)."""
+def _first_crossing(ring: tuple[tuple[float, float], ...], x0: float, y0: float, x1: float, y1: float,
+                    first: bool = True) -> float | None:
+    """Fraction along segment (x0,y0)-(x1,y1) where it first meets an edge of the ring (touching counts),
+    or None; with first=False, the fraction of any meeting (enough to know that they meet)."""
     dx, dy = x1 - x0, y1 - y0
+    best = None
     jx, jy = ring[-1]
     for ix, iy in ring:
         ex, ey = ix - jx, iy - jy
@@ -81,9 +84,17 @@ def _crosses(ring: tuple[tuple[float, float], ...], x0: float, y0: float, x1: fl
             t = (wx * ey - wy * ex) / den
             u = (wx * dy - wy * dx) / den
             if 0.0 <= t <= 1.0 and 0.0 <= u <= 1.0:
-                return True
+                if not first:
+                    return t
+                if best is None or t < best:
+                    best = t
         jx, jy = ix, iy
-    return False
+    return best
+
+
+def _crosses(ring: tuple[tuple[float, float], ...], x0: float, y0: float, x1: float, y1: float) -> bool:
+    """Whether segment (x0,y0)-(x1,y1) meets any edge of the ring (touching counts)."""
+    return _first_crossing(ring, x0, y0, x1, y1, first=False) is not None
 
 
 class PolygonLayer:
@@ -141,11 +152,15 @@ class PolygonLayer:
 
     def candidates(self, x0: float, y0: float, x1: float, y1: float) -> tuple[int, ...]:
         """Indices of shapes whose boxes may meet the box spanned by two points."""
-        c = self.cell
-        ax, bx = math.floor(min(x0, x1) / c), math.floor(max(x0, x1) / c)
-        ay, by = math.floor(min(y0, y1) / c), math.floor(max(y0, y1) / c)
-        if ax == bx and ay == by:
-            return self._cell(ax, ay)
+        c, floor = self.cell, math.floor
+        ax, ay, bx, by = floor(x0 / c), floor(y0 / c), floor(x1 / c), floor(y1 / c)
+        if ax == bx and ay == by:  # the usual case (a short hop inside one cell): one dict lookup
+            hit = self._cells.get((ax, ay))
+            return hit if hit is not None else self._cell(ax, ay)
+        if ax > bx:  # floor is monotonic: order the cell indices rather than the coordinates
+            ax, bx = bx, ax
+        if ay > by:
+            ay, by = by, ay
         if (bx - ax + 1) * (by - ay + 1) > 16:  # a long segment: ask the tree directly
             return self._query_box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
         found: set[int] = set()
@@ -185,6 +200,12 @@ class PolygonLayer:
         """Where the segment first meets shape i: (x, y, fraction along the segment)."""
         if self.contains(i, x0, y0) or (x0 == x1 and y0 == y1):
             return x0, y0, 0.0
+        ring = self.shapes[i].ring
+        if ring is not None:  # a small simple polygon: the first edge crossing, in pure Python (no GEOS)
+            frac = _first_crossing(ring, x0, y0, x1, y1)
+            if frac is None:
+                return x1, y1, 1.0
+            return x0 + frac * (x1 - x0), y0 + frac * (y1 - y0), frac
         seg = LineString([(x0, y0), (x1, y1)])
         inter = self.shapes[i].geom.intersection(seg)
         if inter.is_empty:
@@ -219,23 +240,29 @@ class Polyline:
         for (ax, ay), (bx, by) in zip(self.points, self.points[1:], strict=False):
             self.cum.append(self.cum[-1] + math.hypot(bx - ax, by - ay))
         self.length = self.cum[-1]
+        # per segment, what `_seg` needs, computed once: start, direction, squared length, position
+        # along the line at its start and its length (locate runs for every fix of a routed vehicle)
+        self._segs = [(ax, ay, bx - ax, by - ay, (bx - ax) ** 2 + (by - ay) ** 2, self.cum[k],
+                       self.cum[k + 1] - self.cum[k])
+                      for k, ((ax, ay), (bx, by)) in enumerate(zip(self.points, self.points[1:], strict=False))]
 
     def _seg(self, k: int, x: float, y: float) -> tuple[float, float]:
         """(distance, position along the line) of the point's projection on segment k."""
-        ax, ay = self.points[k]
-        bx, by = self.points[k + 1]
-        dx, dy = bx - ax, by - ay
-        L2 = dx * dx + dy * dy
-        t = 0.0 if L2 == 0 else max(0.0, min(1.0, ((x - ax) * dx + (y - ay) * dy) / L2))
+        ax, ay, dx, dy, L2, s0, length = self._segs[k]
+        t = 0.0 if L2 == 0 else ((x - ax) * dx + (y - ay) * dy) / L2
+        t = 0.0 if t < 0.0 else 1.0 if t > 1.0 else t
         px, py = ax + t * dx, ay + t * dy
-        return math.hypot(x - px, y - py), self.cum[k] + t * (self.cum[k + 1] - self.cum[k])
+        return math.hypot(x - px, y - py), s0 + t * length
 
     def locate(self, x: float, y: float, hint: int, within: float) -> tuple[float, float, int]:
         """(distance to the line, position along it, segment index). Exact when the distance is
         <= `within`; beyond that it is the shapely answer."""
-        n = len(self.points) - 1
+        n = len(self._segs)
         if 0 <= hint < n:
-            for k in (hint, hint + 1, hint - 1):
+            d, s = self._seg(hint, x, y)
+            if d <= within:  # still on the segment of last time: the usual answer
+                return d, s, hint
+            for k in (hint + 1, hint - 1):
                 if 0 <= k < n:
                     d, s = self._seg(k, x, y)
                     if d <= within:

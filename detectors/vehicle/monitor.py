@@ -29,7 +29,7 @@ from .config import FleetConfig, RoadConfig, VehicleConfig, ZoneConfig, _Rule
 from .coverage import ShiftCoverage
 from .filters import HISTORY, LIVE, PositionFilter
 from .geometry import LocalPlane, PolygonLayer, Polyline, Shape, polygon
-from .timewin import Window, parse_window
+from .timewin import Window, minute_mask, parse_window
 
 LOAD_SHIFT = 8  # JT/T 808 status bits 8-9: 00 empty, 01 half, 11 full
 
@@ -80,6 +80,7 @@ class _Road:
     line: Polyline
     shifts: tuple[Window, ...]
     place: ev.Place
+    shift_mask: bytes | None  # minutes of the day inside a shift; None: the vehicle's hours apply
 
 
 @dataclass(slots=True)
@@ -97,6 +98,8 @@ class _Zone:
     windows: tuple[Window, ...]
     days: frozenset[int]
     place: ev.Place
+    mask: bytes  # minute of the day -> 1 while the ban is on (minute_mask of windows)
+    every_day: bool
 
 
 @dataclass(slots=True)
@@ -106,9 +109,10 @@ class _Vehicle:
     limit_kmh: float
     route: _Route | None
     roads: list[_Road]
-    zoned: bool  # some zone applies to its type
     base_facts: dict[str, Any]
     state: _State
+    hours_mask: bytes  # minute of the day -> 1 inside working hours (minute_mask of hours)
+    zones: tuple[PolygonLayer, list[_Zone]] | None  # the zones that bar its type, if any
 
 
 @dataclass(slots=True)
@@ -146,6 +150,7 @@ class FleetMonitor:
         self.tz = ZoneInfo(config.timezone)
         self.filter = PositionFilter(config.filters)
         self.counts: dict[str, int] = {"unregistered": 0, "history_late": 0}
+        self._masks: dict[tuple[Window, ...], bytes] = {}
         self._build_geometry(config)
         self._by_terminal: dict[str, _Vehicle] = {}
         self._by_id: dict[str, _Vehicle] = {}
@@ -159,11 +164,13 @@ class FleetMonitor:
         self._shift_cache: dict[tuple, tuple[float, float] | None] = {}
         self._lt_lo = self._lt_hi = 0.0  # the cached local minute [lo, hi) and its values
         self._lt_local, self._lt_minute = datetime.fromtimestamp(0, self.tz), 0
+        self._epoch: dict[datetime, float] = {}  # see _epoch_of
         r = self.rules  # flags read on every fix, looked up once
         self._zone_on, self._route_on = r.forbidden_zone.enabled, r.off_route.enabled
         self._hours_on, self._speed_on = r.outside_hours.enabled, r.overspeed.enabled
         self._dump_on, self._stop_on = r.illegal_dumping.enabled, r.long_stop.enabled
         self._alarm_on, self._coverage_on = r.terminal_alarm.enabled, r.coverage.enabled
+        self._route_hours_only = r.off_route.working_hours_only
         self._stop_kmh, self._seg_gap = r.long_stop.stop_kmh, config.segment_max_gap_s
         self._first_tick: float | None = None
 
@@ -197,9 +204,9 @@ class FleetMonitor:
                 place = ev.Place(item.id, kind, item.name, tuple(wgs), False, poly)
                 if kind == "zone":
                     zone_shapes.append(Shape(item.id, poly, poly.bounds, item))
-                    self._zones.append(_Zone(item, frozenset(item.applies_to),
-                                             tuple(parse_window(w) for w in item.windows),
-                                             frozenset(item.days), place))
+                    windows = tuple(parse_window(w) for w in item.windows)
+                    self._zones.append(_Zone(item, frozenset(item.applies_to), windows, frozenset(item.days),
+                                             place, self._mask(windows), len(set(item.days)) >= 7))
                 else:
                     self.sites[item.id] = place
                     site_shapes.append(Shape(item.id, poly, poly.bounds, item))
@@ -215,10 +222,12 @@ class FleetMonitor:
                                                ev.Place(item.id, "route", item.name, tuple(wgs), True, corridor))
             else:
                 line = Polyline(xy)
+                shifts = tuple(parse_window(w) for w in item.shifts)
                 self._roads[item.id] = _Road(
-                    item, line, tuple(parse_window(w) for w in item.shifts),
+                    item, line, shifts,
                     ev.Place(item.id, "road", item.name, tuple(wgs), True,
-                             line.line.buffer(self.rules.coverage.match_m)))
+                             line.line.buffer(self.rules.coverage.match_m)),
+                    self._mask(shifts) if shifts else None)
         cell = cfg.index_cell_m
         self.zone_layer = PolygonLayer(zone_shapes, cell)  # every zone (lookups, tests)
         # one layer per vehicle type, holding only the zones that bar it: a cell lookup then yields
@@ -231,7 +240,6 @@ class FleetMonitor:
         self.site_layer = PolygonLayer(site_shapes, cell)
         self.dump_layer = PolygonLayer(site_tol, cell)  # approved unloading places, with slack
         self.stop_layer = PolygonLayer(stop_tol, cell)  # any approved site, with slack
-        self._zone_types = frozenset(t for z in self._zones for t in z.types)
         # city bounds: a configured polygon, or the layers' envelope plus a margin
         self._city = None
         if plane is not None:
@@ -247,20 +255,39 @@ class FleetMonitor:
                 for layer, _ in self._type_zones.values():
                     layer.prefill(*self._city.bounds)
 
+    def _mask(self, windows: tuple[Window, ...]) -> bytes:
+        mask = self._masks.get(windows)
+        if mask is None:
+            mask = self._masks[windows] = minute_mask(windows)
+        return mask
+
     def _vehicle(self, vc: VehicleConfig) -> _Vehicle:
+        hours = tuple(parse_window(w) for w in vc.working_hours)
         return _Vehicle(
             cfg=vc,
-            hours=tuple(parse_window(w) for w in vc.working_hours),
+            hours=hours,
             limit_kmh=vc.speed_limit_kmh or self.rules.overspeed.default_limit_kmh,
             route=self._routes.get(vc.route) if vc.route else None,
             roads=[self._roads[r] for r in vc.assigned_roads],
-            zoned=vc.type in self._zone_types,
             base_facts={"plate": vc.plate, "vehicle_type": vc.type, "company": vc.company,
                         "terminal": vc.terminal},
             state=_State(track=deque(maxlen=self.config.track_points)),
+            hours_mask=self._mask(hours),
+            zones=self._type_zones.get(vc.type),
         )
 
     # ------------------------------------------------------------------ helpers
+
+    def _epoch_of(self, when: datetime) -> float:
+        """datetime.timestamp() costs more than a dict lookup, and a fleet's fixes share their seconds
+        (datetimes cache their hash): remember the recent ones. Not a repeated wall time (fold=1): it
+        compares equal to its fold=0 twin, an hour apart."""
+        t = when.timestamp()
+        if not when.fold:
+            if len(self._epoch) >= 4096:
+                self._epoch.clear()
+            self._epoch[when] = t
+        return t
 
     def _local_minute(self, t: float) -> tuple[datetime, int]:
         """Local time (to the minute: every window is minute-granular) of epoch `t`, cached."""
@@ -269,15 +296,6 @@ class FleetMonitor:
         self._lt_hi = self._lt_lo + 60.0
         self._lt_local, self._lt_minute = local, local.hour * 60 + local.minute
         return self._lt_local, self._lt_minute
-
-    @staticmethod
-    def _in_hours(hours: tuple[Window, ...], minute: int) -> bool:
-        if not hours:
-            return True  # no working hours configured: always allowed
-        for w in hours:  # noqa: SIM110 - a plain loop: this runs for every fix
-            if w.contains(minute):
-                return True
-        return False
 
     def _alert(self, rule: _Rule, v: _Vehicle, state: str, when: datetime, *, place: str = "",
                lon: float | None = None, lat: float | None = None, facts: dict | None = None,
@@ -306,12 +324,17 @@ class FleetMonitor:
     def process(self, p: Position, received_at: datetime | None = None) -> list[Alert]:
         """Run the filters and every rule on one fix. `received_at` (when the gateway got it; the
         source knows, this pure class does not) bounds the future-timestamp filter."""
-        t = p.time.timestamp()
+        when = p.time
+        t = self._epoch.get(when)
+        if t is None or when.fold:
+            t = self._epoch_of(when)
         verdict = self.filter.check(p, received_at, t)
         if verdict != LIVE and verdict != HISTORY:
             return []
-        if self.plane is None:
-            self.plane = LocalPlane(p.lon, p.lat)
+        lon, lat = p.lon, p.lat
+        plane = self.plane
+        if plane is None:
+            plane = self.plane = LocalPlane(lon, lat)
         v = self._by_terminal.get(p.device)
         if v is None:
             v = self._by_terminal.get(normalise_terminal(p.device))
@@ -319,14 +342,14 @@ class FleetMonitor:
                 return self._unregistered(p) if verdict == LIVE else []
             self._by_terminal[p.device] = v  # remember the spelling this terminal uses
         st = v.state
-        x, y = self.plane.xy(p.lon, p.lat)
+        x, y = (lon - plane.lon0) * plane.kx, (lat - plane.lat0) * plane.ky  # plane.xy, inlined: every fix
         if self._lt_lo <= t < self._lt_hi:  # most fixes of a fleet fall in the same local minute
             local, minute = self._lt_local, self._lt_minute
         else:
             local, minute = self._local_minute(t)
         if verdict == HISTORY:
             if v.roads and self._coverage_on:
-                self._cover(v, st, st.hist_prev, t, x, y, p.speed_kmh, local, history=True)
+                self._cover(v, st, st.hist_prev, t, x, y, p.speed_kmh, local, minute, history=True)
             return []
 
         out: list[Alert] = []
@@ -334,18 +357,27 @@ class FleetMonitor:
         seg = last_t is not None and t - last_t <= self._seg_gap
         x0, y0 = (st.last_x, st.last_y) if seg else (x, y)
         speed = p.speed_kmh
-        st.track.append((t, p.lon, p.lat, speed))
-        in_hours = self._in_hours(v.hours, minute)
+        st.track.append((t, lon, lat, speed))
+        in_hours = v.hours_mask[minute] != 0
 
         if st.offline_open:
             st.offline_open = False
-            out.append(self._alert(self.rules.offline, v, "closed", p.time, lon=p.lon, lat=p.lat,
+            out.append(self._alert(self.rules.offline, v, "closed", p.time, lon=lon, lat=lat,
                                    facts={"silent_s": round(t - (last_t or t))}))
-        if v.zoned and self._zone_on:
-            self._zones_check(v, st, p, local, minute, t, x0, y0, x, y, out)
-        if v.route is not None and self._route_on:
-            self._route_check(v, st, p, t, x, y, in_hours, out)
-        # each rule below is skipped outright when its condition is absent and nothing is pending
+        # the common case of each rule (nothing near, nothing pending) is decided here, without a call
+        zones = v.zones
+        if zones is not None and self._zone_on:
+            near = zones[0].candidates(x0, y0, x, y)
+            if near or st.zones_open:
+                self._zones_check(v, st, p, zones, near, local, minute, t, x0, y0, x, y, out)
+        route = v.route
+        if route is not None and self._route_on:
+            off = False
+            if in_hours or not self._route_hours_only:
+                d, _, st.route_hint = route.line.locate(x, y, st.route_hint, route.half_width)
+                off = d > route.half_width
+            if off or st.off_since is not None:
+                self._route_check(v, st, p, t, x, y, off, out)
         if self._hours_on and not (in_hours and not st.outside.open and st.outside.since is None):
             self._outside_hours(v, st, p, t, in_hours, out)
         if self._speed_on and (speed > v.limit_kmh or st.overspeed.open or st.overspeed.since is not None):
@@ -357,9 +389,9 @@ class FleetMonitor:
         if self._alarm_on and (p.alarm or st.alarm_bits):
             self._terminal_alarms(v, st, p, out)
         if v.roads and self._coverage_on:
-            self._cover(v, st, st.cov_prev, t, x, y, speed, local, history=False)
+            self._cover(v, st, st.cov_prev, t, x, y, speed, local, minute, history=False)
 
-        st.last_t, st.last_x, st.last_y, st.last_lon, st.last_lat = t, x, y, p.lon, p.lat
+        st.last_t, st.last_x, st.last_y, st.last_lon, st.last_lat = t, x, y, lon, lat
         return out
 
     def _unregistered(self, p: Position) -> list[Alert]:
@@ -381,19 +413,20 @@ class FleetMonitor:
 
     # ------------------------------------------------------------------ rules
 
-    def _zone_active(self, z: _Zone, local: datetime, minute: int) -> bool:
-        if len(z.days) < 7 and local.isoweekday() not in z.days:
-            return False
-        return not z.windows or self._in_hours(z.windows, minute)
+    @staticmethod
+    def _zone_active(z: _Zone, local: datetime, minute: int) -> bool:
+        return bool(z.mask[minute]) and (z.every_day or local.isoweekday() in z.days)
 
-    def _zones_check(self, v: _Vehicle, st: _State, p: Position, local: datetime, minute: int, t: float,
+    def _zones_check(self, v: _Vehicle, st: _State, p: Position, zones: tuple[PolygonLayer, list[_Zone]],
+                     near: tuple[int, ...], local: datetime, minute: int, t: float,
                      x0: float, y0: float, x: float, y: float, out: list[Alert]) -> None:
-        layer, zones = self._type_zones[v.cfg.type]
+        """`near`: the zones of `layer` whose cells the segment (x0, y0)-(x, y) touches."""
+        layer, zones_of_type = zones
         rule = self.rules.forbidden_zone
-        for i in layer.candidates(x0, y0, x, y):
+        for i in near:
             if i in st.zones_open:
                 continue
-            z = zones[i]
+            z = zones_of_type[i]
             if not self._zone_active(z, local, minute):
                 continue
             if not layer.segment_hits(i, x0, y0, x, y):
@@ -417,7 +450,7 @@ class FleetMonitor:
                                        facts={"zone": z.cfg.id, "duration_s": round(t - entered, 1)}))
         if st.zones_open:
             for i, entered in list(st.zones_open.items()):
-                z = zones[i]
+                z = zones_of_type[i]
                 if layer.contains(i, x, y) and self._zone_active(z, local, minute):
                     continue
                 del st.zones_open[i]
@@ -425,13 +458,10 @@ class FleetMonitor:
                                        facts={"zone": z.cfg.id, "duration_s": round(t - entered, 1)}))
 
     def _route_check(self, v: _Vehicle, st: _State, p: Position, t: float, x: float, y: float,
-                     in_hours: bool, out: list[Alert]) -> None:
+                     off: bool, out: list[Alert]) -> None:
+        """`off`: the fix is outside the route's corridor (process measured it)."""
         rule, route = self.rules.off_route, v.route
         assert route is not None
-        off = False
-        if in_hours or not rule.working_hours_only:
-            d, _, st.route_hint = route.line.locate(x, y, st.route_hint, route.half_width)
-            off = d > route.half_width
         if off:
             if st.off_since is None:
                 st.off_since, st.off_where, st.off_dist = t, (p.lon, p.lat), 0.0
@@ -565,8 +595,10 @@ class FleetMonitor:
 
     # ------------------------------------------------------------------ coverage
 
-    def _shift(self, v: _Vehicle, road: _Road, local: datetime) -> tuple[float, float] | None:
+    def _shift(self, v: _Vehicle, road: _Road, local: datetime, minute: int) -> tuple[float, float] | None:
         """(start, end) epoch seconds of the shift containing `local`, cached per local minute."""
+        if not (road.shift_mask or v.hours_mask)[minute]:
+            return None  # outside every window (empty windows pass here, and find no shift below)
         windows = road.shifts or v.hours
         key = (windows, local)
         hit = self._shift_cache.get(key, False)
@@ -584,11 +616,11 @@ class FleetMonitor:
         return found
 
     def _cover(self, v: _Vehicle, st: _State, prev: dict[str, tuple[float, float, float]], t: float,
-               x: float, y: float, speed: float, local: datetime, history: bool) -> None:
+               x: float, y: float, speed: float, local: datetime, minute: int, history: bool) -> None:
         rule = self.rules.coverage
         working = rule.min_kmh <= speed <= rule.max_kmh
         for road in v.roads:
-            inst = self._shift(v, road, local) if working else None
+            inst = self._shift(v, road, local, minute) if working else None
             if inst is None:
                 prev.pop(road.cfg.id, None)
                 continue
@@ -629,7 +661,7 @@ class FleetMonitor:
                 self._offline(v, st, now, ts, local, minute, out)
             if v.roads and rules.coverage.enabled:
                 for road in v.roads:  # open an empty record so a vehicle that never came still gets a report
-                    inst = self._shift(v, road, local)
+                    inst = self._shift(v, road, local, minute)
                     if inst is not None and (v.cfg.id, road.cfg.id, inst[0]) not in self._coverage:
                         self._coverage[(v.cfg.id, road.cfg.id, inst[0])] = ShiftCoverage(
                             v.cfg.id, road.cfg.id, inst[0], inst[1], road.line.length, rules.coverage.bin_m)
@@ -641,7 +673,7 @@ class FleetMonitor:
 
     def _offline(self, v: _Vehicle, st: _State, now: datetime, ts: float, local: datetime, minute: int,
                  out: list[Alert]) -> None:
-        if not self._in_hours(v.hours, minute):
+        if not v.hours_mask[minute]:
             return
         last = st.last_t if st.last_t is not None else self._first_tick
         assert last is not None

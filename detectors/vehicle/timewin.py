@@ -61,3 +61,11 @@ def parse_window(text: str) -> Window:
 
 def any_contains(windows: tuple[Window, ...], minute: int) -> bool:
     return any(w.contains(minute) for w in windows)
+
+
+def minute_mask(windows: tuple[Window, ...]) -> bytes:
+    """One byte per minute of the day, 1 inside any of the windows: a per-fix test becomes one index.
+    No windows means "always"."""
+    if not windows:
+        return b"\x01" * 1440
+    return bytes(any(w.contains(m) for w in windows) for m in range(1440))

@@ -466,26 +466,34 @@ def _parse_extras(body: bytes, offset: int) -> dict[str, Any]:
     return extras
 
 
+_new_tuple = tuple.__new__
+# parse_location fills Position's tuple by position: fail at import, not with swapped fields, if they change
+if Position._fields != ("lat", "lon", "time", "speed_kmh", "course", "altitude_m", "alarm", "status", "device",
+                        "valid", "extras", "history"):
+    raise ImportError("jt808.parse_location no longer matches the fields of gateway.model.Position")
+
+
 def parse_location(body: bytes, device: str = "", history: bool = False) -> Position:
     """Parse a 0x0200 location body (also the items of 0x0704) into a Position."""
     if len(body) < 28:
         raise DecodeError(f"location body too short: {len(body)} bytes, need 28")
     alarm, status, lat, lon, altitude, speed, course, when = _LOCATION.unpack_from(body)
-    # positional arguments, in Position's field order: this runs for every fix
-    return Position(
-        -lat / 1e6 if status & STATUS_SOUTH else lat / 1e6,
-        -lon / 1e6 if status & STATUS_WEST else lon / 1e6,
-        _TIME_CACHE.get(when) or _bcd_time(when),
-        speed / 10,
-        float(course),
-        float(altitude),
+    # This runs for every fix, so the Position tuple is built directly, fields in Position's order:
+    # Position(...) would only add its time-zone check, and _bcd_time's times are always CST-aware.
+    return _new_tuple(Position, (
+        -lat / 1e6 if status & STATUS_SOUTH else lat / 1e6,  # lat
+        -lon / 1e6 if status & STATUS_WEST else lon / 1e6,  # lon
+        _TIME_CACHE.get(when) or _bcd_time(when),  # time
+        speed / 10,  # speed_kmh
+        float(course),  # course
+        float(altitude),  # altitude_m
         alarm,
         status,
         device,
         status & STATUS_FIX != 0,  # valid
-        _parse_extras(body, 28) if len(body) > 28 else {},
+        _parse_extras(body, 28) if len(body) > 28 else {},  # extras
         history,
-    )
+    ))
 
 
 # ---------------------------------------------------------------- encoding

@@ -66,6 +66,7 @@ def mosquitto(workdir: Path) -> Iterator[Mosquitto]:
     config = workdir / "mosquitto.conf"
     config.write_text(
         f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        "max_queued_messages 100000\n"  # as docker/mosquitto.conf recommends for gateways
         f"log_dest stderr\nlog_type error\n"
     )
     proc = subprocess.Popen([_find("mosquitto"), "-c", str(config)],

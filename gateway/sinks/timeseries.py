@@ -197,9 +197,6 @@ class _InfluxBackend:
                 raise WriteRejected(f"HTTP {exc.status}: {(exc.body or exc.reason or '')[:300]}") from exc
             raise
 
-    def query(self, *args: Any) -> list[Point]:
-        raise NotImplementedError("query() is only available on the sqlite backend; query InfluxDB itself")
-
     def close(self) -> None:
         self._write_api.close()
         self._client.close()
@@ -298,7 +295,10 @@ class TimeSeriesSink:
     def query(self, measurement: str, since: datetime | None = None, *, tags: Mapping[str, str] | None = None,
               limit: int = 0) -> list[Point]:
         """Points of one measurement from `since` on, oldest first (sqlite backend only).
-        `tags` keeps points whose tags include these values; `limit` keeps the newest `limit`."""
+        `tags` keeps points whose tags include these values; `limit` keeps the newest `limit`.
+        Reading back is a feature of the embedded store; an InfluxDB deployment queries InfluxDB."""
+        if not isinstance(self._backend, _SqliteBackend):
+            raise TypeError(f"query() reads the embedded sqlite store; this sink writes to {self.where}")
         return self._backend.query(measurement, since, tags, limit)
 
     def close(self) -> None:

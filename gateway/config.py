@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from detectors.sensor.config import SensorsConfig
 from detectors.vehicle.config import FleetConfig
 from detectors.video.config import CameraConfig, DetectorConfig
-from gateway.schema import StrictModel
+from gateway.schema import StrictModel, repeated
 from gateway.sinks.central_config import CentralConfig
 from gateway.sinks.sink_config import MqttConfig, TimeSeriesConfig
 
@@ -310,9 +310,9 @@ def cross_check(config: GatewayConfig) -> list[str]:
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             problems.append(f"{where}: {key!r} is not in the case catalog{hint}")
 
-    names = [c.name for c in config.video.cameras]
+    twice = set(repeated(c.name for c in config.video.cameras))
     for i, camera in enumerate(config.video.cameras):
-        if names.count(camera.name) > 1:
+        if camera.name in twice:
             problems.append(f"video.cameras[{i}].name: camera name {camera.name!r} is used more than once")
         for j, rule in enumerate(camera.rules):
             check_category(f"video.cameras[{i}].rules[{j}].category", rule.category)

@@ -18,7 +18,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from gateway.model import SEVERITIES, Severity
-from gateway.schema import StrictModel
+from gateway.schema import StrictModel, repeated
 
 SensorKind = Literal["water_level", "rain_gauge"]
 
@@ -143,13 +143,11 @@ class SensorsConfig(StrictModel):
     @model_validator(mode="after")
     def _references(self) -> SensorsConfig:
         ids = [d.id for d in self.devices]
-        repeated = sorted({i for i in ids if ids.count(i) > 1})
-        if repeated:
-            raise ValueError(f"each device id must be unique; repeated: {', '.join(repeated)}")
+        if twice := repeated(ids):
+            raise ValueError(f"each device id must be unique; repeated: {', '.join(twice)}")
         names = [r.name for r in (*self.level_rules, *self.rise_rules, *self.rain_rules)] + [self.health.name]
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise ValueError(f"each sensor rule name (and health.name) must be unique; repeated: {', '.join(repeated)}")
+        if twice := repeated(names):
+            raise ValueError(f"each sensor rule name (and health.name) must be unique; repeated: {', '.join(twice)}")
         known = set(ids)
         for rule in (*self.level_rules, *self.rise_rules, *self.rain_rules):
             missing = [d for d in rule.devices if d not in known]

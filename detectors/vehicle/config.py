@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, field_validator, model_validator
 
 from gateway.model import SEVERITIES, Severity
-from gateway.schema import StrictModel
+from gateway.schema import StrictModel, repeated
 
 from .timewin import parse_window
 
@@ -327,10 +327,6 @@ class FleetConfig(StrictModel):
 
     @model_validator(mode="after")
     def _references(self) -> FleetConfig:
-        def dupes(ids: list[str]) -> list[str]:
-            seen: set[str] = set()
-            return sorted({i for i in ids if i in seen or seen.add(i)})  # type: ignore[func-returns-value]
-
         for what, ids in (
             ("vehicle id", [v.id for v in self.vehicles]),
             ("vehicle terminal", [v.terminal for v in self.vehicles]),
@@ -339,7 +335,7 @@ class FleetConfig(StrictModel):
             ("site id", [s.id for s in self.sites]),
             ("road id", [r.id for r in self.roads]),
         ):
-            d = dupes(ids)
+            d = repeated(ids)
             if d:
                 raise ValueError(f"each {what} must be unique; repeated: {', '.join(d)}")
         routes = {r.id for r in self.routes}

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from gateway.schema import StrictModel
+from gateway.schema import StrictModel, repeated
 
 Point = tuple[float, float]
 
@@ -185,13 +185,10 @@ class CameraConfig(StrictModel):
     @model_validator(mode="after")
     def _references(self) -> CameraConfig:
         zones = [z.name for z in self.zones]
-        dup = {n for n in zones if zones.count(n) > 1}
-        if dup:
-            raise ValueError(f"camera {self.name!r}: duplicate zone names {sorted(dup)}")
-        rules = [r.name for r in self.rules]
-        dup = {n for n in rules if rules.count(n) > 1}
-        if dup:
-            raise ValueError(f"camera {self.name!r}: duplicate rule names {sorted(dup)}")
+        if dup := repeated(zones):
+            raise ValueError(f"camera {self.name!r}: duplicate zone names {dup}")
+        if dup := repeated(r.name for r in self.rules):
+            raise ValueError(f"camera {self.name!r}: duplicate rule names {dup}")
         masks = {z.name for z in self.zones if z.mask}
         for r in self.rules:
             if r.zone is not None and r.zone not in zones:

@@ -71,6 +71,11 @@ class LevelRuleConfig(StrictModel):
             raise ValueError(f"level rule {self.name!r}: critical_at ({self.critical_at}) is below warn_at ({self.warn_at})")
         return self
 
+    @property
+    def value_field(self) -> str:
+        """The reading field this rule watches (the same name on every sensor rule)."""
+        return self.field
+
 
 class RiseRuleConfig(StrictModel):
     name: str = Field("water-rising", description="Rule name: the alert's rule and place.")
@@ -83,6 +88,11 @@ class RiseRuleConfig(StrictModel):
     )
     severity: Severity = Field("warning", description="Severity of the early-warning alert.")
     category: str | None = Field(None, description="Catalog key for a case; empty (default) = early-warning alert only.")
+
+    @property
+    def value_field(self) -> str:
+        """The reading field this rule watches (the same name on every sensor rule)."""
+        return self.field
 
 
 class RainThreshold(StrictModel):

@@ -113,15 +113,16 @@ class SensorMonitor:
         values, range_alerts = self._clean_values(dev, reading)
         alerts += range_alerts
         alerts += self._check_stuck(dev, reading.time, values)
-        for rule, ids in self._level_rules:
-            if dev.id in ids:
-                alerts += self._level_rule(rule, dev, reading, values)
-        for rule, ids in self._rise_rules:
-            if dev.id in ids:
-                alerts += self._rise_rule(rule, dev, reading, values)
-        for rule, ids in self._rain_rules:
-            if dev.id in ids:
-                alerts += self._rain_rule(rule, dev, reading, values)
+        for rules, check in ((self._level_rules, self._level_rule), (self._rise_rules, self._rise_rule),
+                             (self._rain_rules, self._rain_rule)):
+            for rule, ids in rules:
+                if dev.id not in ids:
+                    continue
+                value = values.get(rule.value_field)
+                if value is None:  # this report lacks the rule's field: the rule skips it
+                    self.stats["missing_field"] += 1
+                    continue
+                alerts += check(rule, dev, reading, value)
         return alerts
 
     def tick(self, now: datetime) -> list[Alert]:
@@ -221,11 +222,7 @@ class SensorMonitor:
     # -- water level thresholds ---------------------------------------------------------------
 
     def _level_rule(self, rule: LevelRuleConfig, dev: SensorDeviceConfig, reading: Reading,
-                    values: dict[str, float]) -> list[Alert]:
-        value = values.get(rule.field)
-        if value is None:
-            self.stats["missing_field"] += 1
-            return []
+                    value: float) -> list[Alert]:
         t = reading.time
         st = self._level.setdefault((rule.name, dev.id), _LevelState())
         st.warn_since = (st.warn_since or t) if value >= rule.warn_at else None
@@ -275,11 +272,7 @@ class SensorMonitor:
     # -- rate of rise ------------------------------------------------------------------------
 
     def _rise_rule(self, rule: RiseRuleConfig, dev: SensorDeviceConfig, reading: Reading,
-                   values: dict[str, float]) -> list[Alert]:
-        value = values.get(rule.field)
-        if value is None:
-            self.stats["missing_field"] += 1
-            return []
+                   value: float) -> list[Alert]:
         t = reading.time
         st = self._rise.setdefault((rule.name, dev.id), _RiseState())
         st.history.append((t, value))
@@ -307,11 +300,7 @@ class SensorMonitor:
     # -- accumulated rainfall ----------------------------------------------------------------
 
     def _rain_rule(self, rule: RainRuleConfig, dev: SensorDeviceConfig, reading: Reading,
-                   values: dict[str, float]) -> list[Alert]:
-        value = values.get(rule.value_field)
-        if value is None:
-            self.stats["missing_field"] += 1
-            return []
+                   value: float) -> list[Alert]:
         st = self._rain.setdefault((rule.name, dev.id), _RainState())
         if rule.mode == "cumulative":
             prev, st.last_counter = st.last_counter, value

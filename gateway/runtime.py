@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from detectors.sensor.monitor import SensorMonitor
-from detectors.vehicle.monitor import FleetMonitor
+from detectors.vehicle.monitor import FleetMonitor, normalise_terminal
 from gateway.alerts import AlertBus
 from gateway.cases import CaseDesk, CaseOutcome
 from gateway.catalog import Catalog
@@ -64,7 +64,6 @@ class Gateway:
         self.bus.listeners.append(self._after_alert)
         self.supervisor = Supervisor()
         self.timeseries = TimeSeriesSink(config.timeseries, data)
-        self.errors: dict[str, int] = {"positions_rejected": 0, "readings_rejected": 0}
 
         self.central = None
         if config.central.url:
@@ -78,7 +77,8 @@ class Gateway:
             self.mqtt = MqttAlertSink(config.mqtt, config.site)
 
         self.fleet = FleetMonitor(config.vehicles.fleet)
-        self._vehicle_tags = {v.terminal: {"vehicle": v.id, "type": v.type, "company": v.company}
+        # keyed like the fleet monitor matches terminals: with or without leading zeros
+        self._vehicle_tags = {normalise_terminal(v.terminal): {"vehicle": v.id, "type": v.type, "company": v.company}
                               for v in config.vehicles.fleet.vehicles}
         self.sensors = SensorMonitor(config.sensors)
         self._positions = 0
@@ -140,7 +140,7 @@ class Gateway:
 
     def _position(self, position: Position, received_at: datetime | None) -> None:
         self._positions += 1
-        self.timeseries.write(position_point(position, self._vehicle_tags.get(position.device)))
+        self.timeseries.write(position_point(position, self._vehicle_tags.get(normalise_terminal(position.device))))
         for alert in self.fleet.process(position, received_at=received_at):
             self.bus.submit(alert)
 

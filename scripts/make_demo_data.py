@@ -57,13 +57,12 @@ def write(name, device, rows):
 
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
-    depot = (116.4320, 39.9115)
-    write("muck-01.csv", "013912340001", drive(depot, [
-        ((116.4150, 39.9115), 30, VALID | LOAD_FULL),    # west along the road, loaded
-        ((116.4040, 39.9115), 25, VALID | LOAD_FULL),    # into the central zone (116.395-116.410)
-        ((116.4040, 39.9185), 25, VALID | LOAD_FULL),
-        ((116.4150, 39.9185), 30, VALID | LOAD_FULL),    # out again, east
-        (120, 0, VALID | LOAD_FULL),                     # stops by the road...
+    write("muck-01.csv", "013912340001", drive((116.4180, 39.9115), [
+        ((116.4100, 39.9115), 30, VALID | LOAD_FULL),    # west along the road, loaded
+        ((116.4060, 39.9115), 25, VALID | LOAD_FULL),    # into the central zone (116.395-116.410)
+        ((116.4060, 39.9140), 25, VALID | LOAD_FULL),
+        ((116.4130, 39.9140), 30, VALID | LOAD_FULL),    # out again, east
+        (60, 0, VALID | LOAD_FULL),                      # stops by the road...
         (60, 0, VALID),                                  # ...and is empty: dumped outside any site
         ((116.4320, 39.9115), 35, VALID),                # back to the depot
     ], T0))

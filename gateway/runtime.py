@@ -27,6 +27,7 @@ from gateway.cases import CaseDesk, CaseOutcome
 from gateway.catalog import Catalog
 from gateway.config import GatewayConfig, NmeaFeed, ReplayFeed
 from gateway.geo import GridIndex
+from gateway.health import DeviceHealth
 from gateway.model import Alert, Frame, Position, Reading
 from gateway.outbox import Outbox
 from gateway.sinks.timeseries import TimeSeriesSink, detection_points, position_point, reading_point
@@ -83,6 +84,7 @@ class Gateway:
         self.sensors = SensorMonitor(config.sensors)
         self._positions = 0
         self._readings = 0
+        self.health = DeviceHealth(self._publish_device_health, self._is_offline_alert)
 
         self.cameras: dict[str, Any] = {}
         self.workers: dict[str, Any] = {}
@@ -140,12 +142,16 @@ class Gateway:
 
     def _position(self, position: Position, received_at: datetime | None) -> None:
         self._positions += 1
-        self.timeseries.write(position_point(position, self._vehicle_tags.get(normalise_terminal(position.device))))
+        tags = self._vehicle_tags.get(normalise_terminal(position.device))
+        self.timeseries.write(position_point(position, tags))
+        if tags is not None:
+            self.health.seen("vehicle", tags["vehicle"], position.time)
         for alert in self.fleet.process(position, received_at=received_at):
             self.bus.submit(alert)
 
     def on_reading(self, reading: Reading) -> None:
         self._readings += 1
+        self.health.seen("sensor", reading.device, reading.time)
         self.timeseries.write(reading_point(reading))
         for alert in self.sensors.process(reading):
             self.bus.submit(alert)
@@ -161,6 +167,17 @@ class Gateway:
             self.central.notify()
         if self.mqtt is not None:
             self.mqtt.publish_alert(alert, outcome.case_id if outcome is not None else None)
+        self.health.on_alert(alert)
+
+    def _is_offline_alert(self, alert: Alert) -> bool:
+        """Vehicles and sensors; cameras publish their whole counters (with `online`) every tick."""
+        kind = alert.subject_kind
+        return ((kind == "vehicle" and alert.rule == self.config.vehicles.fleet.rules.offline.name)
+                or (kind == "sensor" and alert.rule == self.config.sensors.health.name and alert.place == "offline"))
+
+    def _publish_device_health(self, kind: str, device: str, state: dict) -> None:
+        if self.mqtt is not None:
+            self.mqtt.publish_health(kind, device, state)
 
     # -- running -------------------------------------------------------------------------------
 
@@ -288,7 +305,7 @@ class Gateway:
     def _publish_health(self) -> None:
         if self.mqtt is None:
             return
-        for name, camera in self.cameras.items():
+        for name, camera in self.cameras.items():  # cameras: their counters too, every tick
             self.mqtt.publish_health("camera", name, camera.stats)
         self.mqtt.publish_health("gateway", self.config.id, {"outbox": self.outbox.counts(),
                                                             "uptime_s": round(self._uptime())})
@@ -351,6 +368,7 @@ class Gateway:
             "vehicles": {"positions": self._positions, "rejected_by_filter": dict(self.fleet.filter.counts),
                          "rules": dict(self.fleet.counts), "jt808": dict(self.jt808.stats) if self.jt808 else None},
             "sensors": {"readings": self._readings, **_stats_of(self.sensors)},
+            "devices": self.health.snapshot(),
             "mqtt_source": dict(self.mqtt_source.stats) if self.mqtt_source else None,
             "nmea": {s.device: dict(s.stats) for s in self.nmea_sources} or None,
             "outbox": {**self.outbox.counts(), "fill_ratio": round(self.outbox.fill_ratio(), 4)},

@@ -103,7 +103,7 @@ def test_terminal_to_case_alert_and_time_series(tmp_path, receiver, broker, vm):
     sub = paho.Client(paho.CallbackAPIVersion.VERSION2)
     sub.on_message = lambda c, u, m: alerts.append((m.topic, json.loads(m.payload)))
     sub.connect("127.0.0.1", broker.port)
-    sub.subscribe("citygate/e2e/alerts/#", qos=1)
+    sub.subscribe([("citygate/e2e/alerts/#", 1), ("citygate/e2e/health/#", 1)])
     sub.loop_start()
     env = dict(os.environ, E2E_TOKEN="tok-123")
     proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", str(config)], cwd=REPO, env=env,
@@ -124,11 +124,14 @@ def test_terminal_to_case_alert_and_time_series(tmp_path, receiver, broker, vm):
         evidence_parts = [p for name, p in request.parts.items() if name.startswith("evidence")]
         assert {p.content_type for p in evidence_parts} >= {"image/png"}
 
-        topic, payload = wait_for(lambda: next((a for a in alerts if a[1]["rule"] == "forbidden_zone"), None),
+        topic, payload = wait_for(lambda: next((a for a in alerts if a[1].get("rule") == "forbidden_zone"), None),
                                   15, "the alert on MQTT")
         assert topic == "citygate/e2e/alerts/warning/forbidden_zone"
         assert payload["case_id"] == case["case_id"]
         assert payload["state"] == "open" and payload["subject"] == {"kind": "vehicle", "id": "muck-01"}
+        _, health = wait_for(lambda: next((a for a in alerts if a[0] == "citygate/e2e/health/vehicle/muck-01"), None),
+                             15, "the vehicle's health state on MQTT")
+        assert health["online"] is True
 
         series = wait_for(lambda: vm.export('{__name__="vehicle_position_lat", vehicle="muck-01"}'), 15,
                           "positions in VictoriaMetrics")

@@ -74,3 +74,18 @@ def test_replay_prints_the_cases_a_camera_would_file(tmp_path, capsys):
     assert out.count("illegal_parking") >= 1 and "zone=kerb" in out
     assert main(["replay", "--camera", "nope", "--config", str(config), str(CLIP)]) == 2
     assert "no camera named 'nope'" in capsys.readouterr().err
+
+
+def test_log_json_writes_one_json_object_per_line(tmp_path):
+    import subprocess
+    import sys
+
+    config = tmp_path / "site.yaml"
+    config.write_text("site: logs\ndata_dir: data\nweb: {enabled: false}\n", encoding="utf-8")
+    result = subprocess.run([sys.executable, "-m", "gateway.cli", "--log-json", "run", str(config), "--for", "0.3"],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    entries = [json.loads(line) for line in result.stderr.splitlines() if line.strip()]
+    assert entries and all({"time", "level", "logger", "message"} <= set(e) for e in entries)
+    assert any("citygate logs running" in e["message"] for e in entries)
+    assert entries[-1]["message"] == "stopped"

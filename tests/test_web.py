@@ -247,3 +247,10 @@ async def test_a_silent_client_does_not_block_others(web):
     finally:
         writer.close()
         await writer.wait_closed()
+
+
+def test_coordinates_keep_their_precision_on_the_page():
+    from gateway.web.page import generic
+
+    html = generic({"lon": 116.3962, "lat": 39.907123})
+    assert "116.3962" in html and "39.907123" in html

@@ -85,7 +85,8 @@ def cell(value: Any, depth: int = 0) -> str:
     if isinstance(value, bool):
         return '<span class="ok">yes</span>' if value else '<span class="bad">no</span>'
     if isinstance(value, float):
-        return e(f"{value:.3g}" if abs(value) < 1 else f"{value:,.2f}".rstrip("0").rstrip("."))
+        # up to 6 decimals: a longitude shown as 116.4 instead of 116.3962 is 300 m off on the ground
+        return e(f"{value:.3g}" if abs(value) < 1 else f"{value:,.6f}".rstrip("0").rstrip("."))
     if isinstance(value, int):
         return e(value)
     if isinstance(value, Mapping):

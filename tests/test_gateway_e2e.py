@@ -158,3 +158,52 @@ def test_missing_model_is_a_clear_error_at_start_up(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "video.detector.model: model file" in result.stderr and "missing.onnx" in result.stderr
+
+
+@pytest.mark.slow
+def test_kill_9_while_the_central_platform_is_down_loses_no_case(tmp_path, receiver):
+    """Cases filed while the platform answers 503 survive a kill -9 of the gateway and are delivered
+    by the restarted gateway once the platform is back."""
+    from gateway.outbox import Outbox
+
+    tracks = REPO / "configs" / "data" / "tracks"
+    config = tmp_path / "site.yaml"
+    config.write_text(textwrap.dedent(f"""
+        site: power-cut
+        data_dir: data
+        web: {{enabled: false}}
+        central: {{url: "{receiver.url}", backoff_initial_s: 0.2, backoff_max_s: 0.5, poll_s: 0.2}}
+        vehicles:
+          fleet:
+            vehicles:
+              - {{id: mixer-01, type: mixer, terminal: "013912340002", speed_limit_kmh: 50}}
+          replay:
+            - {{file: {tracks / "mixer-01.csv"}, speed: 0}}
+            - {{file: {tracks / "unknown-truck.csv"}, speed: 0}}
+        """), encoding="utf-8")
+    receiver.set_status(503, b"maintenance")
+    store = tmp_path / "data" / "cases.sqlite3"
+
+    def pending_ids() -> list[str]:
+        if not store.exists():
+            return []
+        with Outbox(store) as outbox:
+            return [r.case_id for r in outbox.list(status="pending")]
+
+    cmd = [sys.executable, "-m", "gateway.cli", "run", str(config)]
+    first = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        filed = wait_for(lambda: (ids := pending_ids()) and len(ids) >= 2 and ids, 60, "two pending cases")
+        wait_for(lambda: len(receiver.requests()) >= 2, 30, "delivery attempts refused with 503")
+    finally:
+        first.kill()  # kill -9: no shutdown, no flush
+        first.wait(10)
+    assert receiver.accepted_ids() == []
+
+    receiver.set_status(200)
+    second = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: set(filed) <= set(receiver.accepted_ids()), 60, "every case filed before the kill")
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(30) == 0

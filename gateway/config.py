@@ -128,7 +128,8 @@ class GatewayConfig(StrictModel):
                                    "per gateway; empty = the site name.")
     timezone: str = Field("Asia/Shanghai", description="Local time zone of case times.")
     data_dir: str = Field("var", description="Folder for the outbox, case store, evidence and local time series.")
-    profiles_dir: str | None = Field(None, description="Device profile folder; empty = the repo's device_profiles.")
+    profiles_dir: str | None = Field(None, description="Device profile folder; empty = device_profiles/ of the "
+                                     "source checkout, else of the working directory (as in the Docker image).")
     cases: CasesConfig = Field(default_factory=CasesConfig, description="Case catalog, grid and dedup.")
     central: CentralConfig = Field(default_factory=CentralConfig, description="Central platform delivery.")
     mqtt: MqttConfig = Field(default_factory=MqttConfig, description="MQTT broker for alerts and device data.")
@@ -178,7 +179,8 @@ class GatewayConfig(StrictModel):
     def profiles_path(self) -> Path:
         if self.profiles_dir:
             return self.path(self.profiles_dir)
-        return Path(__file__).resolve().parent.parent / "device_profiles"
+        checkout = Path(__file__).resolve().parent.parent / "device_profiles"  # editable install / source tree
+        return checkout if checkout.is_dir() else Path.cwd() / "device_profiles"
 
 
 # -- loading -------------------------------------------------------------------------------------

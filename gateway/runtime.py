@@ -240,7 +240,10 @@ class Gateway:
 
         profiles = load_profiles(self.config.profiles_path)
         chosen = [profiles[name] for name in self.config.mqtt_source.profiles]
-        self.mqtt_source = MqttSource(self.config.mqtt, chosen, self.on_observation,
+        mqtt = self.config.mqtt
+        if mqtt.persistent_session and not mqtt.client_id:  # a persistent session needs a stable id
+            mqtt = mqtt.model_copy(update={"client_id": f"citygate-{self.config.id}"})
+        self.mqtt_source = MqttSource(mqtt, chosen, self.on_observation,
                                       shared_group=self.config.mqtt_source.shared_group)
         self.supervisor.spawn("mqtt-source", lambda: self.mqtt_source.run(stop))
 

@@ -172,3 +172,28 @@ def test_a_flood_of_made_up_device_ids_takes_bounded_memory(monkeypatch, caplog)
     assert source.stats["unknown_device"] == 50
     assert len(source.device_problems) == 4 and source.device_problems["(other devices)"] == 47
     assert len(caplog.records) == 4  # three devices, then one line for the rest
+
+
+@pytest.mark.parametrize("persistent", [True, False])
+async def test_messages_published_while_the_gateway_is_away(broker, persistent):
+    """With a persistent session the broker keeps QoS 1 device messages for the gateway while it
+    restarts; with a clean session they are gone."""
+    config = cfg(broker.port).model_copy(update={"client_id": f"gw-persist-{persistent}",
+                                                 "persistent_session": persistent})
+    inbox, on = collector()
+    source = MqttSource(config, [PROFILES["generic-water-level-json"]], on)
+    async with running(source), publisher(broker.port) as send:
+        await send("city/d1/water/wl-away/up", WATER)
+        first = await asyncio.wait_for(inbox.get(), WAIT)
+    assert first.device == "wl-away"
+    async with publisher(broker.port) as send:  # the gateway is down now
+        await send("city/d1/water/wl-away/up", {**WATER, "ts": WATER["ts"] + 60_000, "data": {"level": 2000}})
+    async with running(source):
+        if persistent:
+            back = await asyncio.wait_for(inbox.get(), WAIT)
+            assert back.values["level_cm"] == 200.0
+        else:
+            async with publisher(broker.port) as send:  # a later message arrives; the one sent while away did not
+                await send("city/d1/water/wl-away/up", {**WATER, "ts": WATER["ts"] + 120_000, "data": {"level": 3000}})
+            later = await asyncio.wait_for(inbox.get(), WAIT)
+            assert later.values["level_cm"] == 300.0

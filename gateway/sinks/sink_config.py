@@ -26,6 +26,11 @@ class MqttConfig(StrictModel):
     timeout_s: float = Field(10.0, gt=0, description="How long one publish/subscribe may wait for the broker.")
     reconnect_min_s: float = Field(0.5, gt=0, description="First wait before reconnecting after a failure.")
     reconnect_max_s: float = Field(30.0, gt=0, description="Longest wait between reconnect attempts (backoff cap).")
+    persistent_session: bool = Field(
+        True, description="Device data (MQTT source): keep the subscription on the broker while the gateway is "
+        "away, so QoS 1 messages published meanwhile arrive after it reconnects. Uses a stable client id "
+        "(client_id, or citygate-<gateway id>).",
+    )
     queue_size: int = Field(
         1000, ge=1,
         description="Alerts kept for publishing while the broker is away; when full the oldest is dropped.",

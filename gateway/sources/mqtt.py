@@ -165,7 +165,10 @@ class MqttSource:
             first = False
             try:
                 # bounded incoming queue: when the callback falls behind, aiomqtt drops (and logs) messages
-                client = make_client(cfg, "source", max_queued_incoming_messages=self.max_queued_messages)
+                # a persistent session needs a stable id: the broker keeps the subscription and queues
+                # QoS 1 messages for it while the gateway restarts
+                client = make_client(cfg, "source", max_queued_incoming_messages=self.max_queued_messages,
+                                     clean_session=not (cfg.persistent_session and cfg.client_id))
                 async with client:
                     for topic_filter in self.subscriptions:
                         await client.subscribe(topic_filter, qos=cfg.qos)

@@ -63,6 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("case_id")
     retry.set_defaults(func=cmd_cases_retry)
 
+    simulate = sub.add_parser("simulate", help="a JT/T 808 terminal driving a recorded track into a gateway")
+    simulate.add_argument("track", type=Path, help="CSV track: time,device,lon,lat[,speed_kmh,course,status,alarm]")
+    simulate.add_argument("--host", default="127.0.0.1")
+    simulate.add_argument("--port", type=int, default=6808)
+    simulate.add_argument("--terminal", help="terminal number (default: the track's device)")
+    simulate.add_argument("--speed", type=float, default=1.0, help="replay speed factor; 0 = as fast as answered")
+    simulate.set_defaults(func=cmd_simulate)
+
     bench = sub.add_parser("bench", help="run a benchmark from bench/ (outbox, video, vehicles)")
     bench.add_argument("name", choices=["outbox", "video", "vehicles"])
     bench.set_defaults(func=cmd_bench)
@@ -247,6 +255,23 @@ def cmd_cases_retry(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     print(f"case {args.case_id} is due for delivery again; a running gateway sends it at its next poll")
     return EXIT_OK
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from gateway.protocols.tracks_csv import TrackError
+    from gateway.simulator import load_track, simulate
+
+    try:
+        track = load_track(args.track)
+    except (OSError, TrackError) as exc:
+        print(f"{args.track}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        acknowledged = asyncio.run(simulate(args.host, args.port, track, terminal=args.terminal, speed=args.speed))
+    except (OSError, ConnectionError, TimeoutError) as exc:
+        print(f"cannot talk to {args.host}:{args.port}: {exc or type(exc).__name__}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK if acknowledged == len(track) else EXIT_FAILED
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

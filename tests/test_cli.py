@@ -89,3 +89,13 @@ def test_log_json_writes_one_json_object_per_line(tmp_path):
     assert entries and all({"time", "level", "logger", "message"} <= set(e) for e in entries)
     assert any("citygate logs running" in e["message"] for e in entries)
     assert entries[-1]["message"] == "stopped"
+
+
+def test_simulate_against_a_closed_port_says_so(capsys):
+    from services import free_port
+
+    track = REPO / "configs" / "data" / "tracks" / "mixer-01.csv"
+    assert main(["simulate", "--port", str(free_port()), "--speed", "0", str(track)]) == 1
+    assert "cannot talk to 127.0.0.1:" in capsys.readouterr().err
+    assert main(["simulate", "--speed", "0", str(REPO / "README.md")]) == 2
+    assert "missing column(s)" in capsys.readouterr().err

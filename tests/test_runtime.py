@@ -157,3 +157,40 @@ async def test_outbox_at_80_percent_raises_a_critical_alert(tmp_path):
     finally:
         stop.set()
         await gateway.shutdown()
+
+
+async def test_simulated_terminal_drives_a_track_into_the_gateway(tmp_path):
+    from services import free_port
+
+    from gateway.simulator import load_track, simulate
+
+    port = free_port()
+    path = tmp_path / "site.yaml"
+    path.write_text(textwrap.dedent(f"""
+        site: sim
+        data_dir: data
+        web: {{enabled: false}}
+        vehicles:
+          jt808: {{enabled: true, host: 127.0.0.1, port: {port}, accept_unknown: false}}
+          fleet:
+            vehicles: [{{id: mixer-01, type: mixer, terminal: "013912340002", speed_limit_kmh: 50}}]
+        """), encoding="utf-8")
+    gateway = Gateway(load_config(path))
+    stop = asyncio.Event()
+    await gateway.start(stop)
+    try:
+        track = load_track(DATA / "tracks" / "mixer-01.csv")
+        said: list[str] = []
+        acknowledged = await simulate("127.0.0.1", port, track, speed=0, say=said.append)
+        assert acknowledged == len(track)
+        assert said[0].startswith("register 013912340002: result 0, auth code ")
+        assert said[1] == "authenticate: result 0"
+        await wait_until(lambda: gateway.desk.stats["cases"] >= 1)
+        with Outbox(gateway.config.data_path / "cases.sqlite3") as outbox:
+            (record,) = outbox.list()
+        assert record.to_case().rule == "overspeed"
+        refused = await simulate("127.0.0.1", port, track, terminal="013999999999", speed=0, say=said.append)
+        assert refused == 0 and said[-1] == "register 013999999999: result 2"  # not in the fleet
+    finally:
+        stop.set()
+        await gateway.shutdown()

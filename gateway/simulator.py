@@ -2,7 +2,9 @@
 
 For engineers bringing up a gateway: `citygate simulate --port 6808 configs/data/tracks/muck-01.csv`
 drives the truck in the file through the real protocol and prints what the platform answers.
-Recorded times are shifted to now (the gateway's filters drop fixes from the far past or future).
+Recorded times are shifted so that no fix is dated in the future when it is sent (the gateway drops
+those), with the recording's spacing kept: at real time the first fix is "now"; faster replays start
+that much further in the past.
 """
 
 from __future__ import annotations
@@ -60,7 +62,10 @@ async def simulate(host: str, port: int, track: list[Position], *, terminal: str
         reply = await sim.request(jt808.MSG_AUTH, jt808.encode_auth_body(code))
         say(f"authenticate: result {reply.fields.get('result')}")
         acknowledged = 0
-        first, offset = track[0].time, datetime.now(UTC) - track[0].time
+        first = track[0].time
+        span = track[-1].time - first
+        lag = span if speed == 0 else span * (1 - 1 / speed) if speed > 1 else span * 0
+        offset = datetime.now(UTC) - lag - first
         started = asyncio.get_running_loop().time()
         for pos in track:
             if speed > 0:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from gateway.model import Position
@@ -64,7 +64,7 @@ async def simulate(host: str, port: int, track: list[Position], *, terminal: str
         acknowledged = 0
         first = track[0].time
         span = track[-1].time - first
-        lag = span if speed == 0 else span * (1 - 1 / speed) if speed > 1 else span * 0
+        lag = span if speed == 0 else span * (1 - 1 / speed) if speed > 1 else timedelta(0)
         offset = datetime.now(UTC) - lag - first
         started = asyncio.get_running_loop().time()
         for pos in track:

@@ -135,3 +135,13 @@ def test_repeated_names_are_errors(tmp_path):
     assert any(p.startswith("video.cameras[0]: ") and "duplicate zone names ['gate']" in p for p in found)
     two_cameras = CAMERA + "    - {name: cam-01, url: clip.mp4}\n"
     assert "video.cameras[1].name: camera name 'cam-01' is used more than once" in problems(tmp_path, two_cameras)
+
+
+def test_every_time_zone_field_rejects_an_unknown_zone_the_same_way(tmp_path):
+    text = (CAMERA.replace("category: illegal_parking}", "category: illegal_parking,\n"
+                           "           schedule: {hours: ['07:00-22:00'], timezone: Asia/Shanghia}}")
+            + "timezone: Mars/Olympus\nvehicles:\n  fleet: {timezone: Europe/Atlantis}\n")
+    found = problems(tmp_path, text)
+    for path, zone in (("timezone", "Mars/Olympus"), ("vehicles.fleet.timezone", "Europe/Atlantis"),
+                       ("video.cameras[0].rules[0].schedule.timezone", "Asia/Shanghia")):
+        assert f"{path}: unknown time zone {zone!r}; use an IANA name like Asia/Shanghai" in found

@@ -7,12 +7,11 @@ converts it once, at load, through gateway.coords. Times of day are local times 
 from __future__ import annotations
 
 from typing import Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
 
 from gateway.model import SEVERITIES, Severity
-from gateway.schema import StrictModel, repeated
+from gateway.schema import StrictModel, TimeZoneName, repeated
 
 from .timewin import parse_window
 
@@ -307,7 +306,7 @@ class FleetConfig(StrictModel):
         None, description="City boundary for unregistered vehicles; empty = envelope of all layers + margin."
     )
     city_margin_m: float = Field(5000.0, ge=0, description="Margin around the layers' envelope, metres.")
-    timezone: str = Field("Asia/Shanghai", description="IANA time zone of working hours and windows.")
+    timezone: TimeZoneName = Field("Asia/Shanghai", description="IANA time zone of working hours and windows.")
     segment_max_gap_s: float = Field(
         120.0, gt=0, description="Test the straight segment between fixes at most this far apart in time."
     )
@@ -315,15 +314,6 @@ class FleetConfig(StrictModel):
     index_cell_m: float = Field(250.0, gt=0, description="Cell size of the zone lookup cache, metres.")
     filters: FilterConfig = Field(default_factory=FilterConfig, description="Position filters.")
     rules: VehicleRulesConfig = Field(default_factory=VehicleRulesConfig, description="Rules and thresholds.")
-
-    @field_validator("timezone")
-    @classmethod
-    def _tz(cls, v: str) -> str:
-        try:
-            ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError) as e:
-            raise ValueError(f"unknown time zone {v!r}; use an IANA name like Asia/Shanghai") from e
-        return v
 
     @model_validator(mode="after")
     def _references(self) -> FleetConfig:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from gateway.model import Case
+from core.model import Case
 from gateway.outbox import Outbox
 from gateway.sinks.central import CentralConfig, CentralDelivery
 

@@ -24,9 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from core.model import Position  # noqa: E402
 from detectors.vehicle.config import FleetConfig  # noqa: E402
 from detectors.vehicle.monitor import FleetMonitor  # noqa: E402
-from gateway.model import Position  # noqa: E402
 from gateway.protocols import jt808  # noqa: E402
 from gateway.sources.jt808_server import Jt808Server  # noqa: E402
 

@@ -36,6 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from core.model import Frame  # noqa: E402
 from detectors.video.backends import ModelError, load_detector  # noqa: E402
 from detectors.video.config import (  # noqa: E402
     CameraConfig,
@@ -46,7 +47,6 @@ from detectors.video.config import (  # noqa: E402
 )
 from detectors.video.motion import MotionGate  # noqa: E402
 from detectors.video.pipeline import CameraPipeline  # noqa: E402
-from gateway.model import Frame  # noqa: E402
 
 VIDEO = ROOT / "tests" / "fixtures" / "video"
 STREET = VIDEO / "pedestrians_480x360_10fps.mp4"  # people walking: every frame has motion

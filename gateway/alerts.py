@@ -15,8 +15,8 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from core.model import Alert
 from gateway.cases import CaseDesk, CaseOutcome
-from gateway.model import Alert
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +27,6 @@ class AlertBus:
         self.max_alerts = max_alerts
         self._queue: collections.deque[Alert] = collections.deque()
         self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
         self._loop: asyncio.AbstractEventLoop | None = None
         # one thread: the desk's disk writes stay in alert order and off the event loop
         self._desk_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="case-desk")
@@ -47,7 +45,6 @@ class AlertBus:
                 return
             self.stats["overflow"] += 1
         self._queue.append(alert)
-        self._idle.clear()
         self._wake.set()
 
     def submit_threadsafe(self, alert: Alert) -> None:
@@ -60,19 +57,11 @@ class AlertBus:
     def pending(self) -> int:
         return len(self._queue)
 
-    async def drained(self, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-            return True
-        except TimeoutError:
-            return False
-
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         self.bind(loop)
         while True:
             if not self._queue:
-                self._idle.set()
                 if stop.is_set():
                     return
                 self._wake.clear()

@@ -22,10 +22,10 @@ from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Literal, Protocol
 
+from core.model import Alert, Case, Evidence
 from gateway.catalog import Catalog
 from gateway.geo import GridIndex
 from gateway.ids import case_id as new_case_id
-from gateway.model import Alert, Case, Evidence
 
 log = logging.getLogger(__name__)
 

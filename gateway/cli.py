@@ -22,7 +22,7 @@ EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(getattr(args, "log_level", None) or "INFO", json_lines=args.log_json)
+    setup_logging("INFO", json_lines=args.log_json)
     return args.func(args)
 
 
@@ -174,7 +174,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     from detectors.video.backends import ModelError, load_detector
     from detectors.video.pipeline import CameraPipeline
-    from gateway.replay import replay_camera
+    from gateway.camera_replay import replay_camera
 
     try:
         detector = load_detector(config.video.detector, config.path(config.video.detector.model))

@@ -20,10 +20,10 @@ from zoneinfo import ZoneInfo
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from core.schema import StrictModel, TimeZoneName, repeated
 from detectors.sensor.config import SensorsConfig
 from detectors.vehicle.config import FleetConfig
 from detectors.video.config import CameraConfig, DetectorConfig
-from gateway.schema import StrictModel, TimeZoneName, repeated
 from gateway.sinks.central_config import CentralConfig
 from gateway.sinks.sink_config import MqttConfig, TimeSeriesConfig
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-from gateway.model import Alert
+from core.model import Alert
 
 Publish = Callable[[str, str, dict], None]
 IsOffline = Callable[[Alert], bool]

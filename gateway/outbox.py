@@ -40,7 +40,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.model import Case, require_aware
+from core.model import Case, require_aware
 
 STATUSES: tuple[str, ...] = ("pending", "delivered", "dead", "stored")
 MAX_DEAD_BODY = 64 * 1024  # bytes of a rejection's response body kept in the dead-letter table

@@ -38,8 +38,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from gateway.model import Position, Reading
-from gateway.schema import StrictModel
+from core.model import Position, Reading
+from core.schema import StrictModel
 
 __all__ = ["DecodeResult", "DeviceProfile", "FieldSpec", "PayloadError", "ProfileError", "TimestampSpec",
            "compile_path", "load_profile", "load_profiles"]

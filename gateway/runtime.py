@@ -20,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from core.model import Alert, Frame, Position, Reading
 from detectors.sensor.monitor import SensorMonitor
 from detectors.vehicle.monitor import FleetMonitor, normalise_terminal
 from gateway.alerts import AlertBus
@@ -28,10 +29,9 @@ from gateway.catalog import Catalog
 from gateway.config import GatewayConfig, NmeaFeed, ReplayFeed
 from gateway.geo import GridIndex
 from gateway.health import DeviceHealth
-from gateway.model import Alert, Frame, Position, Reading
 from gateway.outbox import Outbox
 from gateway.sinks.timeseries import TimeSeriesSink, detection_points, position_point, reading_point
-from gateway.sources.replay import replay
+from gateway.sources.observation_replay import replay
 from gateway.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -271,7 +271,7 @@ class Gateway:
             observations: list = parse_positions_csv(text, str(path))
             emit = self.on_replayed_position
         else:
-            from detectors.sensor.replay import parse_readings_csv
+            from gateway.protocols.readings_csv import parse_readings_csv
 
             observations = parse_readings_csv(text)
             emit = self.on_reading

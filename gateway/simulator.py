@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from gateway.model import Position
+from core.model import Position
 from gateway.protocols import jt808
 from gateway.protocols.tracks_csv import parse_positions_csv
 

@@ -10,7 +10,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from gateway.model import Alert, Frame
+from core.model import Alert, Frame
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from gateway.model import Case
+from core.model import Case
 from gateway.outbox import Outbox
 from gateway.sinks.central import CentralConfig, CentralDelivery
 

@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 import pytest
 
+from core.model import Alert, Frame
 from detectors.video.config import CameraConfig
-from gateway.model import Alert, Frame
 from gateway.sources.camera import OFFLINE_RULE, CameraSource, FileReader, redact
 
 VIDEO = Path(__file__).parent / "fixtures" / "video"

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from core.model import Alert, Evidence
 from gateway.cases import CaseDesk
 from gateway.catalog import Catalog, CatalogError
 from gateway.geo import GridIndex
-from gateway.model import Alert, Evidence
 
 GRID = Path(__file__).resolve().parent.parent / "gateway" / "data" / "demo_grid.geojson"
 CST = timezone(timedelta(hours=8))

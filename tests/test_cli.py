@@ -5,8 +5,8 @@ import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
 
+from core.model import Case
 from gateway.cli import main
-from gateway.model import Case
 from gateway.outbox import Outbox
 
 REPO = Path(__file__).resolve().parent.parent

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.coords import from_wgs84, gcj02_to_wgs84, haversine_m, out_of_china, to_wgs84, wgs84_to_gcj02
+from core.coords import from_wgs84, gcj02_to_wgs84, haversine_m, out_of_china, to_wgs84, wgs84_to_gcj02
 
 
 def test_known_offset_in_beijing():

@@ -2,8 +2,8 @@
 
 from datetime import UTC, datetime, timedelta
 
+from core.model import Alert
 from gateway.health import DeviceHealth
-from gateway.model import Alert
 
 T0 = datetime(2026, 11, 23, 1, 0, tzinfo=UTC)
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.model import Position
+from core.model import Position
 from gateway.protocols import jt808
 
 CST = timedelta(hours=8)

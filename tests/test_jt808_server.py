@@ -13,7 +13,7 @@ import jt808_client as ref
 import pytest
 from jt808_client import Client
 
-from gateway.model import Position
+from core.model import Position
 from gateway.sources.jt808_server import Jt808Server
 
 PHONE = "013800138000"

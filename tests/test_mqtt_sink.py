@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import aiomqtt
 import pytest
 
-from gateway.model import Alert, Evidence
+from core.model import Alert, Evidence
 from gateway.sinks.mqtt import MqttAlertSink, topic_level
 from gateway.sinks.sink_config import MqttConfig
 

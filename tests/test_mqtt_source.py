@@ -11,7 +11,7 @@ import aiomqtt
 import pytest
 from conftest import REPO
 
-from gateway.model import Position, Reading
+from core.model import Position, Reading
 from gateway.profiles import load_profiles
 from gateway.sinks.sink_config import MqttConfig
 from gateway.sources.mqtt import MqttSource

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from conftest import REPO
 
-from gateway.model import Position, Reading
+from core.model import Position, Reading
 from gateway.profiles import (
     DeviceProfile,
     PayloadError,

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from detectors.sensor import SensorCsvError, SensorMonitor, SensorsConfig, parse_readings_csv, schedule
-from gateway.model import Alert, Reading
+from core.model import Alert, Reading
+from detectors.sensor import SensorMonitor, SensorsConfig
+from gateway.protocols.readings_csv import SensorCsvError, parse_readings_csv, schedule
 
 REPO = Path(__file__).resolve().parent.parent
 CST = timezone(timedelta(hours=8))

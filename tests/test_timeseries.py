@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 from services import free_port
 
-from gateway.model import Detection, Position, Reading
+from core.model import Detection, Position, Reading
 from gateway.sinks.timeseries import (
     Point,
     TimeSeriesConfig,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+from core.model import Position
 from detectors.vehicle.config import FilterConfig
 from detectors.vehicle.filters import (
     DUPLICATE,
@@ -16,7 +17,6 @@ from detectors.vehicle.filters import (
     ZERO,
     PositionFilter,
 )
-from gateway.model import Position
 
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=timezone(timedelta(hours=8)))
 

@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from core.coords import gcj02_to_wgs84, haversine_m, wgs84_to_gcj02
+from core.model import Alert, Position
 from detectors.vehicle.config import FleetConfig
 from detectors.vehicle.monitor import FleetMonitor
-from gateway.coords import gcj02_to_wgs84, haversine_m, wgs84_to_gcj02
-from gateway.model import Alert, Position
 
 LON0, LAT0 = 116.40, 39.90
 KY = 6371008.8 * math.pi / 180.0

@@ -16,16 +16,16 @@ import cv2
 import numpy as np
 import pytest
 
+from core.model import Alert, Frame
 from detectors.video.backends import load_detector
 from detectors.video.config import CameraConfig, DetectorConfig, VideoRuleConfig, ZoneConfig
 from detectors.video.evidence import ZONE_COLOUR
 from detectors.video.pipeline import CameraPipeline
+from gateway.camera_replay import replay_camera
 from gateway.cases import CaseDesk
 from gateway.catalog import Catalog
 from gateway.geo import GridIndex
-from gateway.model import Alert, Frame
 from gateway.outbox import Outbox
-from gateway.replay import replay_camera
 from gateway.sources.camera import CameraSource
 
 pytestmark = pytest.mark.slow

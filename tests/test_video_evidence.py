@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
+from core.model import Detection
 from detectors.video.evidence import ClipBuffer, crop, render_snapshot
-from gateway.model import Detection
 
 WHEN = datetime(2026, 11, 23, 9, 41, 7, tzinfo=ZoneInfo("Asia/Shanghai"))
 ZONE = [[100, 300], [1000, 300], [1100, 900], [50, 900]]

@@ -9,11 +9,11 @@ from zoneinfo import ZoneInfo
 import cv2
 import numpy as np
 
+from core.model import Detection, Frame
 from detectors.video.backends import load_detector
 from detectors.video.config import CameraConfig, DetectorConfig
 from detectors.video.motion import MotionGate
 from detectors.video.pipeline import CameraPipeline
-from gateway.model import Detection, Frame
 
 T0 = datetime(2026, 11, 23, 9, 0, tzinfo=ZoneInfo("Asia/Shanghai"))
 REPO = Path(__file__).resolve().parent.parent

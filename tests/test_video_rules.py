@@ -9,9 +9,9 @@ from zoneinfo import ZoneInfo
 import pytest
 from pydantic import ValidationError
 
+from core.model import Detection
 from detectors.video.config import CameraConfig, ScheduleConfig
 from detectors.video.rules import ZoneRules, schedule_active
-from gateway.model import Detection
 
 SIZE = (1920, 1080)
 T0 = datetime(2026, 11, 23, 9, 0, tzinfo=ZoneInfo("Asia/Shanghai"))  # a Monday

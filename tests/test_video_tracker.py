@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from core.model import Detection
 from detectors.video.tracker import Tracker
-from gateway.model import Detection
 
 
 def det(x: float, y: float, conf: float = 0.8, label: str = "car", w: float = 80, h: float = 50) -> Detection:

@@ -3,7 +3,7 @@
 import threading
 from datetime import UTC, datetime
 
-from gateway.model import Alert, Frame
+from core.model import Alert, Frame
 from gateway.video_worker import FrameWorker
 
 T0 = datetime(2026, 11, 23, 1, 0, tzinfo=UTC)

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from gateway.model import Case
+from core.model import Case
 from gateway.outbox import Outbox
 from gateway.web.server import StatusServer
 

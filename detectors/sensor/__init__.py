@@ -10,18 +10,14 @@ from .config import (
     SensorsConfig,
 )
 from .monitor import SensorMonitor
-from .replay import SensorCsvError, parse_readings_csv, schedule
 
 __all__ = [
     "LevelRuleConfig",
     "RainRuleConfig",
     "RainThreshold",
     "RiseRuleConfig",
-    "SensorCsvError",
     "SensorDeviceConfig",
     "SensorHealthConfig",
     "SensorMonitor",
     "SensorsConfig",
-    "parse_readings_csv",
-    "schedule",
 ]

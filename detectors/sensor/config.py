@@ -17,8 +17,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from gateway.model import SEVERITIES, Severity
-from gateway.schema import StrictModel, repeated
+from core.model import SEVERITIES, Severity
+from core.schema import StrictModel, repeated
 
 SensorKind = Literal["water_level", "rain_gauge"]
 

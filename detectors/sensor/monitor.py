@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from gateway.model import SEVERITIES, Alert, Reading
+from core.model import SEVERITIES, Alert, Reading
 
 from .config import (
     LevelRuleConfig,

@@ -1,7 +1,7 @@
 """Fleet and places config for vehicle supervision (五车监管): vehicles, routes, zones, sites, roads, rules.
 
 Every geometry names the coordinate system it is drawn in (`crs`: wgs84 or gcj02); the monitor
-converts it once, at load, through gateway.coords. Times of day are local times in `timezone`.
+converts it once, at load, through core.coords. Times of day are local times in `timezone`.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from gateway.model import SEVERITIES, Severity
-from gateway.schema import StrictModel, TimeZoneName, repeated
+from core.model import SEVERITIES, Severity
+from core.schema import StrictModel, TimeZoneName, repeated
 
 from .timewin import parse_window
 

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from PIL import Image, ImageDraw, ImageFont
 from shapely.geometry.base import BaseGeometry
 
-from gateway.model import Evidence
+from core.model import Evidence
 
 from .geometry import LocalPlane
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from datetime import datetime
 
-from gateway.model import Position
+from core.model import Position
 
 from .config import FilterConfig
 
@@ -84,5 +84,3 @@ class PositionFilter:
         counts[LIVE] = counts.get(LIVE, 0) + 1
         return LIVE
 
-    def forget(self, device: str) -> None:
-        self._last.pop(device, None)

@@ -1,6 +1,6 @@
 """Metric geometry for the fleet: a local plane, indexed polygon layers, and polylines.
 
-All layers are converted to WGS-84 (gateway.coords) and projected once, at load, onto a local
+All layers are converted to WGS-84 (core.coords) and projected once, at load, onto a local
 equirectangular plane around the fleet's centroid, so widths and distances are in metres (the
 scale error is < 0.1 % over a city). Lookups go through a shapely STRtree whose answers are cached
 per grid cell, so the common case - a fix far from every zone - costs one dict lookup.

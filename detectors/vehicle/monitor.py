@@ -21,8 +21,8 @@ from zoneinfo import ZoneInfo
 import shapely
 from shapely.geometry import box as shapely_box
 
-from gateway.coords import coords_to_wgs84
-from gateway.model import Alert, Evidence, Position
+from core.coords import coords_to_wgs84
+from core.model import Alert, Evidence, Position
 
 from . import evidence as ev
 from .config import FleetConfig, RoadConfig, VehicleConfig, ZoneConfig, _Rule

@@ -18,8 +18,8 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
+from core.model import Detection
 from detectors.video.config import DetectorConfig
-from gateway.model import Detection
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from gateway.schema import StrictModel, TimeZoneName, repeated
+from core.schema import StrictModel, TimeZoneName, repeated
 
 Point = tuple[float, float]
 

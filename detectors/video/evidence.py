@@ -14,7 +14,7 @@ from datetime import datetime
 import cv2
 import numpy as np
 
-from gateway.model import Detection
+from core.model import Detection
 
 ZONE_COLOUR = (0, 255, 255)  # BGR yellow: the zone outline
 BOX_COLOUR = (0, 0, 255)  # BGR red: the object

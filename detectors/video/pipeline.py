@@ -14,13 +14,13 @@ from typing import Any
 import shapely
 from shapely.geometry import Polygon
 
+from core.model import Alert, Detection, Evidence, Frame
 from detectors.video.backends import ObjectDetector
 from detectors.video.config import CameraConfig
 from detectors.video.evidence import ClipBuffer, crop, render_snapshot
 from detectors.video.motion import MotionGate
 from detectors.video.rules import RuleEvent, ZoneRules
 from detectors.video.tracker import Tracker
-from gateway.model import Alert, Detection, Evidence, Frame
 
 log = logging.getLogger(__name__)
 

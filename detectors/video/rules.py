@@ -24,8 +24,8 @@ from zoneinfo import ZoneInfo
 import shapely
 from shapely.geometry import Polygon
 
+from core.model import Detection
 from detectors.video.config import CameraConfig, ScheduleConfig, VideoRuleConfig
-from gateway.model import Detection
 
 CONTINUE_IOU = 0.3  # overlap that makes a new track the same object as a lost track or an open case
 DEFAULT_MOTION_FRACTION = 0.03  # dwell: stationary within 3% of the frame diagonal, unless configured

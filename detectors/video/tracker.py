@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from gateway.model import Detection
+from core.model import Detection
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -23,7 +23,7 @@ from datetime import datetime, timedelta, timezone
 from functools import reduce
 from typing import Any
 
-from gateway.model import Position
+from core.model import Position
 
 # Terminal -> platform
 MSG_TERMINAL_REPLY = 0x0001
@@ -470,7 +470,7 @@ _new_tuple = tuple.__new__
 # parse_location fills Position's tuple by position: fail at import, not with swapped fields, if they change
 if Position._fields != ("lat", "lon", "time", "speed_kmh", "course", "altitude_m", "alarm", "status", "device",
                         "valid", "extras", "history"):
-    raise ImportError("jt808.parse_location no longer matches the fields of gateway.model.Position")
+    raise ImportError("jt808.parse_location no longer matches the fields of core.model.Position")
 
 
 def parse_location(body: bytes, device: str = "", history: bool = False) -> Position:

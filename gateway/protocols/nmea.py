@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from datetime import UTC, date, datetime, time, timedelta
 
-from gateway.model import Position
+from core.model import Position
 
 KNOT_KMH = 1.852
 

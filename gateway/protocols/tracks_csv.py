@@ -10,7 +10,7 @@ import csv
 import io
 from datetime import datetime
 
-from gateway.model import Position
+from core.model import Position
 
 REQUIRED = ("time", "device", "lon", "lat")
 _FLOATS = ("speed_kmh", "course", "altitude_m")

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from gateway.schema import StrictModel
+from core.schema import StrictModel
 
 
 class CentralConfig(StrictModel):

@@ -39,8 +39,8 @@ from typing import Any
 
 import aiomqtt
 
+from core.model import Alert
 from gateway.aio import Backoff, race, wait_or_stop
-from gateway.model import Alert
 from gateway.sinks.sink_config import MqttConfig
 
 __all__ = ["MqttAlertSink", "MqttConfig", "alert_payload", "make_client", "topic_level"]

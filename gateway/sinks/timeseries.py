@@ -41,8 +41,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from core.model import Detection, Position, Reading, require_aware
 from gateway.aio import Backoff, wait_or_stop
-from gateway.model import Detection, Position, Reading, require_aware
 from gateway.sinks.sink_config import TimeSeriesConfig
 
 __all__ = ["Point", "TimeSeriesConfig", "TimeSeriesSink", "WriteRejected", "detection_points",

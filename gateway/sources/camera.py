@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import cv2
 
-from gateway.model import Alert, Frame
+from core.model import Alert, Frame
 
 if TYPE_CHECKING:
     from detectors.video.config import CameraConfig

@@ -16,7 +16,7 @@ import secrets
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from gateway.model import Position
+from core.model import Position
 from gateway.protocols import jt808
 
 log = logging.getLogger(__name__)

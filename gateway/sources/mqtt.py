@@ -22,8 +22,8 @@ from datetime import UTC, datetime
 
 import aiomqtt
 
+from core.model import Position, Reading
 from gateway.aio import Backoff, race, wait_or_stop
-from gateway.model import Position, Reading
 from gateway.profiles import DeviceProfile, PayloadError
 from gateway.sinks.mqtt import make_client
 from gateway.sinks.sink_config import MqttConfig

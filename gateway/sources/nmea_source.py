@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.model import Position
+from core.model import Position
 from gateway.protocols import nmea
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ import csv
 import math
 from datetime import datetime
 
-from gateway.model import Reading
+from core.model import Reading
 
 _UNIT_SUFFIXES = {"_cm": "cm", "_mm": "mm", "_m": "m", "_v": "V", "_c": "°C", "_pct": "%"}
 

@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from gateway.model import Alert
+from core.model import Alert
 from gateway.sources.camera import FileReader
 
 if TYPE_CHECKING:

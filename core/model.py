@@ -52,11 +52,6 @@ class Detection:
     track_id: int | None = None
 
     @property
-    def center(self) -> tuple[float, float]:
-        x1, y1, x2, y2 = self.box
-        return (x1 + x2) / 2, (y1 + y2) / 2
-
-    @property
     def foot(self) -> tuple[float, float]:
         """Bottom-centre of the box: where the object touches the ground, used for zone tests."""
         x1, _, x2, y2 = self.box

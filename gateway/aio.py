@@ -8,20 +8,32 @@ from collections.abc import Coroutine
 from typing import Any
 
 
+def backoff_delay(attempt: int, first: float, cap: float, rng: random.Random | None = None) -> float:
+    """Seconds to wait after `attempt` (1-based) failures: exponential with "equal jitter".
+
+    The ceiling doubles per attempt up to `cap`; the delay is uniform in [ceiling/2, ceiling], so
+    parts that failed together (replicas, cameras behind one switch) spread out, yet a retry never
+    comes back immediately. The one backoff of the gateway: the supervisor, cameras and case
+    delivery all use it.
+    """
+    rng = rng or random
+    ceiling = min(max(first, cap), first * 2.0 ** min(max(attempt, 1) - 1, 60))
+    return ceiling / 2 + rng.uniform(0, ceiling / 2)
+
+
 class Backoff:
-    """Exponential backoff with jitter: first, 2*first, ... capped at `cap` seconds."""
+    """`backoff_delay` with its attempt counter: next() after each failure, reset() after a success."""
 
     def __init__(self, first: float, cap: float) -> None:
         self.first, self.cap = first, max(first, cap)
-        self._next = first
+        self.attempts = 0
 
     def next(self) -> float:
-        delay = self._next
-        self._next = min(self.cap, self._next * 2)
-        return delay * random.uniform(0.8, 1.0)  # jitter: replicas must not reconnect in lock-step
+        self.attempts += 1
+        return backoff_delay(self.attempts, self.first, self.cap)
 
     def reset(self) -> None:
-        self._next = self.first
+        self.attempts = 0
 
 
 async def wait_or_stop(stop_event: asyncio.Event, seconds: float) -> bool:

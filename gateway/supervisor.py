@@ -9,6 +9,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from gateway.aio import Backoff
+
 log = logging.getLogger(__name__)
 
 
@@ -39,7 +41,7 @@ class Supervisor:
         return task
 
     async def _guard(self, state: TaskState, factory: Callable[[], Awaitable[None]], restart: bool) -> None:
-        delay = self.backoff_initial_s
+        backoff = Backoff(self.backoff_initial_s, self.backoff_max_s)
         while True:
             started = time.monotonic()
             state.state = "running"
@@ -56,11 +58,11 @@ class Supervisor:
                     log.exception("task %s failed; not restarting", state.name)
                     return
                 if time.monotonic() - started >= self.healthy_after_s:
-                    delay = self.backoff_initial_s
+                    backoff.reset()
+                delay = backoff.next()
                 log.exception("task %s crashed (restart %d in %.1fs)", state.name, state.restarts, delay)
                 state.state = "backoff"
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, self.backoff_max_s)
                 continue
             state.state = "finished"
             return

@@ -17,11 +17,11 @@ from central_receiver import CentralReceiver
 from outbox_worker import make_case
 from pydantic import ValidationError
 
+from gateway.aio import backoff_delay
 from gateway.outbox import Outbox
 from gateway.sinks.central import (
     CentralConfig,
     CentralDelivery,
-    backoff_delay,
     is_retryable,
     parse_retry_after,
 )

@@ -46,24 +46,14 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from gateway.aio import backoff_delay
 from gateway.outbox import MAX_DEAD_BODY, Outbox, OutboxItem
 from gateway.sinks.central_config import CentralConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CentralConfig", "CentralDelivery", "backoff_delay", "encode_multipart", "is_retryable",
+__all__ = ["CentralConfig", "CentralDelivery", "encode_multipart", "is_retryable",
            "parse_retry_after"]
-
-
-def backoff_delay(attempt: int, initial_s: float, max_s: float, rng: random.Random | None = None) -> float:
-    """Seconds to wait after `attempt` (1-based) failed attempts: exponential with "equal jitter".
-
-    The ceiling doubles per attempt up to `max_s`; the delay is uniform in [ceiling/2, ceiling], so
-    gateways that failed together spread out, yet a retry never comes back immediately.
-    """
-    rng = rng or random
-    ceiling = min(max_s, initial_s * 2.0 ** min(max(attempt, 1) - 1, 60))
-    return ceiling / 2 + rng.uniform(0, ceiling / 2)
 
 
 def is_retryable(status_code: int) -> bool:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import threading
 import time
 from collections import deque
@@ -31,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import cv2
 
 from core.model import Alert, Frame
+from gateway.aio import backoff_delay
 
 if TYPE_CHECKING:
     from detectors.video.config import CameraConfig
@@ -315,8 +315,7 @@ class CameraSource:
             self.finished.set()
 
     def _backoff(self, failures: int) -> None:
-        delay = min(self.backoff_max_s, self.backoff_initial_s * 2 ** (failures - 1))
-        self._stop.wait(delay * random.uniform(0.8, 1.2))  # jitter: cameras behind one switch desync
+        self._stop.wait(backoff_delay(failures, self.backoff_initial_s, self.backoff_max_s))
 
     # ----------------------------------------------------------------- dispatcher
 

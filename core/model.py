@@ -178,6 +178,25 @@ class Alert:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthChange:
+    """A device went offline or came back, as its detector judged it (after its own grace period,
+    working hours and so on). Detectors emit it beside their offline alert; the runtime keeps the
+    device-health table and the retained MQTT health topics from these events alone."""
+
+    kind: str  # vehicle | sensor | camera
+    device: str
+    online: bool
+    time: datetime
+
+    def __post_init__(self) -> None:
+        require_aware(self.time, "HealthChange.time")
+
+
+# What a detector returns: verdicts (alerts) and device-health changes, in the order they happened.
+DetectorOutput = Alert | HealthChange
+
+
+@dataclass(frozen=True, slots=True)
 class Case:
     """A case (案件) as the central platform receives it; see DESIGN.md 'Cases'."""
 

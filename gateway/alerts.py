@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 
 class AlertBus:
+    name = "alerts"
+
     def __init__(self, desk: CaseDesk, *, max_alerts: int = 10_000, recent: int = 200) -> None:
         self.desk = desk
         self.max_alerts = max_alerts

@@ -11,7 +11,8 @@ import signal
 import sys
 from pathlib import Path
 
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config import ConfigError, GatewayConfig
+from gateway.deployment import Deployment, load_deployment
 from gateway.logs import setup_logging
 
 log = logging.getLogger("citygate")
@@ -77,9 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(path: Path) -> GatewayConfig | None:
+def _load(path: Path) -> Deployment | None:
+    """The deployment at `path`, or None after printing every problem."""
     try:
-        return load_config(path)
+        return load_deployment(path)
     except ConfigError as exc:
         print(f"{exc.source}: {len(exc.problems)} problem(s)", file=sys.stderr)
         for problem in exc.problems:
@@ -88,10 +90,10 @@ def _load(path: Path) -> GatewayConfig | None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    config = _load(args.config)
-    if config is None:
+    deployment = _load(args.config)
+    if deployment is None:
         return EXIT_CONFIG
-    print(summary(config))
+    print(summary(deployment.config))
     return EXIT_OK
 
 
@@ -127,15 +129,15 @@ def summary(config: GatewayConfig) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    config = _load(args.config)
-    if config is None:
+    deployment = _load(args.config)
+    if deployment is None:
         return EXIT_CONFIG
-    logging.getLogger().setLevel(config.log_level)
+    logging.getLogger().setLevel(deployment.config.log_level)
     from detectors.video.backends import ModelError
     from gateway.runtime import Gateway
 
     try:
-        gateway = Gateway(config)
+        gateway = Gateway(deployment)
     except ModelError as exc:
         log.error("cannot start: %s", exc)
         return EXIT_CONFIG
@@ -150,20 +152,21 @@ async def _serve(gateway, duration: float | None) -> int:
     if duration is not None:
         loop.call_later(duration, stop.set)
     try:
-        await gateway.start(stop)
+        await gateway.start()
     except OSError as exc:
         log.error("cannot start: %s", exc)
         await gateway.shutdown()
         return EXIT_FAILED
     await stop.wait()
     log.info("stop requested")
-    return await gateway.shutdown()
+    return EXIT_OK if await gateway.shutdown() else EXIT_FAILED
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    config = _load(args.config)
-    if config is None:
+    deployment = _load(args.config)
+    if deployment is None:
         return EXIT_CONFIG
+    config = deployment.config
     cameras = {c.name: c for c in config.video.cameras}
     if args.camera not in cameras:
         print(f"no camera named {args.camera!r} in {args.config} (cameras: {', '.join(cameras) or 'none'})",
@@ -197,9 +200,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _outbox(args: argparse.Namespace):
-    config = _load(args.config)
-    if config is None:
+    deployment = _load(args.config)
+    if deployment is None:
         return None
+    config = deployment.config
     path = config.data_path / "cases.sqlite3"
     if not path.exists():
         print(f"no case store at {path} yet (run the gateway first)", file=sys.stderr)

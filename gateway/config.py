@@ -1,7 +1,8 @@
 """The deployment config: one YAML file describes a site's sources, rules and sinks.
 
-`load_config(path)` returns a validated `GatewayConfig` or raises `ConfigError` carrying *every*
-problem as `path: plain sentence` (e.g. `video.cameras[2].zones[0].polygon: a zone polygon needs
+`load_config(path)` returns a validated `GatewayConfig` (the schema and the checks within it; the
+files it points at are loaded by `gateway.deployment.load_deployment`) or raises `ConfigError` carrying
+*every* problem as `path: plain sentence` (e.g. `video.cameras[2].zones[0].polygon: a zone polygon needs
 at least 3 points, got 2`). Unknown keys are errors, with the nearest known key suggested.
 `${VAR}` and `${VAR:-default}` in string values are replaced from the environment (for secrets).
 Relative file paths are relative to the config file's directory.
@@ -20,7 +21,7 @@ from zoneinfo import ZoneInfo
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from core.schema import StrictModel, TimeZoneName, repeated
+from core.schema import StrictModel, TimeZoneName
 from detectors.sensor.config import SensorsConfig
 from detectors.vehicle.config import FleetConfig
 from detectors.video.config import CameraConfig, DetectorConfig
@@ -144,6 +145,26 @@ class GatewayConfig(StrictModel):
 
     # resolved at load time, not part of the YAML
     _base_dir: Path = Path(".")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inherit_timezone(cls, raw: Any) -> Any:
+        """Section time zones (fleet, video rule schedules) default to the top-level `timezone`."""
+        if not isinstance(raw, dict):
+            return raw
+        tz = raw.get("timezone", cls.model_fields["timezone"].default)
+        vehicles = raw.setdefault("vehicles", {})
+        fleet = vehicles.setdefault("fleet", {}) if isinstance(vehicles, dict) else None
+        if isinstance(fleet, dict):
+            fleet.setdefault("timezone", tz)
+        video = raw.get("video")
+        cameras = video.get("cameras") if isinstance(video, dict) else None
+        for camera in cameras if isinstance(cameras, list) else ():
+            rules = camera.get("rules") if isinstance(camera, dict) else None
+            for rule in rules if isinstance(rules, list) else ():
+                if isinstance(rule, dict) and isinstance(rule.get("schedule"), dict):
+                    rule["schedule"].setdefault("timezone", tz)
+        return raw
 
     @property
     def base_dir(self) -> Path:
@@ -274,83 +295,6 @@ def load_config(path: str | Path) -> GatewayConfig:
     except ValidationError as exc:
         raise ConfigError(str(path), problems + describe_validation_error(exc)) from exc
     config._base_dir = path.resolve().parent
-    problems += cross_check(config)
     if problems:
         raise ConfigError(str(path), problems)
     return config
-
-
-def cross_check(config: GatewayConfig) -> list[str]:
-    """Checks that need more than one section, or the files a config points at."""
-    from gateway.catalog import Catalog, CatalogError
-    from gateway.geo import GridError, GridIndex
-
-    problems: list[str] = []
-    try:
-        catalog = Catalog.load([config.path(f) for f in config.cases.catalog_files])
-    except CatalogError as exc:
-        problems.append(f"cases.catalog_files: {exc}")
-        catalog = None
-    if config.cases.grid:
-        try:
-            GridIndex.load(config.path(config.cases.grid))
-        except GridError as exc:
-            problems.append(f"cases.grid: {exc}")
-
-    def check_category(where: str, key: str | None) -> None:
-        if key and catalog is not None and key not in catalog:
-            close = difflib.get_close_matches(key, catalog.keys(), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            problems.append(f"{where}: {key!r} is not in the case catalog{hint}")
-
-    twice = set(repeated(c.name for c in config.video.cameras))
-    for i, camera in enumerate(config.video.cameras):
-        if camera.name in twice:
-            problems.append(f"video.cameras[{i}].name: camera name {camera.name!r} is used more than once")
-        for j, rule in enumerate(camera.rules):
-            check_category(f"video.cameras[{i}].rules[{j}].category", rule.category)
-            for label, key in rule.class_categories.items():
-                check_category(f"video.cameras[{i}].rules[{j}].class_categories.{label}", key)
-        if "://" not in camera.url and not config.path(camera.url).exists():
-            problems.append(f"video.cameras[{i}].url: video file {config.path(camera.url)} does not exist")
-    if config.video.cameras:
-        model = config.path(config.video.detector.model)
-        if not model.exists():
-            problems.append(f"video.detector.model: model file {model} does not exist")
-
-    for name, rule in config.vehicles.fleet.rules:
-        check_category(f"vehicles.fleet.rules.{name}.category", rule.category)
-    for section, rules in (("level_rules", config.sensors.level_rules), ("rise_rules", config.sensors.rise_rules),
-                           ("rain_rules", config.sensors.rain_rules)):
-        for i, rule in enumerate(rules):
-            check_category(f"sensors.{section}[{i}].category", rule.category)
-
-    for i, feed in enumerate(config.vehicles.nmea):
-        if feed.file and not config.path(feed.file).exists():
-            problems.append(f"vehicles.nmea[{i}].file: {config.path(feed.file)} does not exist")
-    feeds = [("vehicles.replay", f) for f in config.vehicles.replay] + [("sensors.replay", f)
-                                                                         for f in config.sensors.replay]
-    for i, (where, feed) in enumerate(feeds):
-        if not config.path(feed.file).exists():
-            problems.append(f"{where}[{i if where == 'vehicles.replay' else i - len(config.vehicles.replay)}].file: "
-                            f"{config.path(feed.file)} does not exist")
-
-    if config.mqtt_source.profiles or config.sensors.devices:
-        from gateway.profiles import ProfileError, load_profiles
-
-        try:
-            profiles = load_profiles(config.profiles_path)
-        except ProfileError as exc:
-            problems.append(f"profiles_dir: {exc}")
-            profiles = None
-        if profiles is not None:
-            for i, name in enumerate(config.mqtt_source.profiles):
-                if name not in profiles:
-                    problems.append(f"mqtt_source.profiles[{i}]: no device profile named {name!r} "
-                                    f"(known: {', '.join(sorted(profiles))})")
-            for i, device in enumerate(config.sensors.devices):
-                if device.profile and device.profile not in profiles:
-                    problems.append(f"sensors.devices[{i}].profile: no device profile named {device.profile!r}")
-        if config.mqtt_source.profiles and not config.mqtt.enabled:
-            problems.append("mqtt.host: mqtt_source.profiles are set but no MQTT broker is configured")
-    return problems

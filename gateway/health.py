@@ -1,9 +1,10 @@
 """Online/offline state of every device, published as retained MQTT health states on each change.
 
-A device comes online when it is first heard from, goes offline when a detector raises its offline
-alert (the fleet's offline rule, the sensors' health rule with place "offline") and comes back when
-that alert closes. Only changes are published, so thousands of trucks cost nothing
-between changes; the retained message tells a late subscriber the current state.
+A device comes online when it is first heard from and otherwise changes only on the detectors'
+`HealthChange` events (the fleet's offline rule, the sensors' health rule), so the grace periods and
+working hours those rules apply decide what "offline" means. Only changes are published, so
+thousands of trucks cost nothing between changes; the retained message tells a late subscriber the
+current state.
 """
 
 from __future__ import annotations
@@ -11,32 +12,27 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-from core.model import Alert
+from core.model import HealthChange
 
 Publish = Callable[[str, str, dict], None]
-IsOffline = Callable[[Alert], bool]
 
 
 class DeviceHealth:
-    def __init__(self, publish: Publish, is_offline_alert: IsOffline) -> None:
+    def __init__(self, publish: Publish) -> None:
         self._publish = publish
-        self._is_offline_alert = is_offline_alert
         self._online: dict[tuple[str, str], bool] = {}
 
     def seen(self, kind: str, device: str, when: datetime) -> None:
         """A device was heard from; the first time, it is online."""
         if (kind, device) not in self._online:
-            self._set(kind, device, True, when)
+            self.change(HealthChange(kind, device, True, when))
 
-    def on_alert(self, alert: Alert) -> None:
-        if self._is_offline_alert(alert):
-            self._set(alert.subject_kind, alert.subject_id, alert.state == "closed", alert.time)
-
-    def _set(self, kind: str, device: str, online: bool, when: datetime) -> None:
-        if self._online.get((kind, device)) == online:
+    def change(self, event: HealthChange) -> None:
+        key = (event.kind, event.device)
+        if self._online.get(key) == event.online:
             return
-        self._online[(kind, device)] = online
-        self._publish(kind, device, {"online": online, "since": when.isoformat()})
+        self._online[key] = event.online
+        self._publish(event.kind, event.device, {"online": event.online, "since": event.time.isoformat()})
 
     def snapshot(self) -> dict[str, int]:
         online = sum(self._online.values())

@@ -20,6 +20,7 @@ class TaskState:
     restarts: int = 0
     state: str = "starting"  # running | backoff | finished | stopped
     last_error: str = ""
+    last_logged: str = ""  # the last error logged with its traceback
 
 
 class Supervisor:
@@ -31,17 +32,20 @@ class Supervisor:
         self.states: dict[str, TaskState] = {}
         self._tasks: dict[str, asyncio.Task] = {}
 
-    def spawn(self, name: str, factory: Callable[[], Awaitable[None]], *, restart: bool = True) -> asyncio.Task:
-        """Run `factory()` as a task; if it raises, restart it (a normal return ends it)."""
+    def spawn(self, name: str, factory: Callable[[], Awaitable[None]], *, restart: bool = True,
+              backoff: tuple[float, float] | None = None) -> asyncio.Task:
+        """Run `factory()` as a task; if it raises, restart it (a normal return ends it). `backoff`
+        (first, cap) in seconds overrides the supervisor's for this task (e.g. a broker's reconnect)."""
         if name in self._tasks:
             raise ValueError(f"a task named {name!r} is already supervised")
         state = self.states[name] = TaskState(name)
-        task = asyncio.create_task(self._guard(state, factory, restart), name=name)
+        first, cap = backoff or (self.backoff_initial_s, self.backoff_max_s)
+        task = asyncio.create_task(self._guard(state, factory, restart, Backoff(first, cap)), name=name)
         self._tasks[name] = task
         return task
 
-    async def _guard(self, state: TaskState, factory: Callable[[], Awaitable[None]], restart: bool) -> None:
-        backoff = Backoff(self.backoff_initial_s, self.backoff_max_s)
+    async def _guard(self, state: TaskState, factory: Callable[[], Awaitable[None]], restart: bool,
+                     backoff: Backoff) -> None:
         while True:
             started = time.monotonic()
             state.state = "running"
@@ -52,7 +56,7 @@ class Supervisor:
                 raise
             except Exception as exc:  # noqa: BLE001 - the point of a supervisor: log, count, restart
                 state.restarts += 1
-                state.last_error = f"{type(exc).__name__}: {exc}"
+                error = state.last_error = f"{type(exc).__name__}: {exc}"
                 if not restart:
                     state.state = "failed"
                     log.exception("task %s failed; not restarting", state.name)
@@ -60,7 +64,12 @@ class Supervisor:
                 if time.monotonic() - started >= self.healthy_after_s:
                     backoff.reset()
                 delay = backoff.next()
-                log.exception("task %s crashed (restart %d in %.1fs)", state.name, state.restarts, delay)
+                if error == state.last_logged:  # the same failure again (a broker still down): one line
+                    log.warning("task %s failed again: %s (restart %d in %.1fs)", state.name, error,
+                                state.restarts, delay)
+                else:
+                    state.last_logged = error
+                    log.exception("task %s crashed (restart %d in %.1fs)", state.name, state.restarts, delay)
                 state.state = "backoff"
                 await asyncio.sleep(delay)
                 continue

@@ -1,4 +1,5 @@
-"""Runs one camera's analysis pipeline in its own thread, fed through a one-frame mailbox.
+"""Runs one camera's analysis pipeline in its own thread, fed through a one-frame mailbox, and
+`CameraChannel`, one camera (reader, analysis worker, pipeline) as a gateway component.
 
 Queue policy: the mailbox holds one frame; a newer frame replaces an unprocessed older one (counted
 as `frames_skipped`), so a slow model makes the camera analyse fewer frames, never older ones.
@@ -6,9 +7,11 @@ as `frames_skipped`), so a slow model makes the camera analyse fewer frames, nev
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from core.model import Alert, Frame
 
@@ -85,3 +88,25 @@ class FrameWorker:
     def _emit(self, alerts: list[Alert]) -> None:
         for alert in alerts:
             self._on_alert(alert)
+
+
+class CameraChannel:
+    """One camera as a component: its reader threads (`source`: CameraSource) feed `worker`, which runs
+    `pipeline`. Stopping ends the reader first, then lets the worker finish its frame and release the
+    alerts it held back (a clip's post-roll), so nothing in hand is lost."""
+
+    def __init__(self, source: Any, worker: FrameWorker, pipeline: Any) -> None:
+        self.name = f"camera:{source.name}"
+        self.source, self.worker, self.pipeline = source, worker, pipeline
+
+    def stats(self) -> dict[str, Any]:
+        return {**self.source.stats, **getattr(self.pipeline, "stats", {}), **self.worker.stats}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.worker.start()
+        self.source.start()
+        try:
+            await stop.wait()
+        finally:
+            await asyncio.to_thread(self.source.stop)
+            await asyncio.to_thread(self.worker.stop)

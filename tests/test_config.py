@@ -7,6 +7,7 @@ import pytest
 
 from gateway.cli import main
 from gateway.config import ConfigError, load_config
+from gateway.deployment import load_deployment
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -20,7 +21,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def problems(tmp_path: Path, text: str) -> list[str]:
     with pytest.raises(ConfigError) as info:
-        load_config(write(tmp_path, text))
+        load_deployment(write(tmp_path, text))
     return info.value.problems
 
 
@@ -113,7 +114,8 @@ def test_shipped_configs_are_valid(name, monkeypatch):
     monkeypatch.setenv("CITYGATE_CENTRAL_TOKEN", "t")
     monkeypatch.setenv("CITYGATE_INFLUX_TOKEN", "t")
     monkeypatch.setenv("CITYGATE_JT808_SECRET", "t")
-    load_config(REPO / "configs" / name)
+    deployment = load_deployment(REPO / "configs" / name)
+    assert len(deployment.grid) > 0 and "illegal_parking" in deployment.catalog  # loaded once, used by run
 
 
 def test_every_config_field_is_documented_and_the_reference_is_current():
@@ -145,3 +147,14 @@ def test_every_time_zone_field_rejects_an_unknown_zone_the_same_way(tmp_path):
     for path, zone in (("timezone", "Mars/Olympus"), ("vehicles.fleet.timezone", "Europe/Atlantis"),
                        ("video.cameras[0].rules[0].schedule.timezone", "Asia/Shanghia")):
         assert f"{path}: unknown time zone {zone!r}; use an IANA name like Asia/Shanghai" in found
+
+
+def test_section_time_zones_inherit_the_top_level_one(tmp_path):
+    text = CAMERA.replace("category: illegal_parking}", "category: illegal_parking, schedule: {hours: ['07:00-19:00']}}")
+    config = load_config(write(tmp_path, "timezone: Asia/Urumqi\n" + text))
+    assert config.vehicles.fleet.timezone == "Asia/Urumqi"
+    assert config.video.cameras[0].rules[0].schedule.timezone == "Asia/Urumqi"
+    set_here = text.replace("hours: ['07:00-19:00']", "hours: ['07:00-19:00'], timezone: Asia/Tokyo")
+    config = load_config(write(tmp_path, "timezone: Asia/Urumqi\nvehicles: {fleet: {timezone: UTC}}\n" + set_here))
+    assert config.vehicles.fleet.timezone == "UTC"
+    assert config.video.cameras[0].rules[0].schedule.timezone == "Asia/Tokyo"

@@ -129,7 +129,7 @@ async def test_source_replays_a_file_and_counts_noise(tmp_path) -> None:
     await source.read_file(log, date_ref=datetime(1994, 3, 23, 13, tzinfo=UTC))
     assert [p.device for p in got] == ["bus-7", "bus-7"]
     assert got[1].time == datetime(1994, 3, 23, 12, 35, 19, tzinfo=UTC)
-    assert source.stats == {"lines": 5, "positions": 2, "decode_errors": 2}
+    assert source.stats() == {"lines": 5, "positions": 2, "decode_errors": 2}
 
 
 async def test_source_reads_nmea_over_tcp() -> None:
@@ -151,4 +151,4 @@ async def test_source_reads_nmea_over_tcp() -> None:
         server.close()
         await server.wait_closed()
     assert len(got) == 2 and got[0].lat == pytest.approx(48.1173)
-    assert source.stats == {"lines": 3, "positions": 2, "decode_errors": 2}
+    assert source.stats() == {"lines": 3, "positions": 2, "decode_errors": 2}

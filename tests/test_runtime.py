@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from gateway.config import load_config
+from gateway.deployment import load_deployment
 from gateway.outbox import Outbox
 from gateway.runtime import Gateway
 
@@ -50,26 +50,25 @@ async def wait_until(condition, timeout: float = 30.0) -> None:
 
 
 async def test_replays_become_cases_visible_in_the_status_api(tmp_path):
-    config = load_config(config_file(tmp_path))
-    gateway = Gateway(config)
-    stop = asyncio.Event()
-    await gateway.start(stop)
+    deployment = load_deployment(config_file(tmp_path))
+    gateway = Gateway(deployment)
+    await gateway.start()
     try:
         await wait_until(lambda: gateway.desk.stats["cases"] >= 3)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway.web.port}") as client:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway.component('web').port}") as client:
             status = (await client.get("/api/status")).json()
             cases = (await client.get("/api/cases")).json()
         assert status["site"] == "rt"
-        assert status["vehicles"]["positions"] > 0 and status["vehicles"]["rules"]["unregistered"] > 0
-        assert status["sensors"]["readings"] > 0
+        rules = status["rules"]
+        assert rules["positions"] > 0 and rules["vehicles"]["rules"]["unregistered"] > 0
+        assert rules["readings"] > 0
         assert status["tasks"]["alerts"]["state"] == "running"
         rules = {c["rule"] for c in cases}
         assert {"overspeed", "unregistered_vehicle", "underpass-flooding"} <= rules
         assert all(c["status"] == "stored" for c in cases)  # no central platform configured
     finally:
-        stop.set()
-        assert await gateway.shutdown() == 0
-    with Outbox(config.data_path / "cases.sqlite3") as outbox:
+        assert await gateway.shutdown()  # every stage ended within the deadline
+    with Outbox(deployment.config.data_path / "cases.sqlite3") as outbox:
         assert outbox.counts()["stored"] >= 3
 
 
@@ -109,20 +108,18 @@ async def test_nmea_receiver_over_tcp_feeds_the_fleet_rules(tmp_path):
           fleet:
             vehicles: [{{id: sweep-07, type: sweeper, terminal: gnss-07, speed_limit_kmh: 40}}]
         """), encoding="utf-8")
-    gateway = Gateway(load_config(path))
-    stop = asyncio.Event()
-    await gateway.start(stop)
+    gateway = Gateway(load_deployment(path))
+    await gateway.start()
     try:
         await wait_until(lambda: gateway.desk.stats["cases"] >= 1)
-        (source,) = gateway.nmea_sources
-        assert source.stats["positions"] == 12 and source.stats["decode_errors"] == 1
+        source = gateway.component("nmea:gnss-07")
+        assert source.stats()["positions"] == 12 and source.stats()["decode_errors"] == 1
         with Outbox(gateway.config.data_path / "cases.sqlite3") as outbox:
             (record,) = outbox.list()
         case = record.to_case()
         assert case.rule == "overspeed" and case.subject["id"] == "sweep-07"
         assert case.facts["speed_kmh"] > 40  # 43 knots = 79.6 km/h
     finally:
-        stop.set()
         await gateway.shutdown()
         server.close()
 
@@ -140,13 +137,12 @@ async def test_outbox_at_80_percent_raises_a_critical_alert(tmp_path):
         central: {{url: "http://127.0.0.1:{free_port()}/cases", backoff_initial_s: 60}}
         vehicles: {{tick_s: 0.05}}
         """), encoding="utf-8")
-    config = load_config(path)
-    with Outbox(config.data_path / "cases.sqlite3", max_cases=10) as outbox:
+    deployment = load_deployment(path)
+    with Outbox(deployment.config.data_path / "cases.sqlite3", max_cases=10) as outbox:
         for i in range(8):  # the central platform is down: they stay pending
             outbox.enqueue(case(f"full-{i}"))
-    gateway = Gateway(config)
-    stop = asyncio.Event()
-    await gateway.start(stop)
+    gateway = Gateway(deployment)
+    await gateway.start()
     try:
         def near_full():
             return [a for a in gateway.bus.recent if a.rule == "outbox_near_full"]
@@ -155,7 +151,6 @@ async def test_outbox_at_80_percent_raises_a_critical_alert(tmp_path):
         assert alert.state == "open" and alert.severity == "critical"
         assert alert.facts["fill_ratio"] == 0.8
     finally:
-        stop.set()
         await gateway.shutdown()
 
 
@@ -175,9 +170,8 @@ async def test_simulated_terminal_drives_a_track_into_the_gateway(tmp_path):
           fleet:
             vehicles: [{{id: mixer-01, type: mixer, terminal: "013912340002", speed_limit_kmh: 50}}]
         """), encoding="utf-8")
-    gateway = Gateway(load_config(path))
-    stop = asyncio.Event()
-    await gateway.start(stop)
+    gateway = Gateway(load_deployment(path))
+    await gateway.start()
     try:
         track = load_track(DATA / "tracks" / "mixer-01.csv")
         said: list[str] = []
@@ -192,5 +186,4 @@ async def test_simulated_terminal_drives_a_track_into_the_gateway(tmp_path):
         refused = await simulate("127.0.0.1", port, track, terminal="013999999999", speed=0, say=said.append)
         assert refused == 0 and said[-1] == "register 013999999999: result 2"  # not in the fleet
     finally:
-        stop.set()
         await gateway.shutdown()

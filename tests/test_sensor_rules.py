@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from core.model import Alert, Reading
+from core.model import Alert, HealthChange, Reading
 from detectors.sensor import SensorMonitor, SensorsConfig
 from gateway.protocols.readings_csv import SensorCsvError, parse_readings_csv, schedule
 
@@ -38,8 +38,13 @@ def feed(m: SensorMonitor, series: list[tuple[float, float]], device: str = "wl-
          field: str = "level_cm") -> list[Alert]:
     alerts: list[Alert] = []
     for s, v in series:
-        alerts += m.process(reading(s, device, **{field: v}))
+        alerts += verdicts(m.process(reading(s, device, **{field: v})))
     return alerts
+
+
+def verdicts(outputs: list) -> list[Alert]:
+    """The alerts among a detector's outputs (health changes are checked where they matter)."""
+    return [o for o in outputs if isinstance(o, Alert)]
 
 
 def summary(alerts: list[Alert]) -> list[tuple[str, str, str]]:
@@ -147,8 +152,8 @@ def test_rain_sliding_window_opens_escalates_and_clears_by_tick():
     assert alerts[0].facts["window_totals"]["3h"] == 50.0 and alerts[0].facts["escalated_from"] == "warning"
     # the rain stops and the gauge goes quiet: the windows drain on ticks alone
     last = T0 + timedelta(seconds=300 * 25)
-    assert m.tick(last + timedelta(hours=1)) == []  # 3 h still holds 50 mm - 1 h of rain
-    closed = m.tick(last + timedelta(hours=3))
+    assert verdicts(m.tick(last + timedelta(hours=1))) == []  # 3 h still holds 50 mm - 1 h of rain
+    closed = verdicts(m.tick(last + timedelta(hours=3)))
     assert summary(closed) == [("rain", "closed", "critical")]
     assert closed[0].facts["window_totals"] == {"1h": 0.0, "3h": 0.0}
 
@@ -178,14 +183,16 @@ def test_rain_cumulative_counter_with_reset():
 def test_offline_after_silence_and_back_online_closes():
     m = monitor(health={"offline_after_s": 900, "stuck_after_s": None})
     assert feed(m, [(0, 5)]) + feed(m, [(0, 4)], device="wl-2") + feed(m, [(0, 0)], "rain-1", "rain_mm") == []
-    assert m.tick(T0 + timedelta(seconds=600)) == []
+    assert verdicts(m.tick(T0 + timedelta(seconds=600))) == []
     feed(m, [(800, 5)], device="wl-2")
     feed(m, [(800, 0)], "rain-1", "rain_mm")
-    alerts = m.tick(T0 + timedelta(seconds=900))
+    alerts = verdicts(m.tick(T0 + timedelta(seconds=900)))
     assert [(a.subject_id, a.place, a.state) for a in alerts] == [("wl-1", "offline", "open")]
     assert alerts[0].rule == "sensor-health" and alerts[0].facts["silent_s"] == 900
-    assert m.tick(T0 + timedelta(seconds=1000)) == []  # still offline: no repeat
-    back = feed(m, [(1200, 5)])
+    assert verdicts(m.tick(T0 + timedelta(seconds=1000))) == []  # still offline: no repeat
+    outputs = m.process(reading(1200, "wl-1", level_cm=5))
+    assert HealthChange("sensor", "wl-1", True, T0 + timedelta(seconds=1200)) in outputs
+    back = verdicts(outputs)
     assert [(a.subject_id, a.place, a.state) for a in back] == [("wl-1", "offline", "closed")]
     assert back[0].facts["offline_s"] == 300
 
@@ -194,7 +201,7 @@ def test_device_that_never_reports_goes_offline():
     m = monitor(health={"offline_after_s": 900, "stuck_after_s": None})
     feed(m, [(0, 5), (600, 5)])
     feed(m, [(0, 5), (600, 5)], device="wl-2")
-    alerts = m.tick(T0 + timedelta(seconds=900))
+    alerts = verdicts(m.tick(T0 + timedelta(seconds=900)))
     assert [(a.subject_id, a.place) for a in alerts] == [("rain-1", "offline")]
     assert alerts[0].facts["last_seen"] is None
 
@@ -295,7 +302,7 @@ def test_demo_episode_warns_escalates_and_clears():
         health={})
     alerts = []
     for r in parse_readings_csv(text):
-        alerts += m.tick(r.time) + m.process(r)
+        alerts += verdicts(m.tick(r.time) + m.process(r))
     assert [(a.rule, a.subject_id, a.state, a.severity) for a in alerts] == [
         ("rain", "rain-01", "open", "warning"),
         ("rising", "wl-underpass-01", "open", "warning"),

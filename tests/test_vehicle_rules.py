@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from core.coords import gcj02_to_wgs84, haversine_m, wgs84_to_gcj02
-from core.model import Alert, Position
+from core.model import Alert, HealthChange, Position
 from detectors.vehicle.config import FleetConfig
 from detectors.vehicle.monitor import FleetMonitor
 
@@ -107,8 +107,8 @@ def run(mon: FleetMonitor, fixes: list[Position]) -> list[Alert]:
     return out
 
 
-def of(alerts: list[Alert], rule: str) -> list[Alert]:
-    return [a for a in alerts if a.rule == rule]
+def of(outputs: list, rule: str) -> list[Alert]:
+    return [a for a in outputs if isinstance(a, Alert) and a.rule == rule]
 
 
 def near(alert: Alert, x: float, y: float, tol_m: float = 15.0) -> bool:
@@ -333,13 +333,16 @@ def test_terminal_silent_in_working_hours_goes_offline_and_back():
     start = DAY.replace(hour=10)
     mon.tick(start)
     run(mon, drive(MUCK, start, [(500, 0, 36)], 5))  # last fix at 10:00:50
-    alerts = of(ticks(mon, start, 20), "offline")
+    outputs = ticks(mon, start, 20)
+    alerts = of(outputs, "offline")
     assert [(a.state, a.subject_id) for a in alerts if a.subject_id == "muck-1"] == [("open", "muck-1")]
     opened = next(a for a in alerts if a.subject_id == "muck-1")
     assert opened.time == start + timedelta(minutes=11) and near(opened, 500, 0, 5)
+    assert HealthChange("vehicle", "muck-1", False, opened.time) in outputs  # the typed health event too
     back = mon.process(Position(lat=at(600, 0)[1], lon=at(600, 0)[0], time=start + timedelta(minutes=21),
                                 speed_kmh=10, status=3, device=MUCK))
     assert [a.state for a in of(back, "offline")] == ["closed"]
+    assert HealthChange("vehicle", "muck-1", True, start + timedelta(minutes=21)) in back
 
 
 def test_silence_outside_working_hours_is_not_offline():
@@ -393,8 +396,8 @@ def test_sweeper_coverage_is_reported_at_shift_end(until_x, share, state):
     fixes += drive(SWEEPER, fixes[-1].time + timedelta(seconds=10), [(until_x, -1500, 30)], 10,
                    start_xy=(until_x, -500))
     run(mon, fixes)
-    assert [a for a in mon.tick(start + timedelta(hours=1, minutes=59)) if a.rule == "coverage"] == []
-    reports = [a for a in mon.tick(start + timedelta(hours=2, seconds=5)) if a.rule == "coverage"]
+    assert of(mon.tick(start + timedelta(hours=1, minutes=59)), "coverage") == []
+    reports = of(mon.tick(start + timedelta(hours=2, seconds=5)), "coverage")
     assert len(reports) == 1
     r = reports[0]
     assert r.subject_id == "swp-1" and r.place == "road1" and r.state == state
@@ -410,7 +413,7 @@ def test_coverage_counts_only_working_speed_and_the_shift():
     run(mon, drive(SWEEPER, start + timedelta(minutes=5), [(2000, -500, 10)], 10, start_xy=(0, -500)))
     run(mon, drive(SWEEPER, start + timedelta(hours=1, minutes=5), [(0, -500, 40)], 5, start_xy=(2000, -500)))
     mon.tick(start + timedelta(hours=1, minutes=30))  # the runtime ticks every few seconds
-    reports = [a for a in mon.tick(start + timedelta(hours=3, seconds=5)) if a.rule == "coverage"]
+    reports = of(mon.tick(start + timedelta(hours=3, seconds=5)), "coverage")
     assert len(reports) == 1 and reports[0].facts["share"] == 0.0 and reports[0].state == "open"
 
 
@@ -422,5 +425,5 @@ def test_history_supplements_count_for_coverage():
     hist = [Position(lat=p.lat, lon=p.lon, time=p.time, speed_kmh=p.speed_kmh, status=p.status, device=p.device,
                      history=True) for p in fixes]
     assert run(mon, hist) == []
-    reports = [a for a in mon.tick(start + timedelta(hours=2, seconds=5)) if a.rule == "coverage"]
+    reports = of(mon.tick(start + timedelta(hours=2, seconds=5)), "coverage")
     assert reports[0].facts["share"] == pytest.approx(0.6, abs=0.02)

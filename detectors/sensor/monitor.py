@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from core.model import SEVERITIES, Alert, Reading
+from core.model import SEVERITIES, Alert, DetectorOutput, HealthChange, Reading
 
 from .config import (
     LevelRuleConfig,
@@ -95,7 +96,7 @@ class SensorMonitor:
 
     # -- public ------------------------------------------------------------------------------
 
-    def process(self, reading: Reading) -> list[Alert]:
+    def process(self, reading: Reading) -> list[DetectorOutput]:
         """Run every rule that watches this reading's device; returns the alerts it causes."""
         dev = self.devices.get(reading.device)
         if dev is None:
@@ -125,14 +126,19 @@ class SensorMonitor:
                 alerts += check(rule, dev, reading, value)
         return alerts
 
-    def tick(self, now: datetime) -> list[Alert]:
-        """Time passing without readings: devices go offline, rain windows drain and clear."""
+    def tick(self, now: datetime, *, only: Collection[str] | None = None,
+             exclude: Collection[str] = ()) -> list[DetectorOutput]:
+        """Time passing without readings: devices go offline, rain windows drain and clear.
+
+        `only` / `exclude` name the devices whose clock this is (see FleetMonitor.tick)."""
         if self._epoch is None:
             self._epoch = now
-        alerts: list[Alert] = []
+        alerts: list[DetectorOutput] = []
+        devices = [d for d in self.devices.values()
+                   if (only is None or d.id in only) and d.id not in exclude]
         limit = self.cfg.health.offline_after_s
         if limit is not None:
-            for dev in self.devices.values():
+            for dev in devices:
                 seen = self._last_time.get(dev.id)
                 silent = _seconds(now, seen or self._epoch)
                 if dev.id not in self._offline and silent >= limit:
@@ -141,8 +147,11 @@ class SensorMonitor:
                     what = f"no report for {silent:.0f} s" if seen else f"never reported in {silent:.0f} s"
                     alerts.append(self._health_alert(dev, "open", now, "offline", f"{self._who(dev)}: offline, {what}",
                                                      facts))
+                    alerts.append(HealthChange("sensor", dev.id, False, now))
         for rule, ids in self._rain_rules:
             for dev_id in sorted(ids):
+                if (only is not None and dev_id not in only) or dev_id in exclude:
+                    continue
                 st = self._rain.get((rule.name, dev_id))
                 if st is not None and st.open is not None:
                     alerts += self._rain_evaluate(rule, self.devices[dev_id], st, now, unit="mm")
@@ -158,12 +167,13 @@ class SensorMonitor:
         h = self.cfg.health
         return self._alert(h.name, dev, state, time, h.severity, message, h.category, place, facts)
 
-    def _back_online(self, dev: SensorDeviceConfig, time: datetime) -> list[Alert]:
+    def _back_online(self, dev: SensorDeviceConfig, time: datetime) -> list[DetectorOutput]:
         since = self._offline.pop(dev.id, None)
         if since is None:
             return []
         facts = {"offline_since": since.isoformat(), "offline_s": round(_seconds(time, since), 1)}
-        return [self._health_alert(dev, "closed", time, "offline", f"{self._who(dev)}: back online", facts)]
+        return [self._health_alert(dev, "closed", time, "offline", f"{self._who(dev)}: back online", facts),
+                HealthChange("sensor", dev.id, True, time)]
 
     def _clean_values(self, dev: SensorDeviceConfig, reading: Reading) -> tuple[dict[str, float], list[Alert]]:
         """The reading's values that the rules may use: finite and inside the device's ranges."""

@@ -306,7 +306,7 @@ class FleetConfig(StrictModel):
         None, description="City boundary for unregistered vehicles; empty = envelope of all layers + margin."
     )
     city_margin_m: float = Field(5000.0, ge=0, description="Margin around the layers' envelope, metres.")
-    timezone: TimeZoneName = Field("Asia/Shanghai", description="IANA time zone of working hours and windows.")
+    timezone: TimeZoneName = Field("Asia/Shanghai", description="IANA time zone of working hours and windows; default: the top-level `timezone`.")
     segment_max_gap_s: float = Field(
         120.0, gt=0, description="Test the straight segment between fixes at most this far apart in time."
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -22,7 +22,7 @@ import shapely
 from shapely.geometry import box as shapely_box
 
 from core.coords import coords_to_wgs84
-from core.model import Alert, Evidence, Position
+from core.model import Alert, DetectorOutput, Evidence, HealthChange, Position
 
 from . import evidence as ev
 from .config import FleetConfig, RoadConfig, VehicleConfig, ZoneConfig, _Rule
@@ -319,9 +319,12 @@ class FleetMonitor:
         idx = self.site_layer.candidates(x - radius, y - radius, x + radius, y + radius)
         return [self.sites[self.site_layer.shapes[i].id] for i in idx]
 
+    def _vehicle_of(self, terminal: str) -> _Vehicle | None:
+        return self._by_terminal.get(terminal) or self._by_terminal.get(normalise_terminal(terminal))
+
     # ------------------------------------------------------------------ positions
 
-    def process(self, p: Position, received_at: datetime | None = None) -> list[Alert]:
+    def process(self, p: Position, received_at: datetime | None = None) -> list[DetectorOutput]:
         """Run the filters and every rule on one fix. `received_at` (when the gateway got it; the
         source knows, this pure class does not) bounds the future-timestamp filter."""
         when = p.time
@@ -364,6 +367,7 @@ class FleetMonitor:
             st.offline_open = False
             out.append(self._alert(self.rules.offline, v, "closed", p.time, lon=lon, lat=lat,
                                    facts={"silent_s": round(t - (last_t or t))}))
+            out.append(HealthChange("vehicle", v.cfg.id, True, p.time))
         # the common case of each rule (nothing near, nothing pending) is decided here, without a call
         zones = v.zones
         if zones is not None and self._zone_on:
@@ -646,16 +650,29 @@ class FleetMonitor:
 
     # ------------------------------------------------------------------ clock
 
-    def tick(self, now: datetime) -> list[Alert]:
-        """Offline detection and shift-end coverage reports; call every few seconds."""
+    def tick(self, now: datetime, *, only: Collection[str] | None = None,
+             exclude: Collection[str] = ()) -> list[DetectorOutput]:
+        """Offline detection and shift-end coverage reports; call every few seconds.
+
+        `only` / `exclude` name terminals (as positions spell them) whose clock this is: a replay that
+        keeps its recorded times ticks its own vehicles with recorded time, and the wall-clock tick
+        leaves them out (otherwise an old recording would look offline on every tick)."""
+        vehicles: Iterable[_Vehicle] = self._by_id.values()
+        if only is not None:
+            vehicles = {id(v): v for v in map(self._vehicle_of, only) if v is not None}.values()
+        elif exclude:
+            skip = {id(v) for v in map(self._vehicle_of, exclude) if v is not None}
+            vehicles = [v for v in vehicles if id(v) not in skip]
         ts = now.timestamp()
         if self._first_tick is None:
             self._first_tick = ts
         self._now = ts if self._now is None else max(self._now, ts)
-        out: list[Alert] = []
+        out: list[DetectorOutput] = []
         local, minute = self._local_minute(ts)
         rules = self.rules
-        for v in self._by_id.values():
+        ticked = set()
+        for v in vehicles:
+            ticked.add(v.cfg.id)
             st = v.state
             if rules.offline.enabled and not st.offline_open:
                 self._offline(v, st, now, ts, local, minute, out)
@@ -666,13 +683,13 @@ class FleetMonitor:
                         self._coverage[(v.cfg.id, road.cfg.id, inst[0])] = ShiftCoverage(
                             v.cfg.id, road.cfg.id, inst[0], inst[1], road.line.length, rules.coverage.bin_m)
         for key, acc in list(self._coverage.items()):
-            if acc.end_ts <= ts:
+            if acc.end_ts <= ts and acc.vehicle_id in ticked:
                 del self._coverage[key]
                 out.append(self._report(acc))
         return out
 
     def _offline(self, v: _Vehicle, st: _State, now: datetime, ts: float, local: datetime, minute: int,
-                 out: list[Alert]) -> None:
+                 out: list[DetectorOutput]) -> None:
         if not v.hours_mask[minute]:
             return
         last = st.last_t if st.last_t is not None else self._first_tick
@@ -693,6 +710,7 @@ class FleetMonitor:
                 facts={"silent_s": round(silent),
                        "last_fix": datetime.fromtimestamp(st.last_t, self.tz).isoformat() if seen else None},
                 message=f"terminal of {v.cfg.plate or v.cfg.id} silent for {round(silent / 60)} min in working hours"))
+            out.append(HealthChange("vehicle", v.cfg.id, False, now))
 
     def _report(self, acc: ShiftCoverage) -> Alert:
         rule = self.rules.coverage

@@ -74,7 +74,7 @@ class ScheduleConfig(StrictModel):
                             description="Weekdays the rule is active, Monday=0 ... Sunday=6.")
     hours: list[str] = Field(default_factory=list, description="Windows 'HH:MM-HH:MM' (local); one that "
                              "ends before it starts runs over midnight, e.g. '22:00-06:00'. Empty: all day.")
-    timezone: TimeZoneName = Field("Asia/Shanghai", description="IANA time zone the days and hours are in.")
+    timezone: TimeZoneName = Field("Asia/Shanghai", description="IANA time zone the days and hours are in; default: the top-level `timezone`.")
 
     @field_validator("days")
     @classmethod

@@ -112,6 +112,8 @@ class _Outcome:
 class CentralDelivery:
     """The delivery worker: one per outbox, run as a task by the runtime."""
 
+    name = "central"
+
     def __init__(
         self,
         outbox: Outbox,

@@ -108,6 +108,8 @@ class MqttAlertSink:
     `publish_alert` and `publish_health` never block and must be called from the event loop's thread.
     """
 
+    name = "mqtt-alerts"
+
     def __init__(self, config: MqttConfig, site: str) -> None:
         self.config = config
         self.site = site

@@ -205,6 +205,8 @@ class _InfluxBackend:
 class TimeSeriesSink:
     """Buffers points and writes them in batches; `run()` flushes every `flush_interval_ms`."""
 
+    name = "timeseries"
+
     def __init__(self, config: TimeSeriesConfig, data_dir: str | Path = ".") -> None:
         self.config = config
         if config.backend == "sqlite":

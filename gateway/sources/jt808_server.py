@@ -40,6 +40,8 @@ class Jt808Server:
     function or a coroutine function.
     """
 
+    name = "jt808"
+
     def __init__(
         self,
         host: str,
@@ -91,6 +93,18 @@ class Jt808Server:
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, self.host, self._port, backlog=self.backlog)
         log.info("JT/T 808 server listening on %s:%d", self.host, self.port)
+
+    async def listen(self) -> None:
+        """Listen now: a port in use fails the gateway's start-up, not a restart loop later."""
+        if self._server is None:
+            await self.start()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.listen()
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()
 
     async def stop(self) -> None:
         """Stop listening and close every open connection."""

@@ -62,6 +62,8 @@ class _Throttle:
 
 
 class MqttSource:
+    name = "mqtt-source"
+
     def __init__(
         self,
         mqtt_cfg: MqttConfig,

@@ -2,15 +2,20 @@
 
 With `shift_to_now`, times are moved so that the first observation happens now (each loop of a
 looping replay moves on by the recording's length), so rules and the time series see a live feed.
+Without it, observations keep their recorded times, and the router runs their devices' time-based
+rules on the recording's clock (see gateway/routing.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Any, Generic, TypeVar
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -55,3 +60,28 @@ async def replay(observations: Sequence[T], emit: Callable[[T], None], stop: asy
             break
         offset += length
     return emitted
+
+
+class ObservationReplay(Generic[T]):
+    """A recorded feed as a component: `emit(observation, recorded_clock)` gets each one at its time."""
+
+    def __init__(self, name: str, observations: Sequence[T], emit: Callable[..., None], *, speed: float,
+                 loop: bool, shift_to_now: bool) -> None:
+        self.name = name
+        self.observations = observations
+        self._emit = emit
+        self.speed, self.loop, self.shift_to_now = speed, loop, shift_to_now
+        self.emitted = 0
+
+    def stats(self) -> dict[str, Any]:
+        return {"observations": len(self.observations), "emitted": self.emitted, "speed": self.speed,
+                "shift_to_now": self.shift_to_now}
+
+    def _one(self, observation: T) -> None:
+        self.emitted += 1
+        self._emit(observation, recorded_clock=not self.shift_to_now)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        count = await replay(self.observations, self._one, stop, speed=self.speed, loop=self.loop,
+                             shift_to_now=self.shift_to_now)
+        log.info("%s finished: %d observations", self.name, count)

@@ -91,6 +91,8 @@ def _html(text: str) -> Response:
 class StatusServer:
     """Serves the status page and JSON API of one gateway; `port=0` picks a free port (see `.port`)."""
 
+    name = "web"
+
     def __init__(
         self,
         outbox: Outbox,
@@ -115,6 +117,17 @@ class StatusServer:
         self._server = await asyncio.start_server(self._serve, self.host, self.port, limit=MAX_LINE)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("status page on http://%s:%d/", self.host, self.port)
+
+    async def listen(self) -> None:
+        if self._server is None:
+            await self.start()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.listen()
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()
 
     async def stop(self) -> None:
         if self._server is None:

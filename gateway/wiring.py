@@ -1,0 +1,200 @@
+"""Builds a gateway's component graph from a deployment, without starting anything: the stores
+(outbox, case desk), the alert bus, the router and every source and sink the config asks for, each
+assigned to a shutdown stage (see gateway/component.py). Everything that can fail at start-up
+because of the config or its files (a model, a grid, a profile) fails here, before any thread or task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from detectors.sensor.monitor import SensorMonitor
+from detectors.vehicle.monitor import FleetMonitor, normalise_terminal
+from gateway.alerts import AlertBus
+from gateway.cases import CaseDesk
+from gateway.component import STAGES, Component
+from gateway.deployment import Deployment
+from gateway.outbox import Outbox
+from gateway.routing import OutboxAlarm, Router
+from gateway.sinks.timeseries import TimeSeriesSink
+from gateway.sources.observation_replay import ObservationReplay
+
+log = logging.getLogger(__name__)
+
+
+def auth_code(gateway_id: str, terminal: str, secret: str | None = None) -> str:
+    """A terminal's JT/T 808 auth code: stable across restarts (terminals keep it), different per
+    gateway, and unguessable when a secret is configured."""
+    key = f"{secret or ''}:{gateway_id}".encode()
+    return hmac.new(key, terminal.encode(), hashlib.sha256).hexdigest()[:16]
+
+
+@dataclass
+class Graph:
+    """What `build_graph` made: the stores, and the components by shutdown stage."""
+
+    deployment: Deployment
+    outbox: Outbox
+    desk: CaseDesk
+    bus: AlertBus
+    router: Router
+    timeseries: TimeSeriesSink
+    stages: dict[str, list[Component]] = field(default_factory=lambda: {s: [] for s in STAGES})
+    snapshot: Callable[[], dict[str, Any]] = dict  # the status snapshot, set by the runner
+
+    @property
+    def components(self) -> list[Component]:
+        return [c for stage in STAGES for c in self.stages[stage]]
+
+    def find(self, name: str) -> Any:
+        """The component called `name`, or None."""
+        return next((c for c in self.components if c.name == name), None)
+
+    def add(self, stage: str, component: Component) -> Any:
+        if self.find(component.name) is not None:
+            raise ValueError(f"two components are called {component.name!r}")
+        self.stages[stage].append(component)
+        return component
+
+
+def build_graph(deployment: Deployment) -> Graph:
+    config = deployment.config
+    data = config.data_path
+    data.mkdir(parents=True, exist_ok=True)
+    outbox = Outbox(data / "cases.sqlite3", max_cases=config.cases.max_outbox, deliver=bool(config.central.url))
+    desk = CaseDesk(catalog=deployment.catalog, grid=deployment.grid, outbox=outbox,
+                    evidence_dir=data / config.cases.evidence_dir, state_path=data / "case_state.sqlite3",
+                    gateway_id=config.id, timezone=config.tz, cooldown_s=config.cases.cooldown_s)
+    bus = AlertBus(desk)
+    timeseries = TimeSeriesSink(config.timeseries, data)
+
+    central = mqtt = None
+    if config.central.url:
+        from gateway.sinks.central import CentralDelivery
+
+        central = CentralDelivery(outbox, config.central)
+    if config.mqtt.enabled:
+        from gateway.sinks.mqtt import MqttAlertSink
+
+        mqtt = MqttAlertSink(config.mqtt, config.site)
+
+    vehicle_tags = {normalise_terminal(v.terminal): {"vehicle": v.id, "type": v.type, "company": v.company}
+                    for v in config.vehicles.fleet.vehicles}
+    graph_ref: list[Graph] = []
+    router = Router(fleet=FleetMonitor(config.vehicles.fleet), sensors=SensorMonitor(config.sensors), bus=bus,
+                    timeseries=timeseries, vehicle_tags=vehicle_tags, tick_s=config.vehicles.tick_s,
+                    outbox_alarm=OutboxAlarm(outbox, config.id),
+                    publish_health=mqtt.publish_health if mqtt else None,
+                    notify_central=central.notify if central else None,
+                    publish_alert=mqtt.publish_alert if mqtt else None,
+                    health_states=lambda: _health_states(graph_ref[0]))
+    graph = Graph(deployment, outbox, desk, bus, router, timeseries)
+    graph_ref.append(graph)
+
+    graph.add("alerts", bus)
+    graph.add("sinks", timeseries)
+    if central is not None:
+        graph.add("sinks", central)
+    if mqtt is not None:
+        graph.add("sinks", mqtt)
+    graph.add("sources", router)  # the detectors' clock: stops with the sources, before the bus drains
+    _add_video(graph)
+    _add_vehicle_sources(graph)
+    _add_device_sources(graph)
+    _add_replays(graph)
+    if config.web.enabled:
+        from gateway.web.server import StatusServer
+
+        graph.add("web", StatusServer(outbox, lambda: graph.snapshot(), evidence_root=data, host=config.web.host,
+                                      port=config.web.port))
+    return graph
+
+
+def _health_states(graph: Graph):
+    """Retained health published every tick: each camera's counters and the gateway's outbox."""
+    config = graph.deployment.config
+    for component in graph.stages["sources"]:
+        if component.name.startswith("camera:"):
+            yield "camera", component.name.removeprefix("camera:"), component.stats()
+    yield "gateway", config.id, {"outbox": graph.outbox.counts()}
+
+
+def _add_video(graph: Graph) -> None:
+    config = graph.deployment.config
+    if not config.video.cameras:
+        return
+    from detectors.video.backends import load_detector
+    from detectors.video.pipeline import CameraPipeline
+    from gateway.sources.camera import CameraSource
+    from gateway.video_worker import CameraChannel, FrameWorker
+
+    detector = load_detector(config.video.detector, config.path(config.video.detector.model))  # ModelError now
+    router, bus = graph.router, graph.bus
+    for camera in config.video.cameras:
+        if "://" not in camera.url:  # a file path in the config is relative to the config file
+            camera = camera.model_copy(update={"url": str(config.path(camera.url))})
+        pipeline = CameraPipeline(camera, detector, timezone=config.tz)
+
+        def done(frame, name=camera.name, pipeline=pipeline) -> None:
+            router.on_frame_analysed(name, frame, pipeline.last_detections)
+
+        worker = FrameWorker(camera.name, pipeline.process, bus.submit_threadsafe, on_done=done,
+                             flush=pipeline.flush, idle_flush_s=camera.evidence.clip_post_s + 5.0)
+        source = CameraSource(camera, worker.offer, bus.submit_threadsafe)
+        graph.add("sources", CameraChannel(source, worker, pipeline))
+
+
+def _add_vehicle_sources(graph: Graph) -> None:
+    config = graph.deployment.config
+    jt = config.vehicles.jt808
+    if jt.enabled:
+        from gateway.sources.jt808_server import Jt808Server
+
+        registry = {v.terminal: auth_code(config.id, v.terminal, jt.auth_secret) for v in config.vehicles.fleet.vehicles}
+        graph.add("sources", Jt808Server(jt.host, jt.port, registry, graph.router.on_position, _jt808_event,
+                                         idle_timeout_s=jt.idle_timeout_s, max_frame_bytes=jt.max_frame_bytes,
+                                         max_garbage_frames=jt.max_garbage_frames, backlog=jt.backlog,
+                                         accept_unknown=jt.accept_unknown))
+    from gateway.sources.nmea_source import NmeaSource
+
+    for feed in config.vehicles.nmea:
+        graph.add("sources", NmeaSource(feed.device, graph.router.on_position, host=feed.host, port=feed.port,
+                                        file=config.path(feed.file) if feed.file else None))
+
+
+def _jt808_event(kind: str, terminal: str, info: Any = None) -> None:
+    if kind == "unknown_terminal":
+        log.warning("JT/T 808: unregistered terminal %s connected (%s)", terminal, info)
+
+
+def _add_device_sources(graph: Graph) -> None:
+    config = graph.deployment.config
+    if not config.mqtt_source.profiles:
+        return
+    from gateway.sources.mqtt import MqttSource
+
+    chosen = [graph.deployment.profiles[name] for name in config.mqtt_source.profiles]
+    mqtt = config.mqtt
+    if mqtt.persistent_session and not mqtt.client_id:  # a persistent session needs a stable id
+        mqtt = mqtt.model_copy(update={"client_id": f"citygate-{config.id}"})
+    graph.add("sources", MqttSource(mqtt, chosen, graph.router.on_observation,
+                                    shared_group=config.mqtt_source.shared_group))
+
+
+def _add_replays(graph: Graph) -> None:
+    config = graph.deployment.config
+    from gateway.protocols.readings_csv import parse_readings_csv
+    from gateway.protocols.tracks_csv import parse_positions_csv
+
+    feeds = [("vehicles", f, parse_positions_csv) for f in config.vehicles.replay]
+    feeds += [("sensors", f, lambda text, _where: parse_readings_csv(text)) for f in config.sensors.replay]
+    for kind, feed, parse in feeds:
+        path = config.path(feed.file)
+        observations = parse(path.read_text(encoding="utf-8"), str(path))
+        graph.add("sources", ObservationReplay(f"replay:{kind}:{path.name}", observations, graph.router.on_replayed,
+                                               speed=feed.speed, loop=feed.loop, shift_to_now=feed.shift_to_now))

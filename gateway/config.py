@@ -73,8 +73,10 @@ class ReplayFeed(StrictModel):
                       "alarm]) or sensor readings (time,device,<field>...).")
     speed: float = Field(1.0, ge=0, description="Replay speed factor; 0 = as fast as possible.")
     loop: bool = Field(False, description="Start again at the end (demo).")
-    shift_to_now: bool = Field(True, description="Shift timestamps so the first row is 'now' (the "
-                               "time of day is kept when false, so hour windows behave as recorded).")
+    shift_to_now: bool = Field(True, description="Shift timestamps so the first row is 'now'. When false the "
+                               "recording keeps its own times (cases, time series and hour windows see them) "
+                               "and its devices' time-based rules (offline, shift end, rain windows) run on "
+                               "the recording's clock, not the wall clock.")
 
 
 class NmeaFeed(StrictModel):

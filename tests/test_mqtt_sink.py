@@ -13,6 +13,7 @@ import pytest
 from core.model import Alert, Evidence
 from gateway.sinks.mqtt import MqttAlertSink, topic_level
 from gateway.sinks.sink_config import MqttConfig
+from gateway.supervisor import Supervisor
 
 SITE = "test-site"
 T0 = datetime(2026, 11, 23, 1, 41, 7, tzinfo=UTC)
@@ -59,13 +60,15 @@ async def subscribed(port: int, topic: str):
 
 @contextlib.asynccontextmanager
 async def running(sink: MqttAlertSink):
+    """As the gateway runs it: under a supervisor, which reconnects with the sink's backoff."""
     stop = asyncio.Event()
-    task = asyncio.create_task(sink.run(stop))
+    supervisor = Supervisor()
+    task = supervisor.spawn(sink.name, lambda: sink.run(stop), backoff=sink.restart_backoff_s)
     try:
         yield task
     finally:
         stop.set()
-        await asyncio.wait_for(task, WAIT)
+        assert await supervisor.wait([sink.name], WAIT)
 
 
 def sink_for(port: int, site: str = SITE, **kw) -> MqttAlertSink:
@@ -137,7 +140,7 @@ async def test_alert_arrives_on_documented_topic_with_qos1_and_json(broker):
     assert (doc["lon"], doc["lat"], doc["track_id"]) == (116.37, 39.91, 57)
     assert doc["evidence"] == [{"name": "snapshot.jpg", "media_type": "image/jpeg", "bytes": 102}]
     assert "xxxx" not in message.payload.decode()  # evidence bytes never go over MQTT
-    assert sink.stats["published"] == 1 and sink.stats["dropped"] == 0
+    assert sink.stats()["published"] == 1 and sink.stats()["dropped"] == 0
 
 
 async def test_closing_alert_and_odd_rule_names_stay_one_topic_level(broker):
@@ -159,7 +162,7 @@ async def test_health_state_is_retained_for_late_subscribers(broker):
     async with running(sink):
         await asyncio.wait_for(sink.connected.wait(), WAIT)
         sink.publish_health("sensor", "WL-0042", {"state": "offline", "since": T0.isoformat()})
-        await until(lambda: sink.stats["health_published"] >= 1, what="health publish")
+        await until(lambda: sink.stats()["health_published"] >= 1, what="health publish")
         # subscribe only now: the broker must hand over the retained state
         async with subscribed(broker.port, f"citygate/{SITE}/health/#") as inbox:
             message = await asyncio.wait_for(inbox.get(), WAIT)
@@ -187,10 +190,10 @@ async def test_reconnects_after_broker_restart(broker):
     async with running(sink):
         await asyncio.wait_for(sink.connected.wait(), WAIT)
         sink.publish_health("vehicle", "013300001111", {"state": "online"})
-        await until(lambda: sink.stats["health_published"] >= 1, what="health publish")
+        await until(lambda: sink.stats()["health_published"] >= 1, what="health publish")
 
         await asyncio.to_thread(broker.restart)  # the broker forgets everything (persistence off)
-        await until(lambda: sink.stats["reconnects"] >= 1 and sink.connected.is_set(), what="reconnect")
+        await until(lambda: sink.stats()["reconnects"] >= 1 and sink.connected.is_set(), what="reconnect")
 
         # the retained health state was re-published after the reconnect
         async with subscribed(broker.port, f"citygate/{SITE}/health/#") as inbox:
@@ -212,13 +215,13 @@ async def test_alerts_queued_while_away_are_sent_after_reconnect_oldest_dropped(
             await until(lambda: not sink.connected.is_set(), what="the sink to notice the lost connection")
             for n in range(5):  # 5 alerts into a queue of 3: the two oldest are dropped
                 sink.publish_alert(make_alert(n=n))
-            assert sink.stats["dropped"] == 2
+            assert sink.stats()["dropped"] == 2
             gate.open = True
             got = [json.loads((await asyncio.wait_for(inbox.get(), WAIT)).payload)["facts"]["n"]
                    for _ in range(3)]
     assert got == [2, 3, 4]
-    assert sink.stats["reconnects"] >= 1
-    assert sink.stats["queued"] == 0
+    assert sink.stats()["reconnects"] >= 1
+    assert sink.stats()["queued"] == 0
 
 
 async def test_disabled_sink_returns_at_once_and_source_refuses():

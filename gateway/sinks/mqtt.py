@@ -40,7 +40,7 @@ from typing import Any
 import aiomqtt
 
 from core.model import Alert
-from gateway.aio import Backoff, race, wait_or_stop
+from gateway.aio import race
 from gateway.sinks.sink_config import MqttConfig
 
 __all__ = ["MqttAlertSink", "MqttConfig", "alert_payload", "make_client", "topic_level"]
@@ -122,9 +122,14 @@ class MqttAlertSink:
         self._health_pending: dict[str, bytes] = {}
         self._wake = asyncio.Event()
         self.connected = asyncio.Event()
-        self.stats: dict[str, int] = {
+        self.counters: dict[str, int] = {
             "published": 0, "dropped": 0, "queued": 0, "health_published": 0, "reconnects": 0, "errors": 0,
         }
+        self._connects = 0
+        self.restart_backoff_s = (config.reconnect_min_s, config.reconnect_max_s)
+
+    def stats(self) -> dict[str, int]:
+        return {**self.counters, "connected": self.connected.is_set()}
 
     # -- topics ---------------------------------------------------------------------------------
     def alert_topic(self, alert: Alert) -> str:
@@ -138,12 +143,12 @@ class MqttAlertSink:
         """Queue an alert for publishing; drops (and counts) the oldest queued one when full."""
         if len(self._alerts) >= self.config.queue_size:
             self._alerts.popleft()
-            self.stats["dropped"] += 1
-            if self.stats["dropped"] == 1 or self.stats["dropped"] % 100 == 0:
+            self.counters["dropped"] += 1
+            if self.counters["dropped"] == 1 or self.counters["dropped"] % 100 == 0:
                 log.warning("MQTT alert queue full (%d): dropped the oldest alert, %d dropped so far",
-                            self.config.queue_size, self.stats["dropped"])
+                            self.config.queue_size, self.counters["dropped"])
         self._alerts.append((self.alert_topic(alert), _dumps(alert_payload(alert, self.site, case_id))))
-        self.stats["queued"] = len(self._alerts)
+        self.counters["queued"] = len(self._alerts)
         self._wake.set()
 
     def publish_health(self, kind: str, device_id: str, state: Mapping[str, Any]) -> None:
@@ -154,40 +159,34 @@ class MqttAlertSink:
         self._health_pending[topic] = payload
         self._wake.set()
 
-    # -- connection loop ------------------------------------------------------------------------
+    # -- connection ---------------------------------------------------------------------------
     async def run(self, stop_event: asyncio.Event) -> None:
-        """Connect, publish what is queued, reconnect with backoff; returns when stop_event is set."""
+        """Connect and publish what is queued until stop_event is set. A lost or refused connection
+        raises: the supervisor reconnects after its backoff (`restart_backoff_s`), and the queue,
+        kept in this object, is sent after the reconnect."""
         cfg = self.config
         if not cfg.enabled:
             log.info("MQTT alert sink: no mqtt.host configured, alerts go to the case store only")
             return
-        backoff = Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s)
+        if self._connects:
+            self.counters["reconnects"] += 1
+        self._connects += 1
         will = aiomqtt.Will(self.status_topic, _dumps({"state": "offline"}), qos=1, retain=True)
-        first = True
-        while not stop_event.is_set():
-            if not first:
-                self.stats["reconnects"] += 1
-            first = False
-            try:
-                async with make_client(cfg, "alerts", will=will) as client:
-                    log.info("MQTT alert sink connected to %s:%d", cfg.host, cfg.port)
-                    backoff.reset()
-                    self._health_pending.update(self._health)  # the broker may have lost retained states
-                    await client.publish(self.status_topic, _dumps({"state": "online"}), qos=1, retain=True)
-                    self.connected.set()
-                    try:
-                        await self._serve(client, stop_event)
-                    finally:
-                        self.connected.clear()
-                    if stop_event.is_set():
-                        await client.publish(self.status_topic, _dumps({"state": "offline"}), qos=1, retain=True)
-            except aiomqtt.MqttError as exc:
-                self.stats["errors"] += 1
-                delay = backoff.next()
-                log.warning("MQTT alert sink: %s (broker %s:%d); reconnecting in %.1f s, %d alerts queued",
-                            exc, cfg.host, cfg.port, delay, len(self._alerts))
-                if await wait_or_stop(stop_event, delay):
-                    break
+        try:
+            async with make_client(cfg, "alerts", will=will) as client:
+                log.info("MQTT alert sink connected to %s:%d", cfg.host, cfg.port)
+                self._health_pending.update(self._health)  # the broker may have lost retained states
+                await client.publish(self.status_topic, _dumps({"state": "online"}), qos=1, retain=True)
+                self.connected.set()
+                try:
+                    await self._serve(client, stop_event)
+                finally:
+                    self.connected.clear()
+                await client.publish(self.status_topic, _dumps({"state": "offline"}), qos=1, retain=True)
+        except aiomqtt.MqttError as exc:
+            self.counters["errors"] += 1
+            raise ConnectionError(f"MQTT broker {cfg.host}:{cfg.port}: {exc}; {len(self._alerts)} alert(s) "
+                                  "queued") from exc
 
     async def _serve(self, client: aiomqtt.Client, stop_event: asyncio.Event) -> None:
         """Send until stopped or disconnected (the message iterator is what notices a dead connection)."""
@@ -203,16 +202,16 @@ class MqttAlertSink:
             if self._health_pending:
                 topic, payload = next(iter(self._health_pending.items()))
                 if await self._publish(client, topic, payload, retain=True):
-                    self.stats["health_published"] += 1
+                    self.counters["health_published"] += 1
                 if self._health_pending.get(topic) is payload:  # unless a newer state arrived meanwhile
                     del self._health_pending[topic]
             elif self._alerts:
                 item = self._alerts[0]
                 if await self._publish(client, item[0], item[1], retain=False):
-                    self.stats["published"] += 1
+                    self.counters["published"] += 1
                 if self._alerts and self._alerts[0] is item:  # it may have been dropped as the oldest meanwhile
                     self._alerts.popleft()
-                self.stats["queued"] = len(self._alerts)
+                self.counters["queued"] = len(self._alerts)
             else:
                 self._wake.clear()
                 await self._wake.wait()
@@ -223,7 +222,7 @@ class MqttAlertSink:
         try:
             await client.publish(topic, payload, qos=self.config.qos, retain=retain)
         except ValueError as exc:
-            self.stats["errors"] += 1
+            self.counters["errors"] += 1
             log.error("MQTT alert sink: message to %s refused and dropped: %s", topic, exc)
             return False
         return True

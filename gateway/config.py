@@ -168,10 +168,6 @@ class GatewayConfig(StrictModel):
                     rule["schedule"].setdefault("timezone", tz)
         return raw
 
-    @property
-    def base_dir(self) -> Path:
-        return self._base_dir
-
     def path(self, value: str) -> Path:
         """A config path value resolved against the config file's directory."""
         p = Path(os.path.expanduser(value))

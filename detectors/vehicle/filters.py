@@ -22,7 +22,6 @@ DUPLICATE = "duplicate"
 FUTURE = "future"
 JUMP = "impossible_jump"
 OUT_OF_ORDER = "out_of_order"
-ACCEPTED = (LIVE, HISTORY)
 
 
 _KY = 111195.0  # metres per degree of latitude

@@ -638,6 +638,7 @@ class CounterTracker:
 
     def __init__(self, max_devices: int = 100_000) -> None:
         self.max_devices = max_devices
+        self.primed = 0  # counts seen without a previous count (first report after a start)
         self._last: collections.OrderedDict[tuple[str, str], int] = collections.OrderedDict()
 
     def apply(self, profile: DeviceProfile, result: DecodeResult) -> DecodeResult:
@@ -654,6 +655,7 @@ class CounterTracker:
             if len(self._last) > self.max_devices:
                 self._last.popitem(last=False)
             if previous is None:
+                self.primed += 1
                 continue
             increment = round(((count - previous) % spec.modulus) * spec.scale, 9)
             if spec.range and not spec.range[0] <= increment <= spec.range[1]:

@@ -137,15 +137,16 @@ class Intake:
             if (device is None or profile.device_id_in_payload) and (reason := self.admit(outcome.device, profile)):
                 refused.append(reason)
                 continue
+            primed = self.counters.primed
             result = self.counters.apply(profile, outcome)
+            self.stats["counter_primed"] += self.counters.primed - primed
             if result.problems:
                 self.stats["values_dropped"] += len(result.problems)
                 self.problem(result.device)
                 self.warn(result.device, "profile %r, device %r: values left out: %s", profile.name, result.device,
                           "; ".join(result.problems))
             if isinstance(result.observation, Reading) and not result.observation.values:
-                self.stats["counter_primed"] += 1  # the first count after a start: no increment known yet
-                continue
+                continue  # only a counter, primed: no increment known yet
             self.stats["observations"] += 1
             observations.append(result.observation)
         return observations, refused

@@ -34,9 +34,9 @@ log = logging.getLogger(__name__)
 INTAKE = web.AppKey("intake", Intake)
 
 
-def _error(status: type[web.HTTPException], reason: str, **headers: str) -> web.HTTPException:
-    return status(text=json.dumps({"error": reason}, ensure_ascii=False), content_type="application/json",
-                  headers=headers or None)
+def _error(status: int, reason: str, **headers: str) -> web.Response:
+    return web.json_response({"error": reason}, status=status, headers=headers or None,
+                             dumps=lambda d: json.dumps(d, ensure_ascii=False))
 
 
 def build_ingest_app(profiles: Mapping[str, DeviceProfile], on_observation: OnObservation, *, token: str,
@@ -56,18 +56,18 @@ def build_ingest_app(profiles: Mapping[str, DeviceProfile], on_observation: OnOb
             intake.stats["unauthorized"] += 1
             intake.warn(f"auth:{request.remote}", "HTTP ingest: request from %s without the right token: 401",
                         request.remote)
-            raise _error(web.HTTPUnauthorized, "missing or wrong bearer token", **{"WWW-Authenticate": "Bearer"})
+            return _error(401, "missing or wrong bearer token", **{"WWW-Authenticate": "Bearer"})
         profile = pushed.get(request.match_info["profile"])
         if profile is None:
             intake.stats["unknown_profile"] += 1
-            raise _error(web.HTTPNotFound, f"no HTTP device profile named {request.match_info['profile'][:80]!r} "
+            return _error(404, f"no HTTP device profile named {request.match_info['profile'][:80]!r} "
                          f"(known: {', '.join(sorted(pushed)) or 'none'})")
         body = await _read_body(request, max_body_bytes)
         if body is None:
             intake.stats["oversize"] += 1
             intake.warn(f"oversize:{request.remote}", "HTTP ingest: body over %d bytes from %s: 413",
                         max_body_bytes, request.remote)
-            raise _error(web.HTTPRequestEntityTooLarge, f"body is over the {max_body_bytes} byte limit",
+            return _error(413, f"body is over the {max_body_bytes} byte limit",
                          **{"Connection": "close"})
         received = datetime.now(UTC)
         device_refusals = _device_refusals(intake)
@@ -76,7 +76,7 @@ def build_ingest_app(profiles: Mapping[str, DeviceProfile], on_observation: OnOb
             await intake.deliver(obs)
         if not observations and refused:
             forbidden = bool(refused) and _device_refusals(intake) - device_refusals == len(refused)
-            raise _error(web.HTTPForbidden if forbidden else web.HTTPBadRequest, "; ".join(refused)[:2000])
+            return _error(403 if forbidden else 400, "; ".join(refused)[:2000])
         return web.json_response({"accepted": len(observations), "refused": refused})
 
     app = web.Application()

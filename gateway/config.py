@@ -26,6 +26,7 @@ from detectors.vehicle.config import FleetConfig
 from detectors.video.config import CameraConfig, DetectorConfig
 from gateway.sinks.central_config import CentralConfig
 from gateway.sinks.sink_config import MqttConfig, TimeSeriesConfig
+from gateway.sources.ingest_config import HttpIngestConfig, ModbusDeviceConfig, check_ingest
 
 
 class ConfigError(Exception):
@@ -113,6 +114,9 @@ class VehiclesConfig(StrictModel):
 
 class SensorsSection(SensorsConfig):
     replay: list[ReplayFeed] = Field(default_factory=list, description="Recorded sensor series to replay.")
+    modbus: list[ModbusDeviceConfig] = Field(default_factory=list, description="Modbus TCP devices to poll.")
+    http_ingest: HttpIngestConfig = Field(default_factory=HttpIngestConfig, description="Uplinks pushed over "
+                                          "HTTP by IoT platforms (NB-IoT devices).")
 
 
 class WebConfig(StrictModel):
@@ -335,7 +339,7 @@ def cross_check(config: GatewayConfig) -> list[str]:
             problems.append(f"{where}[{i if where == 'vehicles.replay' else i - len(config.vehicles.replay)}].file: "
                             f"{config.path(feed.file)} does not exist")
 
-    if config.mqtt_source.profiles or config.sensors.devices:
+    if config.mqtt_source.profiles or config.sensors.devices or config.sensors.modbus:
         from gateway.profiles import ProfileError, load_profiles
 
         try:
@@ -351,6 +355,7 @@ def cross_check(config: GatewayConfig) -> list[str]:
             for i, device in enumerate(config.sensors.devices):
                 if device.profile and device.profile not in profiles:
                     problems.append(f"sensors.devices[{i}].profile: no device profile named {device.profile!r}")
+            problems += check_ingest(config.sensors.modbus, {d.id: d.profile for d in config.sensors.devices}, profiles)
         if config.mqtt_source.profiles and not config.mqtt.enabled:
             problems.append("mqtt.host: mqtt_source.profiles are set but no MQTT broker is configured")
     return problems

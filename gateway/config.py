@@ -352,6 +352,8 @@ def cross_check(config: GatewayConfig) -> list[str]:
                 if name not in profiles:
                     problems.append(f"mqtt_source.profiles[{i}]: no device profile named {name!r} "
                                     f"(known: {', '.join(sorted(profiles))})")
+                elif profiles[name].transport != "mqtt":
+                    problems.append(f"mqtt_source.profiles[{i}]: {name!r} is a {profiles[name].transport} profile")
             for i, device in enumerate(config.sensors.devices):
                 if device.profile and device.profile not in profiles:
                     problems.append(f"sensors.devices[{i}].profile: no device profile named {device.profile!r}")

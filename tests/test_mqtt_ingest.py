@@ -156,3 +156,27 @@ def test_each_kind_of_bad_payload_is_named(caplog):
     ok = source.decode("city/a/water/D9/up", json.dumps({"ts": int(future.timestamp() * 1000),
                                                           "data": {"level": 10}}).encode(), received=NOW)
     assert ok[0].time == future
+
+
+def test_a_decoder_bug_is_contained_counted_and_logged_with_its_traceback(monkeypatch, caplog):
+    """The safety net under PayloadError: whatever a decoder raises stays with its message."""
+    from gateway.profiles import DeviceProfile
+
+    real = DeviceProfile.decode_message
+
+    def flaky(self, payload, **kw):
+        if b"boom" in payload:
+            raise ZeroDivisionError("a decoder bug")
+        return real(self, payload, **kw)
+
+    monkeypatch.setattr(DeviceProfile, "decode_message", flaky)
+    source = MqttSource(cfg(1883), MQTT_PROFILES, lambda obs: None, log_interval_s=3600)
+    ms = int(NOW.timestamp() * 1000)
+    with caplog.at_level(logging.WARNING, logger="gateway.sources.mqtt"):
+        for _ in range(3):
+            assert source.decode("city/a/water/WL-9/up", b'{"boom": 1}') == []
+        (good,) = source.decode("city/a/water/WL-9/up", json.dumps({"ts": ms, "data": {"level": 10}}).encode())
+    assert good.values == {"level_cm": 1.0}
+    assert source.stats()["decoder_errors"] == 3 and source.device_problems["WL-9"] == 3
+    (line,) = caplog.records
+    assert "decoder failed" in line.getMessage() and line.exc_info[0] is ZeroDivisionError

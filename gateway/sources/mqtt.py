@@ -62,6 +62,10 @@ class MqttSource:
         filters: dict[str, list[DeviceProfile]] = {}
         for p in self.profiles:
             filters.setdefault(p.topic_filter(), []).append(p)
+        for topic_filter, sharing in filters.items():
+            if len(sharing) > 1 and known_devices is None:
+                log.warning("profiles %s share the topic filter %s and no device list says which device is which: "
+                            "%r decodes them all", ", ".join(p.name for p in sharing), topic_filter, sharing[0].name)
         prefix = f"$share/{shared_group}/" if shared_group else ""
         self.subscriptions = [prefix + f for f in filters]
         self.subscribed = asyncio.Event()  # set while the subscriptions are active

@@ -142,6 +142,7 @@ async def test_shared_subscription_hands_each_message_to_one_replica(broker):
 
 def test_problems_are_logged_once_per_device_per_interval(caplog):
     source = MqttSource(cfg(1883), PROFILES.values(), lambda obs: None, log_interval_s=3600)
+    caplog.clear()  # the start-up warning about shared topic filters
     with caplog.at_level(logging.WARNING, logger="gateway.sources.mqtt"):
         for _ in range(5):
             assert source.decode("city/a/water/WL-1/up", b"garbage") == []
@@ -166,6 +167,7 @@ def test_a_flood_of_made_up_device_ids_takes_bounded_memory_and_one_log_line(mon
 
     monkeypatch.setattr(intake.Throttle, "MAX_KEYS", 3)
     source = MqttSource(cfg(1883), PROFILES.values(), lambda obs: None, known_devices={})
+    caplog.clear()  # the start-up warning about shared topic filters
     with caplog.at_level(logging.WARNING, logger="gateway.sources.mqtt"):
         for i in range(50):
             source.decode(f"trackers/fake-{i}/gps", json.dumps(GPS).encode())
@@ -177,6 +179,7 @@ def test_a_flood_of_made_up_device_ids_takes_bounded_memory_and_one_log_line(mon
 
 def test_without_a_device_list_the_number_of_devices_is_bounded(caplog):
     source = MqttSource(cfg(1883), PROFILES.values(), lambda obs: None, max_devices=5)
+    caplog.clear()  # the start-up warning about shared topic filters
     with caplog.at_level(logging.WARNING, logger="gateway.sources.mqtt"):
         got = [source.decode(f"trackers/t-{i}/gps", json.dumps(GPS).encode()) for i in range(20)]
         again = source.decode("trackers/t-0/gps", json.dumps(GPS).encode())

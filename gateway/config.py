@@ -27,6 +27,7 @@ from detectors.vehicle.config import FleetConfig
 from detectors.video.config import CameraConfig, DetectorConfig
 from gateway.sinks.central_config import CentralConfig
 from gateway.sinks.sink_config import MqttConfig, TimeSeriesConfig
+from gateway.sources.ingest_config import HttpIngestConfig, ModbusDeviceConfig
 
 
 class ConfigError(Exception):
@@ -116,6 +117,9 @@ class VehiclesConfig(StrictModel):
 
 class SensorsSection(SensorsConfig):
     replay: list[ReplayFeed] = Field(default_factory=list, description="Recorded sensor series to replay.")
+    modbus: list[ModbusDeviceConfig] = Field(default_factory=list, description="Modbus TCP devices to poll.")
+    http_ingest: HttpIngestConfig = Field(default_factory=HttpIngestConfig, description="Uplinks pushed over "
+                                          "HTTP by IoT platforms (NB-IoT devices).")
 
 
 class WebConfig(StrictModel):

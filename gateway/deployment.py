@@ -17,6 +17,7 @@ from gateway.catalog import Catalog, CatalogError
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.geo import GridError, GridIndex
 from gateway.profiles import DeviceProfile, ProfileError, load_profiles
+from gateway.sources.ingest_config import check_ingest
 
 
 def demo_grid_path() -> Path:
@@ -63,7 +64,8 @@ def _grid(config: GatewayConfig, problems: list[str]) -> GridIndex | None:
 
 
 def _profiles(config: GatewayConfig, problems: list[str]) -> dict[str, DeviceProfile]:
-    if not (config.mqtt_source.profiles or config.sensors.devices):
+    if not (config.mqtt_source.profiles or config.sensors.devices or config.sensors.modbus
+            or config.sensors.http_ingest.enabled):
         return {}
     try:
         profiles = load_profiles(config.profiles_path)
@@ -74,9 +76,12 @@ def _profiles(config: GatewayConfig, problems: list[str]) -> dict[str, DevicePro
         if name not in profiles:
             problems.append(f"mqtt_source.profiles[{i}]: no device profile named {name!r} "
                             f"(known: {', '.join(sorted(profiles))})")
+        elif profiles[name].transport != "mqtt":
+            problems.append(f"mqtt_source.profiles[{i}]: {name!r} is a {profiles[name].transport} profile")
     for i, device in enumerate(config.sensors.devices):
         if device.profile and device.profile not in profiles:
             problems.append(f"sensors.devices[{i}].profile: no device profile named {device.profile!r}")
+    problems += check_ingest(config.sensors.modbus, {d.id: d.profile for d in config.sensors.devices}, profiles)
     return profiles
 
 

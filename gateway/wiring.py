@@ -173,17 +173,32 @@ def _jt808_event(kind: str, terminal: str, info: Any = None) -> None:
 
 
 def _add_device_sources(graph: Graph) -> None:
-    config = graph.deployment.config
-    if not config.mqtt_source.profiles:
-        return
-    from gateway.sources.mqtt import MqttSource
+    """Devices over MQTT, Modbus TCP and HTTP push: one intake each, the same profiles and device list."""
+    config, profiles = graph.deployment.config, graph.deployment.profiles
+    sensors = config.sensors
+    # the devices the config names, with their profile (None: any); others are refused and counted
+    known: dict[str, str | None] = {d.id: d.profile for d in sensors.devices}
+    known |= {v.terminal: None for v in config.vehicles.fleet.vehicles}
+    on_observation = graph.router.on_observation
+    if config.mqtt_source.profiles:
+        from gateway.sources.mqtt import MqttSource
 
-    chosen = [graph.deployment.profiles[name] for name in config.mqtt_source.profiles]
-    mqtt = config.mqtt
-    if mqtt.persistent_session and not mqtt.client_id:  # a persistent session needs a stable id
-        mqtt = mqtt.model_copy(update={"client_id": f"citygate-{config.id}"})
-    graph.add("sources", MqttSource(mqtt, chosen, graph.router.on_observation,
-                                    shared_group=config.mqtt_source.shared_group))
+        mqtt = config.mqtt
+        if mqtt.persistent_session and not mqtt.client_id:  # a persistent session needs a stable id
+            mqtt = mqtt.model_copy(update={"client_id": f"citygate-{config.id}"})
+        graph.add("sources", MqttSource(mqtt, [profiles[n] for n in config.mqtt_source.profiles], on_observation,
+                                        shared_group=config.mqtt_source.shared_group, known_devices=known))
+    if sensors.modbus:
+        from gateway.sources.modbus import ModbusSource  # needs pymodbus
+
+        graph.add("sources", ModbusSource(sensors.modbus, profiles, on_observation, known_devices=known))
+    if sensors.http_ingest.enabled:
+        from gateway.sources.http_ingest import HttpIngestServer, build_ingest_app
+
+        h = sensors.http_ingest
+        app = build_ingest_app(profiles, on_observation, token=h.token or "", max_body_bytes=h.max_body_bytes,
+                               known_devices=known)
+        graph.add("sources", HttpIngestServer(app, h.host, h.port))
 
 
 def _add_replays(graph: Graph) -> None:

@@ -75,7 +75,7 @@ async def test_sensor_and_gps_payloads_become_reading_and_position(broker):
     assert isinstance(position, Position)
     assert (position.device, position.lat, position.lon, position.speed_kmh) == \
         ("860123456789012", 39.9087, 116.3975, 32.5)
-    assert source.stats["observations"] == 2 and source.stats["undecodable"] == 0
+    assert source.stats()["observations"] == 2 and source.stats()["undecodable"] == 0
 
 
 async def test_garbage_is_counted_and_the_next_good_payload_still_arrives(broker):
@@ -90,8 +90,8 @@ async def test_garbage_is_counted_and_the_next_good_payload_still_arrives(broker
         good = await asyncio.wait_for(inbox.get(), WAIT)
     assert partial.values == {"battery_v": 3.5}  # the out-of-range level is kept out of the rules
     assert good.values["level_cm"] == 123.4
-    assert source.stats["undecodable"] == 2
-    assert source.stats["values_dropped"] == 1
+    assert source.stats()["undecodable"] == 2
+    assert source.stats()["values_dropped"] == 1
     assert source.device_problems["WL-7"] == 3
     assert inbox.empty()
 
@@ -104,15 +104,15 @@ async def test_unknown_devices_and_callback_errors_are_counted_not_fatal(broker)
             raise RuntimeError("rule engine hiccup")
         received.append(obs)
 
-    source = MqttSource(cfg(broker.port), PROFILES.values(), on_obs, known_devices={"T-ok", "T-bad"})
+    source = MqttSource(cfg(broker.port), PROFILES.values(), on_obs, known_devices={"T-ok": None, "T-bad": None})
     async with running(source), publisher(broker.port) as send:
         await send("trackers/T-stranger/gps", GPS)
         await send("trackers/T-bad/gps", GPS)
         await send("trackers/T-ok/gps", GPS)
         await until(lambda: received, what="the known device's position")
     assert [p.device for p in received] == ["T-ok"]
-    assert source.stats["unknown_device"] == 1 and source.device_problems["T-stranger"] == 1
-    assert source.stats["callback_errors"] == 1
+    assert source.stats()["unknown_device"] == 1 and source.device_problems["T-stranger"] == 1
+    assert source.stats()["callback_errors"] == 1
 
 
 async def test_reconnects_after_broker_restart(broker):
@@ -120,7 +120,7 @@ async def test_reconnects_after_broker_restart(broker):
     source = MqttSource(cfg(broker.port), [PROFILES["generic-water-level-json"]], on_obs)
     async with running(source):
         await asyncio.to_thread(broker.restart)
-        await until(lambda: source.stats["reconnects"] >= 1 and source.subscribed.is_set(), what="resubscribe")
+        await until(lambda: source.stats()["reconnects"] >= 1 and source.subscribed.is_set(), what="resubscribe")
         async with publisher(broker.port) as send:
             await send("city/x/water/WL-after/up", WATER)
             reading = await asyncio.wait_for(inbox.get(), WAIT)
@@ -137,23 +137,24 @@ async def test_shared_subscription_hands_each_message_to_one_replica(broker):
             await send(f"city/rain/RG-{i}/data", {"time": "2026-11-23T09:40:00+08:00", "tips": i})
         got = [await asyncio.wait_for(inbox.get(), WAIT) for _ in range(20)]
     assert sorted(r.device for r in got) == sorted(f"RG-{i}" for i in range(20))  # each exactly once
-    assert sum(r.stats["observations"] for r in replicas) == 20
+    assert sum(r.stats()["observations"] for r in replicas) == 20
 
 
 def test_problems_are_logged_once_per_device_per_interval(caplog):
     source = MqttSource(cfg(1883), PROFILES.values(), lambda obs: None, log_interval_s=3600)
+    caplog.clear()  # the start-up warning about shared topic filters
     with caplog.at_level(logging.WARNING, logger="gateway.sources.mqtt"):
         for _ in range(5):
-            assert source.decode("city/a/water/WL-1/up", b"garbage") is None
-        assert source.decode("city/a/water/WL-2/up", b"garbage") is None
-        assert source.decode("nobody/listens/here", b"{}") is None
+            assert source.decode("city/a/water/WL-1/up", b"garbage") == []
+        assert source.decode("city/a/water/WL-2/up", b"garbage") == []
+        assert source.decode("nobody/listens/here", b"{}") == []
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 3, lines
     assert "device 'WL-1'" in lines[0] and "not JSON" in lines[0]
     assert "device 'WL-2'" in lines[1]
     assert "matches no device profile" in lines[2]
-    assert source.stats["undecodable"] == 6 and source.device_problems["WL-1"] == 5
-    assert source.stats["unmatched"] == 1
+    assert source.stats()["undecodable"] == 6 and source.device_problems["WL-1"] == 5
+    assert source.stats()["unmatched"] == 1
 
 
 def test_needs_a_profile():
@@ -161,17 +162,30 @@ def test_needs_a_profile():
         MqttSource(cfg(1883), [], print)
 
 
-def test_a_flood_of_made_up_device_ids_takes_bounded_memory(monkeypatch, caplog):
-    from gateway.sources import mqtt as source_module
+def test_a_flood_of_made_up_device_ids_takes_bounded_memory_and_one_log_line(monkeypatch, caplog):
+    from gateway.sources import intake
 
-    monkeypatch.setattr(source_module._Throttle, "MAX_KEYS", 3)
-    source = MqttSource(cfg(1883), PROFILES.values(), lambda obs: None, known_devices=set())
+    monkeypatch.setattr(intake.Throttle, "MAX_KEYS", 3)
+    source = MqttSource(cfg(1883), PROFILES.values(), lambda obs: None, known_devices={})
+    caplog.clear()  # the start-up warning about shared topic filters
     with caplog.at_level(logging.WARNING, logger="gateway.sources.mqtt"):
         for i in range(50):
             source.decode(f"trackers/fake-{i}/gps", json.dumps(GPS).encode())
-    assert source.stats["unknown_device"] == 50
+    assert source.stats()["unknown_device"] == 50
     assert len(source.device_problems) == 4 and source.device_problems["(other devices)"] == 47
-    assert len(caplog.records) == 4  # three devices, then one line for the rest
+    assert len(caplog.records) == 1  # unknown ids share one line per interval
+    assert "unknown device 'fake-0'" in caplog.records[0].getMessage()
+
+
+def test_without_a_device_list_the_number_of_devices_is_bounded(caplog):
+    source = MqttSource(cfg(1883), PROFILES.values(), lambda obs: None, max_devices=5)
+    caplog.clear()  # the start-up warning about shared topic filters
+    with caplog.at_level(logging.WARNING, logger="gateway.sources.mqtt"):
+        got = [source.decode(f"trackers/t-{i}/gps", json.dumps(GPS).encode()) for i in range(20)]
+        again = source.decode("trackers/t-0/gps", json.dumps(GPS).encode())
+    assert sum(len(g) for g in got) == 5 and len(again) == 1  # the first five keep reporting
+    assert source.stats()["device_limit"] == 15
+    assert len(caplog.records) == 1
 
 
 @pytest.mark.parametrize("persistent", [True, False])

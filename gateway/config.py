@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from core.schema import StrictModel, TimeZoneName, repeated
+from core.schema import FieldError, StrictModel, TimeZoneName, repeated
 from detectors.sensor.config import SensorsConfig
 from detectors.vehicle.config import FleetConfig
 from detectors.video.config import CameraConfig, DetectorConfig
@@ -88,7 +88,7 @@ class NmeaFeed(StrictModel):
         if tcp == (self.file is not None):
             raise ValueError("give either host and port (a TCP receiver) or file (a log), not both or neither")
         if tcp and (self.host is None or self.port is None):
-            raise ValueError("a TCP receiver needs both host and port")
+            raise FieldError("port" if self.port is None else "host", "a TCP receiver needs both host and port")
         return self
 
 
@@ -243,6 +243,9 @@ def describe_validation_error(exc: ValidationError, root: type[BaseModel] = Gate
     problems = []
     for error in exc.errors():
         loc = tuple(error["loc"])
+        cause = (error.get("ctx") or {}).get("error")
+        if isinstance(cause, FieldError):  # a model validator naming the field it judged
+            loc += cause.loc
         line = f"{format_location(loc)}: {_sentence(error)}"
         if error["type"] == "extra_forbidden" and loc:
             parent = _model_at(root, loc[:-1])

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from core.schema import StrictModel
+from core.schema import FieldError, StrictModel
 
 
 class MqttConfig(StrictModel):
@@ -68,5 +68,5 @@ class TimeSeriesConfig(StrictModel):
     @model_validator(mode="after")
     def _buffer_holds_a_batch(self) -> TimeSeriesConfig:
         if self.buffer_size < self.batch_size:
-            raise ValueError(f"buffer_size ({self.buffer_size}) must be >= batch_size ({self.batch_size})")
+            raise FieldError("buffer_size", f"buffer_size ({self.buffer_size}) must be >= batch_size ({self.batch_size})")
         return self

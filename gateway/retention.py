@@ -48,11 +48,16 @@ class EvidenceFolder:
     path: Path
     case_id: str
     size: int  # bytes of its files
-    written_at: float  # epoch seconds of the last write in it
+    written_at: float  # epoch seconds of the last file added to it (the folder's mtime)
 
 
-def scan_evidence(root: Path) -> list[EvidenceFolder]:
-    """Every case folder under root/<yyyymmdd>/, with its size; vanished entries are skipped."""
+def scan_evidence(root: Path, sizes: dict[str, tuple[float, int]] | None = None) -> list[EvidenceFolder]:
+    """Every case folder under root/<yyyymmdd>/, with its size; vanished entries are skipped.
+
+    Evidence files are written once and renamed into place, so a folder whose mtime has not moved
+    still holds what it held: `sizes` (path → (mtime, bytes), updated here) spares re-reading its files."""
+    sizes = {} if sizes is None else sizes
+    seen: set[str] = set()
     folders = []
     try:
         days = [d for d in os.scandir(root) if d.is_dir(follow_symlinks=False)]
@@ -66,14 +71,18 @@ def scan_evidence(root: Path) -> list[EvidenceFolder]:
         for case in cases:
             try:
                 written_at = case.stat(follow_symlinks=False).st_mtime
-                size = 0
-                for entry in os.scandir(case.path):
-                    st = entry.stat(follow_symlinks=False)
-                    size += st.st_size
-                    written_at = max(written_at, st.st_mtime)
+                cached = sizes.get(case.path)
+                if cached is not None and cached[0] == written_at:
+                    size = cached[1]
+                else:
+                    size = sum(e.stat(follow_symlinks=False).st_size for e in os.scandir(case.path))
+                    sizes[case.path] = (written_at, size)
             except FileNotFoundError:
                 continue
+            seen.add(case.path)
             folders.append(EvidenceFolder(Path(case.path), case.name, size, written_at))
+    for gone in sizes.keys() - seen:
+        del sizes[gone]
     return folders
 
 
@@ -120,6 +129,7 @@ class RetentionJanitor:
         self.protected = protected
         self.usage = usage
         self.last: SweepResult | None = None
+        self._sizes: dict[str, tuple[float, int]] = {}  # folder → (mtime, bytes), see scan_evidence
         self._counts = {"sweeps": 0, "deleted_cases": 0, "deleted_bytes": 0, "errors": 0}
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -135,7 +145,7 @@ class RetentionJanitor:
 
     def sweep(self, now: float | None = None) -> SweepResult:
         now = time.time() if now is None else now
-        folders = scan_evidence(self.evidence_dir)
+        folders = scan_evidence(self.evidence_dir, self._sizes)
         statuses = case_statuses(self.outbox_path, {f.case_id for f in folders})
         protected = set(self.protected())
         deletable, undelivered = [], 0

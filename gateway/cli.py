@@ -6,8 +6,10 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import runpy
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -18,13 +20,23 @@ from gateway.logs import setup_logging
 log = logging.getLogger("citygate")
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+EXIT_DATA_DIR = 3  # the data directory is a file, read-only or full: restarting cannot help (systemd unit)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging("INFO", json_lines=args.log_json)
-    return args.func(args)
+    try:
+        code = args.func(args)
+        sys.stdout.flush()  # inside the try: a closed pipe must surface here, not at interpreter exit
+    except BrokenPipeError:
+        # The reader went away (`citygate cases list | head`): no traceback. As the Python docs on
+        # SIGPIPE recommend, point stdout at devnull so the final flush at exit cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILED
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,8 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     cases_sub = cases.add_subparsers(dest="action", required=True)
     lst = cases_sub.add_parser("list", help="recent cases")
     lst.add_argument("--status", choices=["pending", "delivered", "dead", "stored"])
-    lst.add_argument("--limit", type=int, default=50)
-    lst.add_argument("--json", action="store_true")
+    lst.add_argument("--limit", type=_positive, default=50, help="show the newest N cases (default 50)")
+    lst.add_argument("--json", action="store_true",
+                     help='print {"cases": [...], "total": N, "left_out": M}: M matching cases were not shown')
     lst.set_defaults(func=cmd_cases_list)
     show = cases_sub.add_parser("show", help="one case with its delivery state and dead letters")
     show.add_argument("case_id")
@@ -78,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _load(path: Path) -> Deployment | None:
     """The deployment at `path`, or None after printing every problem."""
     try:
@@ -92,6 +112,12 @@ def _load(path: Path) -> Deployment | None:
 def cmd_check(args: argparse.Namespace) -> int:
     deployment = _load(args.config)
     if deployment is None:
+        return EXIT_CONFIG
+    from gateway.storage import check_data_dir
+
+    problem = check_data_dir(deployment.config.data_path)
+    if problem is not None:
+        print(f"{args.config}: 1 problem(s)\n  data_dir: {problem}", file=sys.stderr)
         return EXIT_CONFIG
     print(summary(deployment.config))
     return EXIT_OK
@@ -135,12 +161,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     logging.getLogger().setLevel(deployment.config.log_level)
     from detectors.video.backends import ModelError
     from gateway.runtime import Gateway
+    from gateway.storage import check_data_dir
 
+    problem = check_data_dir(deployment.config.data_path, create=True)
+    if problem is not None:
+        log.error("cannot start: %s", problem)
+        return EXIT_DATA_DIR
     try:
         gateway = Gateway(deployment)
     except ModelError as exc:
         log.error("cannot start: %s", exc)
         return EXIT_CONFIG
+    except (OSError, sqlite3.Error) as exc:  # the disk filled or went read-only since the probe
+        problem = check_data_dir(deployment.config.data_path, create=True)
+        log.error("cannot start: %s", problem or f"{type(exc).__name__}: {exc}")
+        return EXIT_DATA_DIR if problem else EXIT_FAILED
     return asyncio.run(_serve(gateway, args.duration))
 
 
@@ -220,8 +255,11 @@ def cmd_cases_list(args: argparse.Namespace) -> int:
     with outbox:
         records = outbox.list(status=args.status, limit=args.limit)
         counts = outbox.counts()
+    total = counts[args.status] if args.status else sum(counts.values())
+    left_out = max(0, total - len(records))  # counted a moment later: a running gateway may have added one
     if args.json:
-        print(json.dumps([r.to_json() for r in records], ensure_ascii=False, indent=1))
+        print(json.dumps({"cases": [r.to_json() for r in records], "total": total, "left_out": left_out},
+                         ensure_ascii=False, indent=1))
         return EXIT_OK
     print("  ".join(f"{k} {v}" for k, v in counts.items()))
     for r in records:
@@ -229,6 +267,8 @@ def cmd_cases_list(args: argparse.Namespace) -> int:
         print(f"{case.case_id}  {case.detected_at.isoformat(timespec='seconds')}  {r.status:<9} "
               f"{case.category.get('name', ''):<10} {case.rule:<22} {case.subject.get('id', '')}  "
               f"grid {case.location.get('grid_code') or '-'}  x{1 + r.recurrences}")
+    if left_out:
+        print(f"{left_out} more not shown (newest {len(records)} of {total}; --limit N shows more)")
     return EXIT_OK
 
 

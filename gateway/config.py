@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from core.schema import StrictModel, TimeZoneName
+from core.schema import FieldError, StrictModel, TimeZoneName
 from detectors.sensor.config import SensorsConfig
 from detectors.vehicle.config import FleetConfig
 from detectors.video.config import CameraConfig, DetectorConfig
@@ -50,6 +50,25 @@ class CasesConfig(StrictModel):
                               "counts as a recurrence of it, not as a new case.")
     max_outbox: int = Field(100_000, ge=10, description="Most undelivered cases kept; an alert is raised at 80 %.")
     evidence_dir: str = Field("evidence", description="Folder for evidence files, relative to data_dir.")
+
+
+class EvidenceRetentionConfig(StrictModel):
+    """How long evidence files stay on disk, and when the data directory counts as nearly full.
+
+    Only evidence of cases the central platform acknowledged (or, with no central platform, cases
+    stored locally) is ever deleted; evidence of cases waiting for delivery or dead-lettered stays."""
+
+    keep_days: float = Field(30.0, gt=0, description="Evidence of delivered (or locally stored) cases older "
+                             "than this many days is deleted.")
+    max_disk_gb: float | None = Field(None, gt=0, description="Most space the evidence folder may take; above "
+                                      "it the oldest delivered evidence is deleted first. Empty = no fixed cap.")
+    min_free_percent: float = Field(10.0, ge=0, lt=100, description="While the data directory's file system "
+                                    "has less than this share free, the oldest delivered evidence is deleted "
+                                    "as if over the cap.")
+    sweep_s: float = Field(300.0, gt=0, description="How often the retention sweep runs, seconds.")
+    alert_free_percent: float = Field(5.0, ge=0, lt=50, description="Raise the critical alert disk_nearly_full "
+                                      "below this share of free space; it clears at twice the share.")
+    disk_check_s: float = Field(30.0, gt=0, description="How often the free space is read, seconds.")
 
 
 class Jt808Config(StrictModel):
@@ -92,7 +111,7 @@ class NmeaFeed(StrictModel):
         if tcp == (self.file is not None):
             raise ValueError("give either host and port (a TCP receiver) or file (a log), not both or neither")
         if tcp and (self.host is None or self.port is None):
-            raise ValueError("a TCP receiver needs both host and port")
+            raise FieldError("port" if self.port is None else "host", "a TCP receiver needs both host and port")
         return self
 
 
@@ -138,6 +157,8 @@ class GatewayConfig(StrictModel):
     profiles_dir: str | None = Field(None, description="Device profile folder; empty = device_profiles/ of the "
                                      "source checkout, else of the working directory (as in the Docker image).")
     cases: CasesConfig = Field(default_factory=CasesConfig, description="Case catalog, grid and dedup.")
+    evidence: EvidenceRetentionConfig = Field(default_factory=EvidenceRetentionConfig,
+                                              description="Evidence retention and the low-disk alert.")
     central: CentralConfig = Field(default_factory=CentralConfig, description="Central platform delivery.")
     mqtt: MqttConfig = Field(default_factory=MqttConfig, description="MQTT broker for alerts and device data.")
     mqtt_source: MqttSourceConfig = Field(default_factory=MqttSourceConfig, description="Devices over MQTT.")
@@ -180,6 +201,11 @@ class GatewayConfig(StrictModel):
     @property
     def data_path(self) -> Path:
         return self.path(self.data_dir)
+
+    @property
+    def evidence_path(self) -> Path:
+        """Where the case desk writes evidence: data_dir/<cases.evidence_dir>/<yyyymmdd>/<case_id>/."""
+        return self.data_path / self.cases.evidence_dir
 
     @property
     def id(self) -> str:
@@ -266,6 +292,9 @@ def describe_validation_error(exc: ValidationError, root: type[BaseModel] = Gate
     problems = []
     for error in exc.errors():
         loc = tuple(error["loc"])
+        cause = (error.get("ctx") or {}).get("error")
+        if isinstance(cause, FieldError):  # a model validator naming the field it judged
+            loc += cause.loc
         line = f"{format_location(loc)}: {_sentence(error)}"
         if error["type"] == "extra_forbidden" and loc:
             parent = _model_at(root, loc[:-1])

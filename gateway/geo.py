@@ -17,6 +17,8 @@ import shapely
 from shapely.geometry import Point, shape
 from shapely.strtree import STRtree
 
+from core.schema import polygon_problem
+
 
 class GridError(ValueError):
     """The grid layer cannot be used; the message names the file and the feature."""
@@ -66,8 +68,9 @@ class GridIndex:
                 raise GridError(f"{where}.geometry: not a valid GeoJSON geometry ({exc})") from exc
             if geometry.geom_type not in ("Polygon", "MultiPolygon"):
                 raise GridError(f"{where}.geometry: must be a Polygon, got {geometry.geom_type}")
-            if not geometry.is_valid:
-                raise GridError(f"{where}.geometry: polygon is not valid ({shapely.is_valid_reason(geometry)})")
+            problem = polygon_problem(geometry)
+            if problem is not None:
+                raise GridError(f"{where}.geometry: {problem}")
             cells.append(GridCell(code, str(props.get("street", "")), str(props.get("community", ""))))
             polygons.append(geometry)
         return cls(cells, polygons)

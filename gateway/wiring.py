@@ -20,9 +20,11 @@ from gateway.cases import CaseDesk
 from gateway.component import STAGES, Component
 from gateway.deployment import Deployment
 from gateway.outbox import Outbox
+from gateway.retention import RetentionJanitor
 from gateway.routing import OutboxAlarm, Router
 from gateway.sinks.timeseries import TimeSeriesSink
 from gateway.sources.observation_replay import ObservationReplay
+from gateway.storage import DiskSpaceMonitor
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +70,7 @@ def build_graph(deployment: Deployment) -> Graph:
     data.mkdir(parents=True, exist_ok=True)
     outbox = Outbox(data / "cases.sqlite3", max_cases=config.cases.max_outbox, deliver=bool(config.central.url))
     desk = CaseDesk(catalog=deployment.catalog, grid=deployment.grid, outbox=outbox,
-                    evidence_dir=data / config.cases.evidence_dir, state_path=data / "case_state.sqlite3",
+                    evidence_dir=config.evidence_path, state_path=data / "case_state.sqlite3",
                     gateway_id=config.id, timezone=config.tz, cooldown_s=config.cases.cooldown_s)
     bus = AlertBus(desk)
     timeseries = TimeSeriesSink(config.timeseries, data)
@@ -102,7 +104,11 @@ def build_graph(deployment: Deployment) -> Graph:
         graph.add("sinks", central)
     if mqtt is not None:
         graph.add("sinks", mqtt)
+    graph.add("sinks", RetentionJanitor(config.evidence_path, outbox.path, config.evidence))
     graph.add("sources", router)  # the detectors' clock: stops with the sources, before the bus drains
+    graph.add("sources", DiskSpaceMonitor(data, bus.submit, gateway_id=config.id,  # raises alerts: a source
+                                          alert_free_percent=config.evidence.alert_free_percent,
+                                          check_s=config.evidence.disk_check_s))
     _add_video(graph)
     _add_vehicle_sources(graph)
     _add_device_sources(graph)

@@ -38,8 +38,10 @@ def test_cases_list_show_and_retry(tmp_path, capsys):
     assert "pending 1" in out and "dead 1" in out and "cli-A" in out and "机动车乱停放" in out
 
     assert main(["cases", "--config", config, "list", "--status", "dead", "--json"]) == 0
-    (listed,) = json.loads(capsys.readouterr().out)
+    listing = json.loads(capsys.readouterr().out)
+    (listed,) = listing["cases"]
     assert listed["case_id"] == "cli-B" and listed["status"] == "dead"
+    assert listing["total"] == 1 and listing["left_out"] == 0
 
     assert main(["cases", "--config", config, "show", "cli-B"]) == 0
     shown = json.loads(capsys.readouterr().out)

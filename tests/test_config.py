@@ -134,7 +134,7 @@ def test_repeated_names_are_errors(tmp_path):
         "        - {name: gate, polygon: [[0, 0], [100, 0], [100, 100]]}\n"
         "        - {name: gate, polygon: [[0, 0], [50, 0], [50, 50]]}")
     found = problems(tmp_path, doubled)
-    assert any(p.startswith("video.cameras[0]: ") and "duplicate zone names ['gate']" in p for p in found)
+    assert any(p.startswith("video.cameras[0].zones: ") and "duplicate zone names ['gate']" in p for p in found)
     two_cameras = CAMERA + "    - {name: cam-01, url: clip.mp4}\n"
     assert "video.cameras[1].name: camera name 'cam-01' is used more than once" in problems(tmp_path, two_cameras)
 

@@ -174,3 +174,21 @@ def test_config_is_strict_and_checked():
         TimeSeriesConfig(bucket_name="x")
     with pytest.raises(ValidationError, match="buffer_size"):
         TimeSeriesConfig(batch_size=10, buffer_size=5)
+
+
+async def test_sqlite_store_is_bounded_by_max_points_across_a_restart(tmp_path):
+    cfg = TimeSeriesConfig(sqlite_path="points.sqlite3", max_points=1000, batch_size=500)
+    sink = TimeSeriesSink(cfg, data_dir=tmp_path)
+    for i in range(2500):
+        sink.write(reading_point(Reading("WL-1", NOW + timedelta(seconds=i), {"level_cm": float(i)})))
+    assert await sink.flush()
+    sink.close()  # 2,500 written within a minute: the bound is applied by the next prune
+
+    restarted = TimeSeriesSink(cfg, data_dir=tmp_path)
+    restarted.write(reading_point(Reading("WL-1", NOW + timedelta(seconds=2500), {"level_cm": 2500.0})))
+    assert await restarted.flush()
+    kept = restarted.query("sensor_reading")
+    assert len(kept) == 1000 and restarted.stats["pruned"] == 1501
+    assert [p.fields["level_cm"] for p in kept[:2]] == [1501.0, 1502.0]  # the newest stay
+    assert kept[-1].fields["level_cm"] == 2500.0
+    restarted.close()

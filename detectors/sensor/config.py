@@ -18,7 +18,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from core.model import SEVERITIES, Severity
-from core.schema import StrictModel, repeated
+from core.schema import FieldError, StrictModel, repeated
 
 SensorKind = Literal["water_level", "rain_gauge"]
 
@@ -47,7 +47,7 @@ class SensorDeviceConfig(StrictModel):
     def _ranges(self) -> SensorDeviceConfig:
         for name, (lo, hi) in self.ranges.items():
             if lo > hi:
-                raise ValueError(f"device {self.id!r}: range of {name!r} is [{lo}, {hi}]; min must be <= max")
+                raise FieldError(("ranges", name), f"device {self.id!r}: range of {name!r} is [{lo}, {hi}]; min must be <= max")
         return self
 
 
@@ -68,7 +68,7 @@ class LevelRuleConfig(StrictModel):
     @model_validator(mode="after")
     def _order(self) -> LevelRuleConfig:
         if self.critical_at < self.warn_at:
-            raise ValueError(f"level rule {self.name!r}: critical_at ({self.critical_at}) is below warn_at ({self.warn_at})")
+            raise FieldError("critical_at", f"level rule {self.name!r}: critical_at ({self.critical_at}) is below warn_at ({self.warn_at})")
         return self
 
     @property
@@ -154,15 +154,17 @@ class SensorsConfig(StrictModel):
     def _references(self) -> SensorsConfig:
         ids = [d.id for d in self.devices]
         if twice := repeated(ids):
-            raise ValueError(f"each device id must be unique; repeated: {', '.join(twice)}")
+            raise FieldError("devices", f"each device id must be unique; repeated: {', '.join(twice)}")
         names = [r.name for r in (*self.level_rules, *self.rise_rules, *self.rain_rules)] + [self.health.name]
         if twice := repeated(names):
             raise ValueError(f"each sensor rule name (and health.name) must be unique; repeated: {', '.join(twice)}")
         known = set(ids)
-        for rule in (*self.level_rules, *self.rise_rules, *self.rain_rules):
-            missing = [d for d in rule.devices if d not in known]
-            if missing:
-                raise ValueError(f"rule {rule.name!r} names devices {missing} that are not in devices")
+        for section in ("level_rules", "rise_rules", "rain_rules"):
+            for i, rule in enumerate(getattr(self, section)):
+                missing = [d for d in rule.devices if d not in known]
+                if missing:
+                    raise FieldError((section, i, "devices"),
+                                     f"rule {rule.name!r} names devices {missing} that are not in devices")
         return self
 
     def devices_for(self, rule: LevelRuleConfig | RiseRuleConfig | RainRuleConfig) -> list[str]:

@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from core.model import SEVERITIES, Severity
-from core.schema import StrictModel, TimeZoneName, repeated
+from core.schema import FieldError, StrictModel, TimeZoneName, repeated, valid_polygon
 
 from .timewin import parse_window
 
@@ -94,7 +94,7 @@ class ZoneConfig(StrictModel):
     @field_validator("polygon")
     @classmethod
     def _poly(cls, v: list[Point]) -> list[Point]:
-        return _check_points(v, 3, "zone polygon")
+        return valid_polygon(_check_points(v, 3, "zone polygon"), "zone polygon")
 
     @field_validator("windows")
     @classmethod
@@ -120,7 +120,7 @@ class SiteConfig(StrictModel):
     @field_validator("polygon")
     @classmethod
     def _poly(cls, v: list[Point]) -> list[Point]:
-        return _check_points(v, 3, "site polygon")
+        return valid_polygon(_check_points(v, 3, "site polygon"), "site polygon")
 
 
 class RoadConfig(StrictModel):
@@ -151,7 +151,7 @@ class CityBoundsConfig(StrictModel):
     @field_validator("polygon")
     @classmethod
     def _poly(cls, v: list[Point]) -> list[Point]:
-        return _check_points(v, 3, "city bounds polygon")
+        return valid_polygon(_check_points(v, 3, "city bounds polygon"), "city bounds polygon")
 
 
 class FilterConfig(StrictModel):
@@ -317,23 +317,24 @@ class FleetConfig(StrictModel):
 
     @model_validator(mode="after")
     def _references(self) -> FleetConfig:
-        for what, ids in (
-            ("vehicle id", [v.id for v in self.vehicles]),
-            ("vehicle terminal", [v.terminal for v in self.vehicles]),
-            ("route id", [r.id for r in self.routes]),
-            ("zone id", [z.id for z in self.zones]),
-            ("site id", [s.id for s in self.sites]),
-            ("road id", [r.id for r in self.roads]),
+        for field, what, ids in (
+            ("vehicles", "vehicle id", [v.id for v in self.vehicles]),
+            ("vehicles", "vehicle terminal", [v.terminal for v in self.vehicles]),
+            ("routes", "route id", [r.id for r in self.routes]),
+            ("zones", "zone id", [z.id for z in self.zones]),
+            ("sites", "site id", [s.id for s in self.sites]),
+            ("roads", "road id", [r.id for r in self.roads]),
         ):
             d = repeated(ids)
             if d:
-                raise ValueError(f"each {what} must be unique; repeated: {', '.join(d)}")
+                raise FieldError(field, f"each {what} must be unique; repeated: {', '.join(d)}")
         routes = {r.id for r in self.routes}
         roads = {r.id for r in self.roads}
-        for v in self.vehicles:
+        for i, v in enumerate(self.vehicles):
             if v.route is not None and v.route not in routes:
-                raise ValueError(f"vehicle {v.id!r} names route {v.route!r}, which is not in routes")
+                raise FieldError(("vehicles", i, "route"), f"vehicle {v.id!r} names route {v.route!r}, which is not in routes")
             missing = [r for r in v.assigned_roads if r not in roads]
             if missing:
-                raise ValueError(f"vehicle {v.id!r} is assigned roads {missing} that are not in roads")
+                raise FieldError(("vehicles", i, "assigned_roads"),
+                                 f"vehicle {v.id!r} is assigned roads {missing} that are not in roads")
         return self

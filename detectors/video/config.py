@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from core.schema import StrictModel, TimeZoneName, repeated
+from core.schema import FieldError, StrictModel, TimeZoneName, repeated, valid_polygon
 
 Point = tuple[float, float]
 
@@ -64,7 +64,7 @@ class ZoneConfig(StrictModel):
     def _three_points(cls, v: list[Point]) -> list[Point]:
         if len(v) < 3:
             raise ValueError(f"a zone polygon needs at least 3 points, got {len(v)}")
-        return v
+        return valid_polygon(v, "zone polygon")
 
 
 class ScheduleConfig(StrictModel):
@@ -140,9 +140,9 @@ class VideoRuleConfig(StrictModel):
     @model_validator(mode="after")
     def _kind_fields(self) -> VideoRuleConfig:
         if self.kind == "line_crossing" and self.line is None:
-            raise ValueError(f"rule {self.name!r}: line_crossing needs `line: [[x, y], [x, y]]`")
+            raise FieldError("line", f"rule {self.name!r}: line_crossing needs `line: [[x, y], [x, y]]`")
         if self.kind != "line_crossing" and self.line is not None:
-            raise ValueError(f"rule {self.name!r}: `line` is only for line_crossing rules")
+            raise FieldError("line", f"rule {self.name!r}: `line` is only for line_crossing rules")
         return self
 
 
@@ -175,13 +175,14 @@ class CameraConfig(StrictModel):
     def _references(self) -> CameraConfig:
         zones = [z.name for z in self.zones]
         if dup := repeated(zones):
-            raise ValueError(f"camera {self.name!r}: duplicate zone names {dup}")
+            raise FieldError("zones", f"camera {self.name!r}: duplicate zone names {dup}")
         if dup := repeated(r.name for r in self.rules):
-            raise ValueError(f"camera {self.name!r}: duplicate rule names {dup}")
+            raise FieldError("rules", f"camera {self.name!r}: duplicate rule names {dup}")
         masks = {z.name for z in self.zones if z.mask}
-        for r in self.rules:
+        for i, r in enumerate(self.rules):
             if r.zone is not None and r.zone not in zones:
-                raise ValueError(f"camera {self.name!r} rule {r.name!r}: unknown zone {r.zone!r} (zones: {zones})")
+                raise FieldError(("rules", i, "zone"),
+                                 f"camera {self.name!r} rule {r.name!r}: unknown zone {r.zone!r} (zones: {zones})")
             if r.zone in masks:
-                raise ValueError(f"camera {self.name!r} rule {r.name!r}: zone {r.zone!r} is a mask")
+                raise FieldError(("rules", i, "zone"), f"camera {self.name!r} rule {r.name!r}: zone {r.zone!r} is a mask")
         return self

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from core.schema import StrictModel
+from core.schema import FieldError, StrictModel
 
 
 class CentralConfig(StrictModel):
@@ -43,7 +43,7 @@ class CentralConfig(StrictModel):
     @model_validator(mode="after")
     def _check(self) -> CentralConfig:
         if self.url is not None and not self.url.startswith(("http://", "https://")):
-            raise ValueError(f"central.url must start with http:// or https://, got {self.url!r}")
+            raise FieldError("url", f"must start with http:// or https://, got {self.url!r}")
         if self.backoff_max_s < self.backoff_initial_s:
-            raise ValueError("central.backoff_max_s must be >= central.backoff_initial_s")
+            raise FieldError("backoff_max_s", "must be >= backoff_initial_s")
         return self

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from core.schema import StrictModel
+from core.schema import FieldError, StrictModel
 
 
 class MqttConfig(StrictModel):
@@ -52,6 +52,10 @@ class TimeSeriesConfig(StrictModel):
         "citygate-ts.sqlite3", description="SQLite file; a relative path is taken relative to the data directory."
     )
     retention_days: float = Field(7.0, gt=0, description="SQLite backend: points older than this are deleted.")
+    max_points: int = Field(
+        1_000_000, ge=1000, description="SQLite backend: most points kept (about 300 bytes each on disk); beyond it the "
+        "oldest written are deleted, so a busy fleet cannot fill the disk within retention_days."
+    )
     url: str = Field("http://localhost:8086", description="InfluxDB backend: base URL of the write API.")
     token: str = Field("", description="InfluxDB backend: API token (VictoriaMetrics ignores it).")
     org: str = Field("citygate", description="InfluxDB backend: organisation (VictoriaMetrics accepts any).")
@@ -68,5 +72,5 @@ class TimeSeriesConfig(StrictModel):
     @model_validator(mode="after")
     def _buffer_holds_a_batch(self) -> TimeSeriesConfig:
         if self.buffer_size < self.batch_size:
-            raise ValueError(f"buffer_size ({self.buffer_size}) must be >= batch_size ({self.batch_size})")
+            raise FieldError("buffer_size", f"buffer_size ({self.buffer_size}) must be >= batch_size ({self.batch_size})")
         return self

@@ -19,7 +19,10 @@ Backends:
   while the points stay buffered; a 4xx answer (malformed data) drops that batch and counts it.
 - ``sqlite`` (default, embedded, no service): one table ``points(measurement, time, tags, fields)``
   with tags/fields as JSON text, time as UNIX seconds, an index on (measurement, time); points older
-  than ``retention_days`` are deleted. ``query()`` reads them back for the status page and tests.
+  than ``retention_days`` are deleted, and beyond ``max_points`` the oldest written, at most once a
+  minute. Both deletes walk an index (per measurement by time; by rowid, which grows with every insert),
+  so a prune costs what it deletes, not the table size; the freed pages are reused, so the file stops
+  growing. ``query()`` reads them back for the status page and tests.
 
 The buffer is bounded (``buffer_size``): when the backend is away for long, the oldest points are
 dropped and counted in ``stats["dropped"]``; the gateway keeps running.
@@ -115,9 +118,14 @@ class WriteRejected(Exception):
 
 
 class _SqliteBackend:
-    def __init__(self, path: Path, retention_days: float) -> None:
+    PRUNE_EVERY_S = 60.0
+    PRUNE_BATCH = 50_000  # rows one prune deletes at most, so a catch-up never holds the store for seconds
+
+    def __init__(self, path: Path, retention_days: float, max_points: int) -> None:
         self.path = path
         self.retention_s = retention_days * 86400.0
+        self.max_points = max_points
+        self.pruned = 0
         if str(path) != ":memory:":
             path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()  # writes come from a worker thread, queries from anywhere
@@ -137,13 +145,38 @@ class _SqliteBackend:
             try:
                 self._db.executemany("INSERT INTO points VALUES (?, ?, ?, ?)", rows)
                 now = _time.time()
-                if now - self._last_prune > 600:  # retention: at most every 10 minutes
-                    self._db.execute("DELETE FROM points WHERE time < ?", (now - self.retention_s,))
-                    self._last_prune = now
+                if now - self._last_prune > self.PRUNE_EVERY_S and not self._prune(now):
+                    self._last_prune = now  # caught up; otherwise the next write goes on pruning
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+
+    def _prune(self, now: float) -> bool:
+        """Delete points older than the retention, then the oldest beyond `max_points` (in the
+        caller's transaction), at most PRUNE_BATCH rows each; True when there is more to delete.
+        Rowids only grow (the newest row is never deleted), so max - min + 1 bounds the row count
+        without counting."""
+        deleted, more = 0, False
+        measurements = [m for (m,) in self._db.execute(
+            "WITH RECURSIVE m(name) AS (SELECT MIN(measurement) FROM points UNION ALL SELECT "
+            "(SELECT MIN(measurement) FROM points WHERE measurement > m.name) FROM m WHERE m.name IS NOT NULL) "
+            "SELECT name FROM m WHERE name IS NOT NULL")]  # distinct values by index skips, not a scan
+        for measurement in measurements:
+            n = self._db.execute("DELETE FROM points WHERE rowid IN (SELECT rowid FROM points WHERE measurement = ?"
+                                 " AND time < ? LIMIT ?)",
+                                 (measurement, now - self.retention_s, self.PRUNE_BATCH)).rowcount
+            deleted += n
+            more |= n == self.PRUNE_BATCH
+        # two queries: SQLite answers a lone MIN or MAX of the rowid from the b-tree's ends, both at once by a scan
+        low = self._db.execute("SELECT MIN(rowid) FROM points").fetchone()[0]
+        high = self._db.execute("SELECT MAX(rowid) FROM points").fetchone()[0]
+        if high is not None and high - low + 1 > self.max_points:
+            upto = min(high - self.max_points, low + self.PRUNE_BATCH - 1)
+            deleted += self._db.execute("DELETE FROM points WHERE rowid <= ?", (upto,)).rowcount
+            more |= upto < high - self.max_points
+        self.pruned += deleted
+        return more
 
     def query(self, measurement: str, since: datetime | None, tags: Mapping[str, str] | None,
               limit: int) -> list[Point]:
@@ -213,7 +246,8 @@ class TimeSeriesSink:
             path = Path(config.sqlite_path)
             if str(path) != ":memory:" and not path.is_absolute():
                 path = Path(data_dir) / path
-            self._backend: _SqliteBackend | _InfluxBackend = _SqliteBackend(path, config.retention_days)
+            self._backend: _SqliteBackend | _InfluxBackend = _SqliteBackend(path, config.retention_days,
+                                                                             config.max_points)
             self.where = f"sqlite {path}"
         else:
             self._backend = _InfluxBackend(config)
@@ -223,7 +257,8 @@ class TimeSeriesSink:
         self._full = asyncio.Event()
         self._backoff = Backoff(config.retry_min_s, config.retry_max_s)
         self._retry_at = 0.0  # monotonic time before which run() does not retry a failed backend
-        self.stats: dict[str, int] = {"written": 0, "buffered": 0, "dropped": 0, "rejected": 0, "errors": 0}
+        self.stats: dict[str, int] = {"written": 0, "buffered": 0, "dropped": 0, "rejected": 0, "errors": 0,
+                                      "pruned": 0}
 
     def write(self, point: Point) -> None:
         """Buffer one point (never blocks); the oldest point is dropped when the buffer is full."""
@@ -263,6 +298,7 @@ class TimeSeriesSink:
                     return False
                 else:
                     self.stats["written"] += n
+                    self.stats["pruned"] = getattr(self._backend, "pruned", 0)
                     self._backoff.reset()
                 finally:
                     self.stats["buffered"] = len(self._buffer)

@@ -104,11 +104,14 @@ def test_camera_picks_keyframe_only_decoding_when_detect_fps_is_at_or_below_keyf
 
 
 def test_server_stopped_mid_stream_reconnects_alerts_offline_and_recovers(rtsp):
+    """In keyframe-only decoding (1 detect-fps, a keyframe every second), which the new stream
+    after the outage measures and picks again."""
     sink = Collector()
-    cam = CameraConfig(name="gate-3", url=rtsp.url("/gop25", SECRET), detect_fps=2.0, offline_after_s=3.0)
+    cam = CameraConfig(name="gate-3", url=rtsp.url("/gop25", SECRET), detect_fps=1.0, offline_after_s=3.0)
     src = source(cam, sink)
     src.start()
     try:
+        wait_for(lambda: src.stats["decode_mode"] == "keyframes", what="keyframe-only decoding")
         wait_for(lambda: len(sink.frames) >= 3, what="frames over RTSP")
         assert src.stats["online"] is True and sink.alerts == []
 
@@ -128,6 +131,7 @@ def test_server_stopped_mid_stream_reconnects_alerts_offline_and_recovers(rtsp):
         assert sink.offline("closed")[0].key == alert.key
         seen = len(sink.frames)
         wait_for(lambda: len(sink.frames) >= seen + 3, what="frames after the server returned")
+        wait_for(lambda: src.stats["decode_mode"] == "keyframes", what="keyframe-only decoding again")
         assert src.stats["online"] is True and len(sink.offline("open")) == 1
     finally:
         if rtsp.proc is None or rtsp.proc.poll() is not None:

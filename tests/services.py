@@ -138,7 +138,7 @@ class RtspServer:
     def start(self) -> None:
         args = [f"{mount}={path}" for mount, path in self.mounts.items()]
         self.proc = subprocess.Popen([DEBIAN_PYTHON, str(RTSP_SERVER_SCRIPT), str(self.port), *args],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_for_port(self.port, self.proc, "rtsp_server.py")
 
     def stop(self) -> None:

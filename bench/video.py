@@ -11,10 +11,15 @@ All numbers come from one run on this machine, on real clips committed under tes
    model's throughput;
 3. gated skip: the share of frames that motion gating spares the model on a static scene;
 4. decode fps of a 1080p H.264 stream and of a 640x360 25-fps sub-stream;
-5. cameras one 2-core box sustains at 1 detect-fps each, decoding every frame the sub-stream sends.
+5. cameras one 2-core box sustains at 1 detect-fps each, decoding every frame the sub-stream sends;
+6. decode CPU per camera-second, every frame vs keyframes only (what the camera source does when
+   `detect_fps` is at or below the keyframe rate), for 640x360 and 1080p 25-fps H.264 with a
+   keyframe every 25 and every 50 frames (encoded here, one slice per picture, as cameras send),
+   decoded the way `gateway/sources/camera.py` does (PyAV, BGR conversion of each decoded frame);
+   and the cameras per box at 1 detect-fps when the sub-stream has a keyframe every second.
 
 The last line is machine-readable:
-    pipeline_vs_bare=<ratio> gated_skip=<fraction> cameras_at_1fps=<n>
+    pipeline_vs_bare=<ratio> gated_skip=<fraction> cameras_at_1fps=<n> cameras_at_1fps_keyframes=<n>
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 
@@ -47,6 +53,7 @@ from detectors.video.config import (  # noqa: E402
 )
 from detectors.video.motion import MotionGate  # noqa: E402
 from detectors.video.pipeline import CameraPipeline  # noqa: E402
+from gateway.sources.stream import open_stream, to_bgr  # noqa: E402
 
 VIDEO = ROOT / "tests" / "fixtures" / "video"
 STREET = VIDEO / "pedestrians_480x360_10fps.mp4"  # people walking: every frame has motion
@@ -57,6 +64,8 @@ MODELS = {
 }
 CORES = 2
 SUBSTREAM_FPS = 25
+GOPS = (25, 50)  # keyframe every 1 s and every 2 s at 25 fps: common camera settings
+KEYFRAME_CLIP_FRAMES = 100  # 4 s: two GOPs of 50 at least
 
 
 def model_dirs() -> list[Path]:
@@ -167,29 +176,39 @@ def bare_vs_pipeline(det, images: list[np.ndarray]) -> tuple[list[float], list[f
     return bare, piped, pipe
 
 
-def encode_1080p(src: list[np.ndarray], fps: int, path: Path) -> str:
-    """Upscale to 1920x1080 and encode once: H.264 at a camera's main-stream bit rate when PyAV's
-    libx264 is there (what cameras send), else MPEG-4 part 2 through OpenCV."""
-    big = [cv2.resize(im, (1920, 1080), interpolation=cv2.INTER_LINEAR) for im in src]
-    try:
-        import av
-    except ImportError:
-        av = None
-    if av is not None and "libx264" in av.codecs_available:
-        with av.open(str(path), "w") as out:
-            stream = out.add_stream("libx264", rate=fps)
-            stream.width, stream.height, stream.pix_fmt = 1920, 1080, "yuv420p"
-            stream.bit_rate = 4_000_000
-            stream.options = {"preset": "veryfast", "g": str(2 * fps)}
-            for im in big:
-                out.mux(stream.encode(av.VideoFrame.from_ndarray(im, format="bgr24")))
-            out.mux(stream.encode(None))
-        return "H.264 4 Mbit/s"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (1920, 1080))
-    for im in big:
-        writer.write(im)
-    writer.release()
-    return "MPEG-4 part 2 (no H.264 encoder here)"
+def encode_h264(src: list[np.ndarray], size: tuple[int, int], fps: int, gop: int, bit_rate: int, path: Path) -> None:
+    """Encode like a camera: H.264 with a fixed keyframe interval, no B-frames, one slice per picture."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height = size
+        stream.pix_fmt, stream.bit_rate = "yuv420p", bit_rate
+        stream.thread_type = "FRAME"  # SLICE threads would cut every picture into slices
+        stream.options = {"preset": "veryfast", "g": str(gop), "keyint_min": str(gop), "sc_threshold": "0", "bf": "0"}
+        for im in src:
+            if (im.shape[1], im.shape[0]) != size:
+                im = cv2.resize(im, size, interpolation=cv2.INTER_LINEAR)
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(im, format="bgr24")))
+        out.mux(stream.encode(None))
+
+
+def stream_decode_cpu(path: Path, keyframes_only: bool, runs: int = 3) -> tuple[float, int, int]:
+    """CPU seconds to decode a stream as the camera source does (open excluded), best of `runs`;
+    with the frames decoded and the frames in the stream."""
+    best, decoded, total = math.inf, 0, 0
+    for _ in range(runs):
+        container = open_stream(str(path), 10.0)
+        stream = container.streams.video[0]
+        stream.codec_context.skip_frame = "NONKEY" if keyframes_only else "DEFAULT"
+        decoded = total = 0
+        cpu = time.process_time()
+        for packet in container.demux(stream):
+            total += 1 if packet.size else 0
+            for frame in packet.decode():
+                to_bgr(frame)
+                decoded += 1
+        best = min(best, time.process_time() - cpu)
+        container.close()
+    return best, decoded, total
 
 
 def main() -> None:
@@ -285,14 +304,36 @@ def main() -> None:
         f"{len(static) / sub_wall:.0f} fps",
         f"{1000 * sub_cpu_per_frame:.2f} ms CPU/frame",
     )
+    # -- decode CPU per camera-second: every frame vs keyframes only --------------------------------
+    keyframe_cpu: dict[tuple[str, int], float] = {}  # (size, gop) -> CPU s per camera-second, keyframes only
     with tempfile.TemporaryDirectory() as tmp:
-        big = Path(tmp) / "1080p.mp4"
-        codec = encode_1080p(static[:75], SUBSTREAM_FPS, big)
-        _, big_wall, big_cpu = decode_all(big)
-        nbig = 75
-    row(
-        "decode 1920x1080", f"{nbig / big_wall:.0f} fps", f"{codec}; {1000 * big_cpu / nbig:.1f} ms CPU/frame"
-    )
+        clip = static[:KEYFRAME_CLIP_FRAMES]
+        seconds = len(clip) / SUBSTREAM_FPS
+        sizes = (("640x360", (sub_w, sub_h), 1_000_000), ("1920x1080", (1920, 1080), 4_000_000))
+        paths = {}
+        for label, size, rate in sizes:
+            for gop in GOPS:
+                paths[(label, gop)] = Path(tmp) / f"{label}_gop{gop}.mp4"
+                encode_h264(clip, size, SUBSTREAM_FPS, gop, rate, paths[(label, gop)])
+        _, big_wall, big_cpu = decode_all(paths[("1920x1080", 2 * SUBSTREAM_FPS)])
+        row("decode 1920x1080", f"{len(clip) / big_wall:.0f} fps",
+            f"H.264 4 Mbit/s; {1000 * big_cpu / len(clip):.1f} ms CPU/frame")
+        for (label, gop), path in paths.items():
+            _, _, cv_cpu = decode_all(path)
+            full_cpu, full_n, n_frames = stream_decode_cpu(path, keyframes_only=False)
+            key_cpu, key_n, _ = stream_decode_cpu(path, keyframes_only=True)
+            keyframe_cpu[(label, gop)] = key_cpu / seconds
+            row(
+                f"decode CPU {label} GOP {gop}, every frame",
+                f"{1000 * full_cpu / seconds:.0f} ms/s",
+                f"per camera-second, PyAV ({full_n}/{n_frames} frames); OpenCV {1000 * cv_cpu / seconds:.0f} ms/s",
+            )
+            row(
+                f"decode CPU {label} GOP {gop}, keyframes only",
+                f"{1000 * key_cpu / seconds:.0f} ms/s",
+                f"{key_n}/{n_frames} frames decoded; {full_cpu / max(key_cpu, 1e-9):.1f}x less CPU than every "
+                f"frame; used at detect_fps <= {SUBSTREAM_FPS / gop:g}",
+            )
 
     # -- cameras per 2-core box --------------------------------------------------------------------
     per_camera = SUBSTREAM_FPS * sub_cpu_per_frame + 1 * detect_cpu[fastest]
@@ -304,6 +345,16 @@ def main() -> None:
         f"1 x {1000 * detect_cpu[fastest]:.1f} ms {fastest} detect) CPU per camera-second",
     )
 
+    key_per_camera = keyframe_cpu[("640x360", SUBSTREAM_FPS)] + 1 * detect_cpu[fastest]
+    cameras_key = math.floor(CORES * 1.0 / key_per_camera)
+    row(
+        "cameras at 1 detect-fps, keyframes only",
+        str(cameras_key),
+        f"{CORES} cores / ({1000 * keyframe_cpu[('640x360', SUBSTREAM_FPS)]:.1f} ms keyframe decode + "
+        f"1 x {1000 * detect_cpu[fastest]:.1f} ms {fastest} detect) CPU per camera-second; "
+        f"640x360 sub-stream, keyframe every second",
+    )
+
     width = max(len(r[0]) for r in rows)
     vwidth = max(len(r[1]) for r in rows)
     print(f"{'measure':<{width}}  {'value':>{vwidth}}  note")
@@ -312,7 +363,10 @@ def main() -> None:
         print(f"{what:<{width}}  {value:>{vwidth}}  {note}")
     print(f"(summary ratio from {fastest}, the fastest backend: the decode share weighs most there)")
     ratio = ratios[fastest]
-    print(f"pipeline_vs_bare={ratio:.3f} gated_skip={gated_skip:.3f} cameras_at_1fps={cameras}")
+    print(
+        f"pipeline_vs_bare={ratio:.3f} gated_skip={gated_skip:.3f} cameras_at_1fps={cameras} "
+        f"cameras_at_1fps_keyframes={cameras_key}"
+    )
 
 
 if __name__ == "__main__":

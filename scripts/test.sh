@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the tests need on a fresh Debian machine, then runs them.
-#   Debian: mosquitto, victoria-metrics (started on loopback by the tests themselves)
+#   Debian: mosquitto, victoria-metrics, and GStreamer's RTSP server with Debian's Python bindings
+#           (tests/rtsp_server.py runs under /usr/bin/python3); all started on loopback by the tests
 #   Python: citygate with the video and dev extras
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +9,11 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 command -v victoria-metrics >/dev/null 2>&1 || need_apt+=(victoria-metrics)
+/usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0'); gi.require_version('Gst', '1.0')
+from gi.repository import Gst; Gst.init(None)
+assert all(Gst.ElementFactory.find(e) for e in ('qtdemux', 'h264parse', 'rtph264pay'))" >/dev/null 2>&1 \
+  || need_apt+=(python3 python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base
+                gstreamer1.0-plugins-good gstreamer1.0-plugins-bad)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq

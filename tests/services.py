@@ -1,4 +1,5 @@
-"""Real services on loopback for the tests: Mosquitto and VictoriaMetrics (InfluxDB write API).
+"""Real services on loopback for the tests: Mosquitto, VictoriaMetrics (InfluxDB write API) and
+an RTSP server (GStreamer's gst-rtsp-server, run by tests/rtsp_server.py under Debian's Python).
 
 Each is started on a free port in a temporary directory and stopped at the end of the session.
 The binaries come from Debian packages that scripts/test.sh installs.
@@ -117,3 +118,57 @@ def victoria_metrics(workdir: Path) -> Iterator[VictoriaMetrics]:
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+DEBIAN_PYTHON = "/usr/bin/python3"  # has python3-gi; the project's interpreter need not
+RTSP_SERVER_SCRIPT = Path(__file__).with_name("rtsp_server.py")
+
+
+@dataclass
+class RtspServer:
+    """gst-rtsp-server on loopback: `url(mount)` plays that mount's file from its start at real time."""
+
+    port: int
+    mounts: dict[str, Path]
+    proc: subprocess.Popen | None = None
+
+    def url(self, mount: str, credentials: str = "") -> str:
+        return f"rtsp://{credentials + '@' if credentials else ''}127.0.0.1:{self.port}{mount}"
+
+    def start(self) -> None:
+        args = [f"{mount}={path}" for mount, path in self.mounts.items()]
+        self.proc = subprocess.Popen([DEBIAN_PYTHON, str(RTSP_SERVER_SCRIPT), str(self.port), *args],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_for_port(self.port, self.proc, "rtsp_server.py")
+
+    def stop(self) -> None:
+        """Stop the server: its clients' connections close mid-stream."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+def check_rtsp_server() -> None:
+    """Raise a clear error when gst-rtsp-server or its Python bindings are missing."""
+    probe = ("import gi; gi.require_version('GstRtspServer', '1.0'); gi.require_version('Gst', '1.0'); "
+             "from gi.repository import Gst, GstRtspServer; Gst.init(None); "
+             "assert all(Gst.ElementFactory.find(e) for e in ('qtdemux', 'h264parse', 'rtph264pay'))")
+    if not Path(DEBIAN_PYTHON).exists() or subprocess.run(
+        [DEBIAN_PYTHON, "-c", probe], capture_output=True, timeout=30
+    ).returncode != 0:
+        raise RuntimeError(
+            "gst-rtsp-server is not installed (python3-gi, gir1.2-gst-rtsp-server-1.0, "
+            "gstreamer1.0-plugins-good/-bad): run scripts/test.sh, which installs it"
+        )
+
+
+@contextlib.contextmanager
+def rtsp_server(mounts: dict[str, Path]) -> Iterator[RtspServer]:
+    """Serve H.264 MP4 files (single-slice pictures: see tests/clips.py) at the given mount points."""
+    check_rtsp_server()
+    server = RtspServer(free_port(), dict(mounts))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()

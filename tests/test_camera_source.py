@@ -19,6 +19,7 @@ import pytest
 from core.model import Alert, Frame
 from detectors.video.config import CameraConfig
 from gateway.sources.camera import OFFLINE_RULE, CameraSource, FileReader, redact
+from gateway.sources.stream import KeyframeIntervals, choose_mode
 
 VIDEO = Path(__file__).parent / "fixtures" / "video"
 PEDESTRIANS = VIDEO / "pedestrians_480x360_10fps.mp4"  # 150 frames, 10 fps
@@ -212,3 +213,35 @@ def test_redact_hides_passwords():
     assert redact("rtsp://admin:pw@10.0.0.5:554/h264") == "rtsp://admin:***@10.0.0.5:554/h264"
     assert redact("rtsp://10.0.0.5/h264") == "rtsp://10.0.0.5/h264"
     assert redact("/data/a@b.mp4") == "/data/a@b.mp4"
+
+
+@pytest.mark.parametrize(
+    ("interval_s", "detect_fps", "mode"),
+    [
+        (None, 0.1, "full"),  # not measured yet: decode everything
+        (1.0, 1.0, "keyframes"),  # detect rate equal to the keyframe rate
+        (1.0, 0.5, "keyframes"),
+        (1.0004, 1.0, "keyframes"),  # a 90 kHz timestamp rounding is not a longer GOP
+        (1.0, 2.0, "full"),  # analysis wants more pictures than keyframes give
+        (2.0, 1.0, "full"),  # keyframes too sparse
+        (10.0, 0.2, "full"),
+    ],
+)
+def test_decode_mode_is_keyframes_only_when_keyframes_come_at_the_detect_rate(interval_s, detect_fps, mode):
+    assert choose_mode(detect_fps, interval_s) == mode
+
+
+def test_keyframe_interval_is_the_longest_recent_one_and_ignores_repeats():
+    gop = KeyframeIntervals()
+    gop.keyframe(None)  # RTSP's first packet may carry no time
+    gop.keyframe(0.0)
+    assert gop.interval_s is None
+    gop.keyframe(0.0)  # a second slice of the same picture
+    gop.keyframe(1.0)
+    assert gop.interval_s == 1.0
+    gop.keyframe(3.0)  # one long GOP makes the stream too sparse for a while
+    assert gop.interval_s == 2.0
+    gop.keyframe(0.5)  # time went back (looped file, restarted camera): no negative interval
+    for t in (1.5, 2.5, 3.5):
+        gop.keyframe(t)
+    assert gop.interval_s == 1.0

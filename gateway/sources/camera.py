@@ -1,24 +1,28 @@
-"""Camera source: OpenCV (FFMPEG backend) capture of RTSP, HTTP and file streams into `Frame`s.
+"""Camera source: RTSP, HTTP and file streams decoded (PyAV / FFmpeg) into `Frame`s.
 
 Live streams and files replayed in real time run two threads per camera:
 
 - a reader that decodes continuously and keeps only the newest frame in a one-slot buffer, so a
-  slow consumer never builds up lag (overwritten frames are counted as dropped);
+  slow consumer never builds up lag (overwritten frames are counted as dropped). When the
+  stream's keyframes come at least as often as the detect rate, it decodes keyframes only and
+  lets the decoder skip the rest (`gateway.sources.stream.choose_mode`); keyframes too sparse,
+  or not yet measured, and it decodes every frame. The mode is re-chosen at every keyframe, so
+  a camera whose GOP changes switches cleanly, never mid-GOP;
 - a dispatcher that takes the newest frame at the camera's detect rate and hands it to `on_frame`,
   and watches the stream: no frame for `offline_after_s` -> a `camera_offline` alert, frames again
   -> the same alert closed.
 
 A lost stream or a failed open is retried with exponential backoff (1 s .. 30 s, with jitter).
-A file in real-time mode loops at its end (a demo camera); read as fast as possible
-(`realtime=False`) it hands on every frame that the detect rate picks in *video* time, so a replay
-is deterministic, and ends at its end. Each camera has its own threads: one failing camera never
+A file in real-time mode loops at its end (a demo camera), paced by its timestamps; read as fast
+as possible (`realtime=False`) it hands on every frame that the detect rate picks in *video* time
+(`FileReader`, OpenCV, every frame decoded), so a replay is deterministic, and ends at its end. Each camera has its own threads: one failing camera never
 touches another, and every error is logged with the camera's name and counted.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -27,10 +31,25 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import av
+import av.error
 import cv2
 
 from core.model import Alert, Frame
 from gateway.aio import backoff_delay
+from gateway.sources.stream import (
+    DecodeMode,
+    KeyframeIntervals,
+    StreamError,
+    choose_mode,
+    describe,
+    file_path,
+    is_file_url,
+    open_stream,
+    packet_seconds,
+    redact,
+    to_bgr,
+)
 
 if TYPE_CHECKING:
     from detectors.video.config import CameraConfig
@@ -38,36 +57,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OFFLINE_RULE = "camera_offline"
-OPEN_TIMEOUT_MS = 10_000
-READ_TIMEOUT_MS = 10_000
+STREAM_TIMEOUT_S = 10.0  # bounds opening a stream and every read from it
 DEFAULT_FILE_FPS = 25.0  # when a file does not say its frame rate
 STALE_FPS_S = 5.0  # no frame decoded for this long: the decoded fps reads 0, not the last rate
+DECODE_ERROR_LOG_S = 60.0  # a damaged stream is logged at most once a minute per camera
 
-# RTSP over TCP: UDP loses packets on busy networks and smears the picture. The variable is
-# process-wide and read by OpenCV at open time; a value the operator set wins.
-os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
-
-
-def is_file_url(url: str) -> bool:
-    """A path or file:// URL (read from disk) rather than a network stream."""
-    return "://" not in url or url.startswith("file://")
-
-
-def file_path(url: str) -> Path:
-    return Path(url.removeprefix("file://"))
-
-
-def open_capture(url: str) -> cv2.VideoCapture:
-    """Open a stream with the FFMPEG backend and bounded open/read timeouts (never hang forever)."""
-    if is_file_url(url):
-        return cv2.VideoCapture(str(file_path(url)), cv2.CAP_FFMPEG)
-    params = [
-        cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
-        OPEN_TIMEOUT_MS,
-        cv2.CAP_PROP_READ_TIMEOUT_MSEC,
-        READ_TIMEOUT_MS,
-    ]
-    return cv2.VideoCapture(url, cv2.CAP_FFMPEG, params)
+__all__ = ["OFFLINE_RULE", "CameraSource", "FileReader", "redact"]
 
 
 def capture_fps(cap: cv2.VideoCapture) -> float:
@@ -180,9 +175,14 @@ class CameraSource:
             "reconnects": 0,
             "loops": 0,
             "errors": 0,
+            "decode_errors": 0,
+            "frames_skipped": 0,  # non-keyframes the decoder skipped in keyframe mode
+            "decode_mode": "full",  # "keyframes" while only keyframes are decoded
+            "keyframe_interval_s": None,  # measured GOP of the current stream, seconds
             "online": False,
             "last_error": "",
         }
+        self._decode_error_logged_at: float | None = None
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -214,6 +214,14 @@ class CameraSource:
                     "camera %s: thread %s did not stop within %.1f s", self.name, thread.name, timeout
                 )
 
+    async def run(self, stop: asyncio.Event) -> None:
+        """The component interface: the camera's threads run until `stop` is set, then end."""
+        self.start()
+        try:
+            await stop.wait()
+        finally:
+            await asyncio.to_thread(self.stop, STREAM_TIMEOUT_S + 1.0)
+
     @property
     def running(self) -> bool:
         return any(t.is_alive() for t in self._threads)
@@ -239,15 +247,17 @@ class CameraSource:
             if retry:
                 self._counters["reconnects"] += 1
             retry = True
-            cap = open_capture(self.camera.url)
-            if not cap.isOpened():
-                cap.release()
+            try:
+                container = open_stream(self.camera.url, STREAM_TIMEOUT_S)
+            except StreamError as exc:
                 failures += 1
-                self._error(f"cannot open {self._where()}")
+                self._error(f"cannot open {self._where()}: {describe(exc.__cause__ or exc, self.camera.url)}")
                 self._backoff(failures)
                 continue
-            got_frames = self._read_stream(cap)
-            cap.release()
+            try:
+                got_frames, lost = self._read_stream(container)
+            finally:
+                container.close()
             if self._stop.is_set():
                 break
             if got_frames:
@@ -260,34 +270,76 @@ class CameraSource:
                     self.finished.set()
                     break
             failures += 1
-            self._error(f"stream lost: {self._where()}")
+            self._error(f"stream lost: {self._where()}{f': {lost}' if lost else ''}")
             self._backoff(failures)
 
-    def _read_stream(self, cap: cv2.VideoCapture) -> bool:
-        """Decode until the stream ends or fails; return whether any frame was read."""
-        pace = capture_fps(cap) if self.is_file else 0.0  # files in real time: sleep to the file's rate
-        opened_at = self.clock()
-        index = 0
-        while not self._stop.is_set():
-            ok, image = cap.read()
-            if not ok or image is None:
-                return index > 0
+    def _read_stream(self, container: av.container.InputContainer) -> tuple[bool, str]:
+        """Decode until the stream ends or fails; return whether any frame was read, and why it ended."""
+        stream = container.streams.video[0]
+        codec = stream.codec_context
+        intervals = KeyframeIntervals()
+        mode: DecodeMode = "full"
+        self._counters["decode_mode"], self._counters["keyframe_interval_s"] = mode, None
+        pace_origin: tuple[float, float] | None = None  # (clock, stream seconds): files play at real time
+        index = decoded = 0
+        try:
+            for packet in container.demux(stream):
+                if self._stop.is_set():
+                    break
+                seconds = packet_seconds(packet)
+                if self.is_file and seconds is not None:
+                    if pace_origin is None or seconds < pace_origin[1]:
+                        pace_origin = (self.clock(), seconds)
+                    delay = pace_origin[0] + seconds - pace_origin[1] - self.clock()
+                    if delay > 0 and self._stop.wait(delay):
+                        break
+                if packet.is_keyframe:
+                    intervals.keyframe(seconds)
+                    self._counters["keyframe_interval_s"] = intervals.interval_s
+                    wanted = choose_mode(self.camera.detect_fps, intervals.interval_s)
+                    if wanted != mode:  # switch at a keyframe only: no picture misses its references
+                        mode = wanted
+                        codec.skip_frame = "NONKEY" if mode == "keyframes" else "DEFAULT"
+                        self._counters["decode_mode"] = mode
+                        log.info("camera %s: decoding %s (keyframe every %.2f s, detect %.2f fps)",
+                                 self.name, "keyframes only" if mode == "keyframes" else "every frame",
+                                 intervals.interval_s or 0.0, self.camera.detect_fps)
+                elif mode == "keyframes" and packet.size:
+                    self._counters["frames_skipped"] += 1
+                    self._last_frame_at = self.clock()  # a frame arrived, skipped by choice: the camera is live
+                if packet.size:
+                    index += 1
+                for frame in self._decode(packet):
+                    self._publish(Frame(self.name, max(0, index - 1), datetime.now(UTC), to_bgr(frame)))
+                    decoded += 1
+        except (av.error.FFmpegError, OSError) as exc:
+            return decoded > 0, describe(exc, self.camera.url)
+        return decoded > 0, ""
+
+    def _decode(self, packet: av.Packet) -> list[av.VideoFrame]:
+        """Decode one packet; a damaged one is counted (and logged at most once a minute), not fatal."""
+        try:
+            return packet.decode()
+        except av.error.InvalidDataError as exc:
+            self._counters["decode_errors"] += 1
             now = self.clock()
-            self._decode_times.append(now)
-            self._counters["frames_decoded"] += 1
-            frame = Frame(self.name, index, datetime.now(UTC), image)
-            with self._slot_lock:
-                if self._slot is not None:
-                    self._counters["frames_dropped"] += 1
-                self._slot = frame
-                self._last_frame_at = now
-                self._slot_lock.notify_all()
-            index += 1
-            if pace:
-                delay = opened_at + index / pace - self.clock()
-                if delay > 0:
-                    self._stop.wait(delay)
-        return index > 0
+            if self._decode_error_logged_at is None or now - self._decode_error_logged_at >= DECODE_ERROR_LOG_S:
+                self._decode_error_logged_at = now
+                log.warning("camera %s: damaged packet (%d so far): %s", self.name,
+                            self._counters["decode_errors"], describe(exc, self.camera.url))
+            return []
+
+    def _publish(self, frame: Frame) -> None:
+        """Put a decoded frame in the one-slot buffer, replacing (and counting) an unread older one."""
+        now = self.clock()
+        self._decode_times.append(now)
+        self._counters["frames_decoded"] += 1
+        with self._slot_lock:
+            if self._slot is not None:
+                self._counters["frames_dropped"] += 1
+            self._slot = frame
+            self._last_frame_at = now
+            self._slot_lock.notify_all()
 
     def _read_file_fast(self) -> None:
         """As fast as possible, every picked frame handed on synchronously (no drops, deterministic)."""
@@ -406,11 +458,3 @@ class CameraSource:
         path = file_path(self.camera.url)
         return str(path) if path.is_file() else f"{path} (no such file)"
 
-
-def redact(url: str) -> str:
-    """Hide the password in rtsp://user:pass@host/... before it reaches a log."""
-    scheme, sep, rest = url.partition("://")
-    if sep and "@" in rest.split("/", 1)[0]:
-        creds, host = rest.split("@", 1)
-        return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
-    return url

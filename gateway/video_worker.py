@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from core.model import Alert, Frame
+from gateway.sources.camera import STREAM_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
@@ -108,5 +109,6 @@ class CameraChannel:
         try:
             await stop.wait()
         finally:
-            await asyncio.to_thread(self.source.stop)
+            # a read blocked on a silent stream ends within its timeout (STREAM_TIMEOUT_S)
+            await asyncio.to_thread(self.source.stop, STREAM_TIMEOUT_S + 1.0)
             await asyncio.to_thread(self.worker.stop)

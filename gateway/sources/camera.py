@@ -21,7 +21,6 @@ touches another, and every error is logged with the camera's name and counted.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
@@ -213,14 +212,6 @@ class CameraSource:
                 log.warning(
                     "camera %s: thread %s did not stop within %.1f s", self.name, thread.name, timeout
                 )
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """The component interface: the camera's threads run until `stop` is set, then end."""
-        self.start()
-        try:
-            await stop.wait()
-        finally:
-            await asyncio.to_thread(self.stop, STREAM_TIMEOUT_S + 1.0)
 
     @property
     def running(self) -> bool:

@@ -34,7 +34,7 @@ class FrameWorker:
         self._slot: Frame | None = None
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=f"analyse-{name}", daemon=True)
-        self.stats = {"frames_analysed": 0, "frames_skipped": 0, "analysis_errors": 0, "analysis_last_error": ""}
+        self.counters = {"frames_analysed": 0, "frames_skipped": 0, "analysis_errors": 0, "analysis_last_error": ""}
 
     def start(self) -> None:
         self._thread.start()
@@ -42,7 +42,7 @@ class FrameWorker:
     def offer(self, frame: Frame) -> None:
         with self._cond:
             if self._slot is not None:
-                self.stats["frames_skipped"] += 1
+                self.counters["frames_skipped"] += 1
             self._slot = frame
             self._cond.notify()
 
@@ -67,11 +67,11 @@ class FrameWorker:
             try:
                 alerts = self._process(frame)
             except Exception as exc:  # noqa: BLE001 - a bad frame must not end the camera's analysis
-                self.stats["analysis_errors"] += 1
-                self.stats["analysis_last_error"] = f"{type(exc).__name__}: {exc}"
+                self.counters["analysis_errors"] += 1
+                self.counters["analysis_last_error"] = f"{type(exc).__name__}: {exc}"
                 log.exception("camera %s: analysis failed on frame %d", self.name, frame.index)
                 continue
-            self.stats["frames_analysed"] += 1
+            self.counters["frames_analysed"] += 1
             self._emit(alerts)
             if self._on_done is not None:
                 self._on_done(frame)
@@ -82,7 +82,7 @@ class FrameWorker:
         try:
             return self._flush()
         except Exception:  # noqa: BLE001 - logged; the worker must go on
-            self.stats["analysis_errors"] += 1
+            self.counters["analysis_errors"] += 1
             log.exception("camera %s: flushing held alerts failed", self.name)
             return []
 
@@ -101,7 +101,7 @@ class CameraChannel:
         self.source, self.worker, self.pipeline = source, worker, pipeline
 
     def stats(self) -> dict[str, Any]:
-        return {**self.source.stats, **getattr(self.pipeline, "stats", {}), **self.worker.stats}
+        return {**self.source.stats(), **getattr(self.pipeline, "stats", {}), **self.worker.counters}
 
     async def run(self, stop: asyncio.Event) -> None:
         self.worker.start()

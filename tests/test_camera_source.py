@@ -111,7 +111,7 @@ def test_fast_file_replay_is_deterministic_and_ends():
     src.stop()
     assert [f.index for f in sink.frames] == list(range(0, 150, 5))
     assert sink.frames[-1].time == start + timedelta(seconds=14.5)
-    stats = src.stats
+    stats = src.stats()
     assert stats["frames_decoded"] == 150 and stats["frames_dispatched"] == 30
     assert stats["frames_dropped"] == 0 and stats["reconnects"] == 0
     assert sink.alerts == []  # a file that ended is not an offline camera
@@ -123,9 +123,9 @@ def test_realtime_keeps_only_the_newest_frame_and_loops_a_file():
     src = source(cam, sink)
     src.start()
     wait_for(lambda: len(sink.frames) >= 5, what="5 frames handed on")
-    wait_for(lambda: src.stats["frames_dropped"] > 20, what="dropped frames")
+    wait_for(lambda: src.stats()["frames_dropped"] > 20, what="dropped frames")
     src.stop()
-    stats = src.stats
+    stats = src.stats()
     # every decoded frame was either handed on, dropped in favour of a newer one, or is the newest
     assert stats["frames_decoded"] - stats["frames_dispatched"] - stats["frames_dropped"] in (0, 1)
     assert stats["frames_dispatched"] == len(sink.frames)
@@ -150,17 +150,17 @@ def test_file_that_disappears_goes_offline_while_another_camera_keeps_running(tm
         wait_for(lambda: len(lost.frames) >= 1, what="first frame of the camera to be lost")
         clip.unlink()
         wait_for(lambda: lost.offline("open"), what="camera_offline alert")
-        wait_for(lambda: lost_src.stats["reconnects"] >= 2, what="reconnect attempts")
-        assert "short.mp4 (no such file)" in lost_src.stats["last_error"]
+        wait_for(lambda: lost_src.stats()["reconnects"] >= 2, what="reconnect attempts")
+        assert "short.mp4 (no such file)" in lost_src.stats()["last_error"]
         alert = lost.offline("open")[0]
         assert (alert.subject_kind, alert.subject_id, alert.source) == ("camera", "lost", "video")
         assert alert.category is None and alert.severity == "warning"
-        assert lost_src.stats["online"] is False
+        assert lost_src.stats()["online"] is False
 
         # the other camera is untouched: it keeps delivering frames and has no trouble
         seen = len(good.frames)
         wait_for(lambda: len(good.frames) >= seen + 3, what="frames from the good camera")
-        assert good.alerts == [] and good_src.stats["reconnects"] == 0
+        assert good.alerts == [] and good_src.stats()["reconnects"] == 0
 
         # the file comes back: the camera reconnects and the offline alert closes
         shutil.copy(PEDESTRIANS, clip)
@@ -180,11 +180,11 @@ def test_refused_rtsp_url_retries_with_backoff_and_goes_offline():
     src.start()
     good_src.start()
     try:
-        wait_for(lambda: src.stats["reconnects"] >= 3, what="reconnect attempts")
+        wait_for(lambda: src.stats()["reconnects"] >= 3, what="reconnect attempts")
         wait_for(lambda: sink.offline("open"), what="camera_offline alert")
         assert sink.frames == []
         assert len(sink.offline("open")) == 1  # one alert per outage, not one per attempt
-        stats = src.stats
+        stats = src.stats()
         assert "cannot open" in stats["last_error"] and "secret" not in stats["last_error"]
         wait_for(lambda: len(good.frames) >= 3, what="frames from the good camera")
     finally:
@@ -205,8 +205,8 @@ def test_a_failing_consumer_is_counted_and_the_camera_keeps_going():
     src.start()
     assert src.finished.wait(30)
     src.stop()
-    assert len(calls) == 30 and src.stats["errors"] == 30
-    assert "rule bug" in src.stats["last_error"]
+    assert len(calls) == 30 and src.stats()["errors"] == 30
+    assert "rule bug" in src.stats()["last_error"]
 
 
 def test_redact_hides_passwords():

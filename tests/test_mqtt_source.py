@@ -15,6 +15,7 @@ from core.model import Position, Reading
 from gateway.profiles import load_profiles
 from gateway.sinks.sink_config import MqttConfig
 from gateway.sources.mqtt import MqttSource
+from gateway.supervisor import Supervisor
 
 WAIT = 20.0
 PROFILES = load_profiles(REPO / "device_profiles")
@@ -36,14 +37,16 @@ def cfg(port: int) -> MqttConfig:
 
 @contextlib.asynccontextmanager
 async def running(source: MqttSource):
+    """As the gateway runs it: under a supervisor, which reconnects with the source's backoff."""
     stop = asyncio.Event()
-    task = asyncio.create_task(source.run(stop))
+    supervisor = Supervisor()
+    task = supervisor.spawn(source.name, lambda: source.run(stop), backoff=source.restart_backoff_s)
     try:
         await asyncio.wait_for(source.subscribed.wait(), WAIT)
         yield task
     finally:
         stop.set()
-        await asyncio.wait_for(task, WAIT)
+        assert await supervisor.wait([source.name], WAIT)
 
 
 @contextlib.asynccontextmanager

@@ -81,9 +81,9 @@ def test_camera_picks_keyframe_only_decoding_when_detect_fps_is_at_or_below_keyf
     try:
         for name, (mount, _, mode) in cases.items():
             src, sink = sources[name], sinks[name]
-            wait_for(lambda src=src: src.stats["keyframe_interval_s"] is not None, what=f"{name}: GOP measured")
+            wait_for(lambda src=src: src.stats()["keyframe_interval_s"] is not None, what=f"{name}: GOP measured")
             wait_for(lambda sink=sink: len(sink.frames) >= 3, what=f"{name}: 3 frames handed on")
-            stats = src.stats
+            stats = src.stats()
             assert stats["decode_mode"] == mode, name
             assert stats["keyframe_interval_s"] == pytest.approx(1.0 if mount == "/gop25" else 2.0), name
             assert sink.frames[-1].size == (640, 360) and sink.frames[-1].image.dtype == np.uint8
@@ -91,7 +91,7 @@ def test_camera_picks_keyframe_only_decoding_when_detect_fps_is_at_or_below_keyf
         for src in sources.values():
             src.stop()
     for name, (mount, _, mode) in cases.items():
-        stats, frames = sources[name].stats, sinks[name].frames
+        stats, frames = sources[name].stats(), sinks[name].frames
         gop = 25 if mount == "/gop25" else 50
         if mode == "keyframes":
             # the decoder skipped the frames between keyframes; pictures handed on are keyframes
@@ -111,14 +111,14 @@ def test_server_stopped_mid_stream_reconnects_alerts_offline_and_recovers(rtsp):
     src = source(cam, sink)
     src.start()
     try:
-        wait_for(lambda: src.stats["decode_mode"] == "keyframes", what="keyframe-only decoding")
+        wait_for(lambda: src.stats()["decode_mode"] == "keyframes", what="keyframe-only decoding")
         wait_for(lambda: len(sink.frames) >= 3, what="frames over RTSP")
-        assert src.stats["online"] is True and sink.alerts == []
+        assert src.stats()["online"] is True and sink.alerts == []
 
         rtsp.stop()  # mid-stream: the minute-long clip is far from its end
         wait_for(lambda: sink.offline("open"), what="camera_offline alert")
-        wait_for(lambda: src.stats["reconnects"] >= 3, what="reconnect attempts")
-        stats = src.stats
+        wait_for(lambda: src.stats()["reconnects"] >= 3, what="reconnect attempts")
+        stats = src.stats()
         assert stats["online"] is False and "cannot open" in stats["last_error"]
         assert "s3cret" not in stats["last_error"] and "admin:***@127.0.0.1" in stats["last_error"]
         assert len(sink.offline("open")) == 1  # one alert per outage, not one per attempt
@@ -131,8 +131,8 @@ def test_server_stopped_mid_stream_reconnects_alerts_offline_and_recovers(rtsp):
         assert sink.offline("closed")[0].key == alert.key
         seen = len(sink.frames)
         wait_for(lambda: len(sink.frames) >= seen + 3, what="frames after the server returned")
-        wait_for(lambda: src.stats["decode_mode"] == "keyframes", what="keyframe-only decoding again")
-        assert src.stats["online"] is True and len(sink.offline("open")) == 1
+        wait_for(lambda: src.stats()["decode_mode"] == "keyframes", what="keyframe-only decoding again")
+        assert src.stats()["online"] is True and len(sink.offline("open")) == 1
     finally:
         if rtsp.proc is None or rtsp.proc.poll() is not None:
             rtsp.start()  # leave the module's server running for the other tests

@@ -65,7 +65,7 @@ async def test_positions_written_through_influxdb_client_are_read_back_from_vict
         sink.write(p)
     assert await sink.flush() is True
     sink.close()
-    assert sink.stats["written"] == 3 and sink.stats["buffered"] == 0
+    assert sink.stats()["written"] == 3 and sink.stats()["buffered"] == 0
 
     series = export_until(vm, '{__name__=~"vehicle_position_.*", company=~"Huanwei Co|Tufang Ltd"}', 15)
     names = {s["metric"]["__name__"] for s in series}
@@ -96,11 +96,11 @@ async def test_readings_and_detection_counts_in_batches_through_run(vm):
             Detection("person", 0, 0.7, (5, 5, 9, 9))]
     sink.write_many(detection_points("cam-vm-1", dets, NOW))
     deadline = time.monotonic() + WAIT
-    while sink.stats["written"] < 12 and time.monotonic() < deadline:
+    while sink.stats()["written"] < 12 and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
     stop.set()
     await asyncio.wait_for(task, WAIT)
-    assert sink.stats["written"] == 12
+    assert sink.stats()["written"] == 12
 
     levels = export_until(vm, '{__name__="sensor_reading_level_cm", device="WL-vm-1"}', 1)
     assert levels[0]["metric"]["profile"] == "generic-water-level-json"
@@ -116,9 +116,9 @@ async def test_unreachable_influxdb_keeps_points_buffered_and_bounded():
     for i in range(3):
         sink.write(reading_point(Reading("WL-x", NOW + timedelta(seconds=i), {"level_cm": float(i)})))
     assert await sink.flush() is False
-    assert sink.stats["errors"] == 1 and sink.stats["buffered"] == 3 and sink.stats["written"] == 0
+    assert sink.stats()["errors"] == 1 and sink.stats()["buffered"] == 3 and sink.stats()["written"] == 0
     sink.write(reading_point(Reading("WL-x", NOW + timedelta(seconds=9), {"level_cm": 9.0})))
-    assert sink.stats["dropped"] == 1 and sink.stats["buffered"] == 3  # the oldest went, the newest stays
+    assert sink.stats()["dropped"] == 1 and sink.stats()["buffered"] == 3  # the oldest went, the newest stays
     assert [p.fields["level_cm"] for p in sink._buffer] == [1.0, 2.0, 9.0]
     sink.close()
 
@@ -188,7 +188,7 @@ async def test_sqlite_store_is_bounded_by_max_points_across_a_restart(tmp_path):
     restarted.write(reading_point(Reading("WL-1", NOW + timedelta(seconds=2500), {"level_cm": 2500.0})))
     assert await restarted.flush()
     kept = restarted.query("sensor_reading")
-    assert len(kept) == 1000 and restarted.stats["pruned"] == 1501
+    assert len(kept) == 1000 and restarted.stats()["pruned"] == 1501
     assert [p.fields["level_cm"] for p in kept[:2]] == [1501.0, 1502.0]  # the newest stay
     assert kept[-1].fields["level_cm"] == 2500.0
     restarted.close()

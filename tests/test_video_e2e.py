@@ -127,8 +127,8 @@ def test_clip_to_cases_in_the_outbox_with_snapshot_evidence(tmp_path, detector):
         source.stop()
         desk.close()
 
-    assert source.stats["frames_decoded"] == 150 and source.stats["frames_dispatched"] == 30
-    assert pipeline.stats["inferences"] >= 1 and source.stats["errors"] == 0
+    assert source.stats()["frames_decoded"] == 150 and source.stats()["frames_dispatched"] == 30
+    assert pipeline.stats["inferences"] >= 1 and source.stats()["errors"] == 0
     payloads = {item.payload["rule"]: item.payload for item in outbox.due()}
     outbox.close()
     assert set(payloads) == {"crowd-on-road", "no-parking-kerb"}

@@ -63,4 +63,4 @@ def test_a_slow_analysis_sees_the_newest_frame_and_counts_the_skipped():
         worker.offer(frame(i))
     gate.set()
     worker.stop()
-    assert seen == [0, 5] and worker.stats["frames_skipped"] == 4
+    assert seen == [0, 5] and worker.counters["frames_skipped"] == 4

@@ -257,19 +257,22 @@ class TimeSeriesSink:
         self._full = asyncio.Event()
         self._backoff = Backoff(config.retry_min_s, config.retry_max_s)
         self._retry_at = 0.0  # monotonic time before which run() does not retry a failed backend
-        self.stats: dict[str, int] = {"written": 0, "buffered": 0, "dropped": 0, "rejected": 0, "errors": 0,
+        self.counters: dict[str, int] = {"written": 0, "buffered": 0, "dropped": 0, "rejected": 0, "errors": 0,
                                       "pruned": 0}
+
+    def stats(self) -> dict[str, int]:
+        return dict(self.counters)
 
     def write(self, point: Point) -> None:
         """Buffer one point (never blocks); the oldest point is dropped when the buffer is full."""
         if len(self._buffer) >= self.config.buffer_size:
             self._buffer.popleft()
-            self.stats["dropped"] += 1
-            if self.stats["dropped"] == 1 or self.stats["dropped"] % 10_000 == 0:
+            self.counters["dropped"] += 1
+            if self.counters["dropped"] == 1 or self.counters["dropped"] % 10_000 == 0:
                 log.warning("time-series buffer full (%d points, %s): dropping the oldest, %d dropped so far",
-                            self.config.buffer_size, self.where, self.stats["dropped"])
+                            self.config.buffer_size, self.where, self.counters["dropped"])
         self._buffer.append(point)
-        self.stats["buffered"] = len(self._buffer)
+        self.counters["buffered"] = len(self._buffer)
         if len(self._buffer) >= self.config.batch_size:
             self._full.set()
 
@@ -286,29 +289,29 @@ class TimeSeriesSink:
                 try:
                     await asyncio.to_thread(self._backend.write, batch)
                 except WriteRejected as exc:
-                    self.stats["rejected"] += len(batch)
+                    self.counters["rejected"] += len(batch)
                     log.error("time series (%s) rejected a batch of %d points, dropped: %s", self.where, n, exc)
                 except Exception as exc:  # network, HTTP 5xx, disk: keep the points and retry later
                     self._requeue(batch)
-                    self.stats["errors"] += 1
+                    self.counters["errors"] += 1
                     delay = self._backoff.next()
                     self._retry_at = _time.monotonic() + delay
                     log.warning("time series (%s) write of %d points failed: %s; retrying in %.1f s",
                                 self.where, n, exc, delay)
                     return False
                 else:
-                    self.stats["written"] += n
-                    self.stats["pruned"] = getattr(self._backend, "pruned", 0)
+                    self.counters["written"] += n
+                    self.counters["pruned"] = getattr(self._backend, "pruned", 0)
                     self._backoff.reset()
                 finally:
-                    self.stats["buffered"] = len(self._buffer)
+                    self.counters["buffered"] = len(self._buffer)
             return True
 
     def _requeue(self, batch: list[Point]) -> None:
         self._buffer.extendleft(reversed(batch))
         while len(self._buffer) > self.config.buffer_size:
             self._buffer.popleft()
-            self.stats["dropped"] += 1
+            self.counters["dropped"] += 1
 
     async def run(self, stop_event: asyncio.Event) -> None:
         """Flush on every interval or full batch until stopped, then a last flush and close."""

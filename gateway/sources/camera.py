@@ -217,7 +217,6 @@ class CameraSource:
     def running(self) -> bool:
         return any(t.is_alive() for t in self._threads)
 
-    @property
     def stats(self) -> dict[str, Any]:
         """Counters for the status page: decoded_fps (rolling), frames decoded/dropped/dispatched, ..."""
         times = list(self._decode_times)

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 
 import aiomqtt
 
-from gateway.aio import Backoff, race, wait_or_stop
+from gateway.aio import race
 from gateway.profiles import DeviceProfile
 from gateway.sinks.mqtt import make_client
 from gateway.sinks.sink_config import MqttConfig
@@ -72,6 +72,8 @@ class MqttSource:
         self.counts: dict[str, int] = self.intake.stats  # one set of counters, shared with the intake
         self.counts.update({"unmatched": 0, "oversize": 0, "reconnects": 0})
         self.device_problems = self.intake.device_problems
+        self._connects = 0
+        self.restart_backoff_s = (mqtt_cfg.reconnect_min_s, mqtt_cfg.reconnect_max_s)
 
     def stats(self) -> dict:
         """Counters since start (see the module notes), and how many devices had problems."""
@@ -113,37 +115,29 @@ class MqttSource:
 
     # -- connection loop -------------------------------------------------------------------------
     async def run(self, stop_event: asyncio.Event) -> None:
-        """Subscribe and deliver until stop_event is set; reconnects with backoff."""
+        """Subscribe and deliver until stop_event is set. A lost or refused connection raises: the
+        supervisor reconnects after its backoff (`restart_backoff_s`)."""
         cfg = self.config
-        backoff = Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s)
-        first = True
-        while not stop_event.is_set():
-            if not first:
-                self.counts["reconnects"] += 1
-            first = False
-            try:
-                # bounded incoming queue: when the callback falls behind, aiomqtt drops (and logs) messages
-                # a persistent session needs a stable id: the broker keeps the subscription and queues
-                # QoS 1 messages for it while the gateway restarts
-                client = make_client(cfg, "source", max_queued_incoming_messages=self.max_queued_messages,
-                                     clean_session=not (cfg.persistent_session and cfg.client_id))
-                async with client:
-                    for topic_filter in self.subscriptions:
-                        await client.subscribe(topic_filter, qos=cfg.qos)
-                    log.info("MQTT source subscribed to %s on %s:%d", ", ".join(self.subscriptions),
-                             cfg.host, cfg.port)
-                    backoff.reset()
-                    self.subscribed.set()
-                    try:
-                        await self._consume(client, stop_event)
-                    finally:
-                        self.subscribed.clear()
-            except aiomqtt.MqttError as exc:
-                delay = backoff.next()
-                log.warning("MQTT source: %s (broker %s:%d); reconnecting in %.1f s", exc, cfg.host, cfg.port,
-                            delay)
-                if await wait_or_stop(stop_event, delay):
-                    break
+        if self._connects:
+            self.counts["reconnects"] += 1
+        self._connects += 1
+        try:
+            # bounded incoming queue: when the callback falls behind, aiomqtt drops (and logs) messages
+            # a persistent session needs a stable id: the broker keeps the subscription and queues
+            # QoS 1 messages for it while the gateway restarts
+            client = make_client(cfg, "source", max_queued_incoming_messages=self.max_queued_messages,
+                                 clean_session=not (cfg.persistent_session and cfg.client_id))
+            async with client:
+                for topic_filter in self.subscriptions:
+                    await client.subscribe(topic_filter, qos=cfg.qos)
+                log.info("MQTT source subscribed to %s on %s:%d", ", ".join(self.subscriptions), cfg.host, cfg.port)
+                self.subscribed.set()
+                try:
+                    await self._consume(client, stop_event)
+                finally:
+                    self.subscribed.clear()
+        except aiomqtt.MqttError as exc:
+            raise ConnectionError(f"MQTT broker {cfg.host}:{cfg.port}: {exc}") from exc
 
     async def _consume(self, client: aiomqtt.Client, stop_event: asyncio.Event) -> None:
         """Deliver messages until stopped; raises MqttError when the connection is lost."""

@@ -205,10 +205,11 @@ class Gateway:
             sup.spawn(f"replay-sensors-{i}", self._replay_task(feed, "readings", stop))
         sup.spawn("ticks", lambda: self._tick_loop(stop))
         if cfg.web.enabled:
-            from gateway.web.server import StatusServer
+            from gateway.web.server import ConsoleServer
 
-            self.web = StatusServer(self.outbox, self.snapshot, evidence_root=cfg.data_path,
-                                    host=cfg.web.host, port=cfg.web.port)
+            self.web = ConsoleServer(self.outbox, self.snapshot, evidence_root=cfg.data_path / cfg.cases.evidence_dir,
+                                     host=cfg.web.host, port=cfg.web.port, web_config=cfg.web, timezone=cfg.tz,
+                                     users_file=cfg.path(cfg.web.users_file) if cfg.web.users_file else None)
             await self.web.start()
         for name, camera in self.cameras.items():
             self.workers[name].start()

@@ -52,7 +52,7 @@ def viewer(request: web.Request) -> pages.Viewer:
     p: Principal = request[PRINCIPAL]
     session = request.get(SESSION)
     console = request.app[CONSOLE]
-    return pages.Viewer(p.name, p.role, session.csrf if session else "", console.site)
+    return pages.Viewer(p.name, p.role, session.csrf if session else "", console.site_name())
 
 
 def _unauthorised(request: web.Request, message: str) -> web.StreamResponse:
@@ -127,7 +127,7 @@ def _login_form(request: web.Request, error: str | None = None, status: int = 20
     console = request.app[CONSOLE]
     csrf = request.cookies.get(LOGIN_COOKIE) or secrets.token_urlsafe(24)
     next_url = _safe_next(request.query.get("next") if request.method == "GET" else request.get(NEXT_URL))
-    response = web.Response(text=pages.login_page(csrf, next_url, error, console.site), status=status,
+    response = web.Response(text=pages.login_page(csrf, next_url, error, console.site_name()), status=status,
                             content_type="text/html", headers=headers)
     response.set_cookie(LOGIN_COOKIE, csrf, httponly=True, samesite="Strict", secure=console.secure_cookies,
                         path="/login", max_age=3600)

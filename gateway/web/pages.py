@@ -162,7 +162,8 @@ def _doc(title: str, body: str, viewer: Viewer | None, refresh: bool = False) ->
     return (
         '<!DOCTYPE html><html lang="zh-CN"><head><meta charset="utf-8">'
         f'<meta name="viewport" content="width=device-width,initial-scale=1">{meta}'
-        f'<title>{e(title)}</title><link rel="stylesheet" href="/static/console.css">'
+        f'<title>{e(title)}</title><link rel="icon" href="/static/favicon.svg" type="image/svg+xml">'
+        '<link rel="stylesheet" href="/static/console.css">'
         '<script src="/static/console.js" defer></script></head>'
         f"<body><header>{nav}</header><main>{body}</main></body></html>"
     )

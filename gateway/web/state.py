@@ -33,7 +33,7 @@ class Console:
     timezone: tzinfo
     secure_cookies: bool = False
     stats: Counter = field(default_factory=Counter)
-    site: str = "citygate"  # from the latest snapshot, for page headers
+    site: str | None = None  # from the latest snapshot, for page headers
 
     def snapshot(self) -> tuple[dict[str, Any], str | None]:
         """The runtime's snapshot, or ({}, why) when it fails. Called on the loop: the runtime's state
@@ -41,13 +41,19 @@ class Console:
         try:
             snap = self.snapshot_fn()
             json.dumps(snap, default=str)  # fail here, with a message, not halfway through a page
-            self.site = str(snap.get("site", self.site))
+            self.site = str(snap.get("site") or self.site or "citygate")
             return snap, None
         except Exception as exc:
             self.stats["errors"] += 1
             log.exception("console: snapshot() failed")
             return {}, f"snapshot() failed: {type(exc).__name__}: {exc}"
 
+
+
+    def site_name(self) -> str:
+        if self.site is None:
+            self.snapshot()
+        return self.site or "citygate"
 
 
 CONSOLE = web.AppKey("console", Console)

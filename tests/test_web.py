@@ -504,3 +504,40 @@ async def test_large_forms_are_refused(site):
         page = await c.get("/login")
         r = await c.post("/login", data={"user": "vera", "password": "p" * 200_000, "csrf": form_csrf(page.text)})
         assert r.status_code == 413
+
+
+async def test_secure_cookies_behind_tls_and_a_broken_users_file_leaves_config_users(tmp_path, caplog):
+    users_file = tmp_path / "users"
+    users_file.write_text("not a user line\n")
+    cfg = WebConfig(users=[WebUser(name="vera", role="viewer", password_hash=HASHES["vera"])],
+                    users_file=str(users_file), secure_cookies=True)
+    with Outbox(tmp_path / "o.sqlite3") as outbox:
+        server = ConsoleServer(outbox, dict, evidence_root=tmp_path, port=0, web_config=cfg, users_file=users_file)
+        assert "users:1: expected 'name:role:argon2-hash'" in caplog.text
+        assert server.console.accounts.generated_password is None
+        await server.start()
+        try:
+            async with client(f"http://127.0.0.1:{server.port}") as c:
+                page = await c.get("/login")
+                assert "Secure" in page.headers["set-cookie"]
+                token = form_csrf(page.text)  # a browser sends Secure cookies over TLS only: by hand here
+                r = await c.post("/login", data={"user": "vera", "password": PASSWORDS["vera"], "csrf": token},
+                                 headers={"Cookie": f"citygate_login={token}"})
+                assert r.status_code == 303 and "Secure" in r.headers["set-cookie"]
+        finally:
+            await server.stop()
+
+
+def test_latency_histogram_records_each_timed_call():
+    from gateway.web.metrics import LatencyHistogram, exposition, timed
+
+    hist = LatencyHistogram(buckets=(0.5, 1.0))
+    double = timed(lambda x: 2 * x, hist)
+    assert [double(i) for i in range(3)] == [0, 2, 4]
+    hist.observe(0.75)
+    hist.observe(5.0)
+    snap = hist.snapshot()
+    assert snap["counts"] == [3, 1, 1] and snap["count"] == 5 and snap["sum"] >= 5.75
+    text = exposition({"cameras": {"c1": {"analysis_latency": snap}}}, {}).decode()
+    assert 'citygate_inference_seconds_bucket{camera="c1",le="1.0"} 4.0' in text
+    assert 'citygate_inference_seconds_bucket{camera="c1",le="+Inf"} 5.0' in text

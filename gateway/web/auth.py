@@ -12,6 +12,7 @@ re-read when it changes, so a user added while the gateway runs can log in at on
 from __future__ import annotations
 
 import hmac
+import logging
 import os
 import re
 import secrets
@@ -26,6 +27,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from gateway.config import ROLES, WebConfig, WebUser
 
+log = logging.getLogger(__name__)
 _hasher = PasswordHasher()  # argon2id, RFC 9106 low-memory profile defaults
 _NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 # Verified when the user is unknown, so a wrong name costs as long as a wrong password.
@@ -128,7 +130,7 @@ class Session:
 class Accounts:
     """Users (config + users file) and tokens; `check_password` is slow on purpose (run it in a thread)."""
 
-    def __init__(self, web: WebConfig, users_file: Path | None = None) -> None:
+    def __init__(self, web: WebConfig, users_file: Path | None = None, *, loopback: bool = True) -> None:
         self.web = web
         self.users_file = users_file
         self._file_users: dict[str, WebUser] = {}
@@ -137,9 +139,12 @@ class Accounts:
         self._metrics = web.metrics_token.encode() if web.metrics_token else None
         self.generated_password: str | None = None
         self._config_users = {u.name: u for u in web.users}
-        self.reload()
-        if not self._config_users and not self._file_users and not self._tokens:
-            # Only possible on loopback (the config refuses it elsewhere): a login for this run only.
+        try:
+            self.reload()
+        except UsersFileError as exc:  # users from the config and tokens still work; the log says why
+            log.error("console: %s; its users cannot log in until it is fixed", exc)
+        if loopback and not self._config_users and not self._file_users and not self._tokens:
+            # Nobody configured on a loopback-only console: a login for this run only.
             self.generated_password = secrets.token_urlsafe(12)
             self._config_users["admin"] = WebUser(name="admin", role="admin",
                                                   password_hash=hash_password(self.generated_password))

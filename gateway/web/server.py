@@ -51,7 +51,7 @@ class ConsoleServer:
             raise ValueError(f"refusing to serve the console on {host} without users or tokens")
         self.host = host
         self.port = port
-        accounts = Accounts(cfg, users_file)
+        accounts = Accounts(cfg, users_file, loopback=is_loopback(host))
         self.console = Console(
             outbox=outbox, snapshot_fn=snapshot, evidence=EvidenceStore(Path(evidence_root)),
             search=CaseSearch(outbox.path), accounts=accounts, sessions=Sessions(cfg.session_ttl_s),

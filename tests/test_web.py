@@ -541,3 +541,50 @@ def test_latency_histogram_records_each_timed_call():
     text = exposition({"cameras": {"c1": {"analysis_latency": snap}}}, {}).decode()
     assert 'citygate_inference_seconds_bucket{camera="c1",le="1.0"} 4.0' in text
     assert 'citygate_inference_seconds_bucket{camera="c1",le="+Inf"} 5.0' in text
+
+
+async def test_metrics_of_a_running_gateway_move_when_a_terminal_drives(tmp_path):
+    """A real gateway: a JT/T 808 terminal drives a recorded track over TCP into it, the overspeed
+    rule files a case, and the scrape before and after shows it."""
+    import textwrap
+    from pathlib import Path
+
+    from gateway.config import load_config
+    from gateway.runtime import Gateway
+    from gateway.simulator import load_track, simulate
+
+    track = Path(__file__).resolve().parent.parent / "configs" / "data" / "tracks" / "mixer-01.csv"
+    config = tmp_path / "site.yaml"
+    config.write_text(textwrap.dedent(f"""
+        site: scrape
+        data_dir: data
+        web: {{host: 127.0.0.1, port: 0, metrics_token: {METRICS_TOKEN}}}
+        vehicles:
+          jt808: {{enabled: true, host: 127.0.0.1, port: 0}}
+          fleet:
+            vehicles:
+              - {{id: mixer-01, type: mixer, terminal: "013912340002", speed_limit_kmh: 50}}
+        """), encoding="utf-8")
+    gateway = Gateway(load_config(config))
+    stop = asyncio.Event()
+    await gateway.start(stop)
+    try:
+        async with client(f"http://127.0.0.1:{gateway.web.port}", METRICS_TOKEN) as prom:
+            before = (await prom.get("/metrics")).text
+            positions = load_track(track)
+            acked = await simulate("127.0.0.1", gateway.jt808.port, positions, speed=0, say=lambda _: None)
+            assert acked == len(positions)
+            async with asyncio.timeout(30):
+                while gateway.desk.stats["cases"] < 1:
+                    await asyncio.sleep(0.05)
+            after = (await prom.get("/metrics")).text
+    finally:
+        stop.set()
+        assert await gateway.shutdown() == 0
+    assert (sample(before, "citygate_messages_total", source="jt808") or 0) == 0
+    assert sample(after, "citygate_messages_total", source="jt808") >= len(positions)
+    assert sample(after, "citygate_messages_total", source="positions") >= len(positions)
+    assert sample(before, "citygate_cases_by_rule", rule="overspeed") is None
+    assert sample(after, "citygate_cases_by_rule", rule="overspeed") == 1
+    assert sample(after, "citygate_outbox_cases", status="stored") >= 1
+    assert sample(after, "citygate_case_desk_total", outcome="cases") >= 1

@@ -161,6 +161,12 @@ class WebConfig(StrictModel):
     login_attempts: int = Field(5, ge=1, description="Failed logins allowed per user, and twice as many per "
                                 "address, within login_window_s; more are refused with 429.")
     login_window_s: float = Field(300.0, gt=0, description="Window of the login rate limit.")
+    map_tiles: str | None = Field(None, description="Tile URL template of the deployment's own tile server "
+                                  "(e.g. http://tiles.local/{z}/{x}/{y}.png); empty = no tiles, the map draws "
+                                  "the config's layers on a plain background (nothing is fetched from outside).")
+    map_tiles_crs: Literal["wgs84", "gcj02"] = Field("wgs84", description="Coordinate system of those tiles: "
+                                                     "gcj02 for most Chinese web maps; every layer is converted to it.")
+    map_attribution: str = Field("", description="Attribution shown for the tiles.")
 
     @model_validator(mode="after")
     def _credentials_beyond_loopback(self) -> WebConfig:

@@ -209,7 +209,8 @@ class Gateway:
 
             self.web = ConsoleServer(self.outbox, self.snapshot, evidence_root=cfg.data_path / cfg.cases.evidence_dir,
                                      host=cfg.web.host, port=cfg.web.port, web_config=cfg.web, timezone=cfg.tz,
-                                     users_file=cfg.path(cfg.web.users_file) if cfg.web.users_file else None)
+                                     users_file=cfg.path(cfg.web.users_file) if cfg.web.users_file else None,
+                                     gateway_config=cfg)
             await self.web.start()
         for name, camera in self.cameras.items():
             self.workers[name].start()

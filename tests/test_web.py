@@ -588,3 +588,59 @@ async def test_metrics_of_a_running_gateway_move_when_a_terminal_drives(tmp_path
     assert sample(after, "citygate_cases_by_rule", rule="overspeed") == 1
     assert sample(after, "citygate_outbox_cases", status="stored") >= 1
     assert sample(after, "citygate_case_desk_total", outcome="cases") >= 1
+
+
+async def test_map_layers_are_converted_to_the_map_coordinate_system(tmp_path):
+    import textwrap
+
+    from core.coords import gcj02_to_wgs84, wgs84_to_gcj02
+    from gateway.config import load_config
+
+    zone = [[116.4012, 39.9064], [116.4162, 39.9064], [116.4162, 39.9214], [116.4012, 39.9214]]
+
+    def layers_for(tiles_crs: str) -> dict:
+        path = tmp_path / f"{tiles_crs}.yaml"
+        path.write_text(textwrap.dedent(f"""
+            site: maps
+            data_dir: data-{tiles_crs}
+            web: {{port: 0, map_tiles: "http://tiles.city.local/{{z}}/{{x}}/{{y}}.png", map_tiles_crs: {tiles_crs},
+                   tokens: [{{name: t, role: viewer, token: {VIEW_TOKEN}}}]}}
+            vehicles:
+              fleet:
+                zones: [{{id: centre, name: 核心区禁行区, crs: gcj02, polygon: {zone}}}]
+                roads: [{{id: r1, name: 东华门大街, line: [[116.40, 39.91], [116.41, 39.91]]}}]
+            sensors:
+              devices: [{{id: wl-1, kind: water_level, lon: 116.404, lat: 39.9105}}]
+            """), encoding="utf-8")
+        return load_config(path)
+
+    for crs in ("wgs84", "gcj02"):
+        config = layers_for(crs)
+        with Outbox(config.data_path / "cases.sqlite3") as outbox:
+            outbox.enqueue(make_case(config.data_path / "evidence", "maps-1", "机动车乱停放", "0505", "no-parking",
+                                     {"s.jpg": ("image/jpeg", jpeg_bytes())}, when=datetime.now(CST)))
+            server = ConsoleServer(outbox, dict, evidence_root=config.data_path / "evidence", port=0,
+                                   gateway_config=config)
+            await server.start()
+            try:
+                async with client(f"http://127.0.0.1:{server.port}", VIEW_TOKEN) as c:
+                    data = (await c.get("/api/map")).json()
+            finally:
+                await server.stop()
+        assert data["crs"] == crs and data["tiles"]["url"].startswith("http://tiles.city.local/")
+        layers = data["layers"]
+        assert len(layers["grid"]["features"]) > 0  # the shipped demo grid
+        [centre] = layers["zones"]["features"]
+        [road] = layers["roads"]["features"]
+        [sensor] = layers["sensors"]["features"]
+        [case] = layers["cases"]["features"]
+        assert centre["properties"]["name"] == "核心区禁行区" and road["properties"]["name"] == "东华门大街"
+        assert case["properties"]["id"] == "maps-1"
+        first = centre["geometry"]["coordinates"][0][0]
+        if crs == "wgs84":  # the GCJ-02 zone moved onto the GNSS plane; WGS-84 layers untouched
+            assert first == pytest.approx(list(gcj02_to_wgs84(*zone[0])), abs=1e-6)
+            assert sensor["geometry"]["coordinates"] == pytest.approx([116.404, 39.9105])
+        else:  # the GCJ-02 zone as drawn; WGS-84 layers and case positions moved onto the tiles' plane
+            assert first == pytest.approx(zone[0], abs=1e-6)
+            assert sensor["geometry"]["coordinates"] == pytest.approx(list(wgs84_to_gcj02(116.404, 39.9105)), abs=1e-6)
+            assert case["geometry"]["coordinates"] == pytest.approx(list(wgs84_to_gcj02(116.39, 39.90)), abs=1e-6)

@@ -45,6 +45,12 @@ def config_file(tmp_path: Path) -> Path:
           fleet:
             vehicles:
               - {{id: mixer-01, type: mixer, terminal: "013912340002", speed_limit_kmh: 50}}
+            zones:  # drawn in GCJ-02, as a city's web-map layers often are
+              - {{id: centre, name: 核心区渣土车禁行区, crs: gcj02, applies_to: [muck_truck], windows: ["00:00-24:00"],
+                 polygon: [[116.4012, 39.9064], [116.4162, 39.9064], [116.4162, 39.9214], [116.4012, 39.9214]]}}
+            sites:
+              - {{id: depot-east, name: 东部车场, kind: depot,
+                 polygon: [[116.4300, 39.9100], [116.4340, 39.9100], [116.4340, 39.9130], [116.4300, 39.9130]]}}
           replay:
             - {{file: {DATA / "tracks" / "mixer-01.csv"}, speed: 0}}
             - {{file: {DATA / "tracks" / "unknown-truck.csv"}, speed: 0}}
@@ -144,6 +150,12 @@ def browse(base: str, case_id: str) -> dict:
         driver.get(base + "/devices")
         seen["devices_text"] = driver.find_element(By.TAG_NAME, "main").text
         driver.save_screenshot(str(ARTIFACTS / "06-devices.png"))
+        driver.get(base + "/map")
+        wait.until(lambda d: d.find_element(By.ID, "map").get_attribute("data-ready") == "1")
+        seen["map_shapes"] = len(driver.find_elements(By.CSS_SELECTOR, "#map path.leaflet-interactive"))
+        seen["map_legend"] = driver.find_element(By.ID, "legend").text
+        seen["map_labels"] = [t.text for t in driver.find_elements(By.CSS_SELECTOR, ".leaflet-tooltip")]
+        driver.save_screenshot(str(ARTIFACTS / "08-map.png"))
         driver.get(base + "/")
         seen["overview_text"] = driver.find_element(By.TAG_NAME, "main").text
         driver.save_screenshot(str(ARTIFACTS / "07-overview.png"))
@@ -181,6 +193,11 @@ async def test_an_operator_uses_the_console_in_a_real_browser(tmp_path):
     assert seen["retried_url"].endswith("?retried=1")
     assert "Device health" in seen["devices_text"] and "positions" in seen["devices_text"]
     assert "Outbox" in seen["overview_text"]
+    assert "Vehicles (2)" in seen["devices_text"] and "mixer-01" in seen["devices_text"]
+    assert "wl-underpass-01" in seen["devices_text"]  # sensors with their last reading
+    for layer in ("grid", "forbidden zones", "sites", "sensors", "vehicles", "cases (24 h)"):
+        assert layer in seen["map_legend"]
+    assert seen["map_shapes"] > 10 and {"核心区渣土车禁行区", "东部车场"} <= set(seen["map_labels"])
     assert seen["log"] == []  # no script errors, nothing refused by the Content-Security-Policy
-    for name in ("01-login", "02-cases", "03-video-case", "04-vehicle-case", "05-retried", "06-devices"):
+    for name in ("01-login", "02-cases", "03-video-case", "04-vehicle-case", "05-retried", "06-devices", "08-map"):
         assert (ARTIFACTS / f"{name}.png").stat().st_size > 5000

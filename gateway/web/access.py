@@ -52,7 +52,7 @@ def viewer(request: web.Request) -> pages.Viewer:
     p: Principal = request[PRINCIPAL]
     session = request.get(SESSION)
     console = request.app[CONSOLE]
-    return pages.Viewer(p.name, p.role, session.csrf if session else "", console.site_name())
+    return pages.Viewer(p.name, p.role, session.csrf if session else "", console.site_name(), console.timezone)
 
 
 def _unauthorised(request: web.Request, message: str) -> web.StreamResponse:

@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
+from gateway.web import maps
 from gateway.web.access import principal, requires
 from gateway.web.queries import CaseQuery, QueryError
 from gateway.web.state import CONSOLE
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data, ensure_ascii=False, default=str)
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -88,6 +95,30 @@ async def users(request: web.Request) -> web.Response:
     return _json([{"name": n, "role": r, "source": where} for n, r, where in rows])
 
 
+async def map_layers(request: web.Request) -> web.Response:
+    """GeoJSON layers of /map, in the map's coordinate system."""
+    console = request.app[CONSOLE]
+    crs = console.map_crs
+
+    def read() -> dict:
+        if console.static_layers is None and console.config is not None:
+            console.static_layers = maps.static_layers(console.config, console.grid_path, crs)
+        layers = dict(console.static_layers or {})
+        now = time.time()
+        _, records = console.search.search(CaseQuery(since=datetime.fromtimestamp(now - 86400, UTC),
+                                                     limit=maps.MAX_CASES))
+        layers["cases"] = maps.case_layer(records, crs)
+        if console.series is not None:
+            layers["vehicles"] = maps.vehicle_layer(console.series.vehicles(now), crs)
+            if "sensors" in layers:
+                layers["sensors"] = maps.with_readings(layers["sensors"], console.series.readings(now))
+        return layers
+
+    layers = await asyncio.to_thread(read)
+    tiles = {"url": console.map_tiles, "attribution": console.map_attribution} if console.map_tiles else None
+    return web.json_response({"crs": crs, "tiles": tiles, "layers": layers}, dumps=dumps)
+
+
 async def openapi(request: web.Request) -> web.Response:
     return _json(OPENAPI)
 
@@ -101,6 +132,7 @@ ROUTES = [
     ("GET", "/api/me", me),
     ("GET", "/api/users", users),
     ("GET", "/api/openapi.json", openapi),
+    ("GET", "/api/map", map_layers),
 ]
 
 
@@ -182,6 +214,13 @@ OPENAPI: dict[str, Any] = {
         "/api/users": {"get": {"summary": "Users and tokens with their roles (no secrets). Role: admin.",
                                "responses": {"200": {"description": "Users", "content": {"application/json": {
                                    "schema": {"type": "array", "items": {"type": "object"}}}}}, **_AUTH_ERRORS}}},
+        "/api/map": {"get": {"summary": "Map layers as GeoJSON FeatureCollections in the map's coordinate "
+                                        "system (crs): grid, zones, sites, routes, roads, cameras, sensors (with "
+                                        "their last reading), vehicles and their tracks, cases of the last 24 h.",
+                             "responses": {"200": {"description": "crs, tiles and layers", "content": {
+                                 "application/json": {"schema": {"type": "object", "properties": {
+                                     "crs": {"enum": ["wgs84", "gcj02"]}, "tiles": {"type": ["object", "null"]},
+                                     "layers": {"type": "object"}}}}}}, **_AUTH_ERRORS}}},
         "/api/openapi.json": {"get": {"summary": "This document.",
                                       "responses": {"200": {"description": "OpenAPI 3.1", "content": {
                                           "application/json": {"schema": {"type": "object"}}}}, **_AUTH_ERRORS}}},

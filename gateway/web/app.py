@@ -119,8 +119,19 @@ async def case_retry(request: web.Request) -> web.Response:
 
 
 async def devices_page(request: web.Request) -> web.Response:
-    snap, error = request.app[CONSOLE].snapshot()
-    return _html(pages.devices_page(viewer(request), snap, error))
+    console = request.app[CONSOLE]
+    snap, error = console.snapshot()
+    vehicles = readings = None
+    if console.series is not None:
+        now = time.time()
+        vehicles, readings = await asyncio.to_thread(
+            lambda: (console.series.vehicles(now), console.series.readings(now)))
+    names = {d.id: d.name for d in console.config.sensors.devices} if console.config is not None else {}
+    return _html(pages.devices_page(viewer(request), snap, error, vehicles, readings, names))
+
+
+async def map_page(request: web.Request) -> web.Response:
+    return _html(pages.map_page(viewer(request)))
 
 
 async def _evidence_file(request: web.Request) -> tuple[Path, dict] | web.Response:
@@ -219,6 +230,7 @@ def build_app(console: Console) -> web.Application:
     r.add_get("/cases/{case_id}", case_page)
     r.add_post("/cases/{case_id}/retry", case_retry)
     r.add_get("/devices", devices_page)
+    r.add_get("/map", map_page)
     r.add_get("/evidence/{case_id}/{name}", evidence)
     r.add_get(r"/evidence/{case_id}/{name}/frames/{index:\d{1,6}}.jpg", clip_frame)
     r.add_get("/metrics", metrics_route)

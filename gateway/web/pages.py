@@ -38,6 +38,7 @@ class Viewer:
     role: str
     csrf: str
     site: str = "citygate"
+    tz: Any = None  # the site's time zone, for times the store keeps as epoch seconds
 
     def may(self, needed: str) -> bool:
         from gateway.web.auth import allows
@@ -154,7 +155,7 @@ def _doc(title: str, body: str, viewer: Viewer | None, refresh: bool = False) ->
         nav = ""
     else:
         nav = (f'<h1><a href="/">citygate · {e(viewer.site)}</a></h1>'
-               '<nav><a href="/">Overview</a><a href="/cases">Cases</a><a href="/devices">Devices</a>'
+               '<nav><a href="/">Overview</a><a href="/cases">Cases</a><a href="/devices">Devices</a><a href="/map">Map</a>'
                '<a href="/api/openapi.json">API</a></nav>'
                f'<form class="logout" method="post" action="/logout"><input type="hidden" name="csrf" '
                f'value="{e(viewer.csrf)}"><span>{e(viewer.name)} ({e(viewer.role)})</span> '
@@ -330,8 +331,56 @@ _CAMERA_COLUMNS = ("online", "decoded_fps", "frames_decoded", "frames_analysed",
                    "skipped_by_motion", "reconnects", "analysis_errors", "patrol", "preset", "last_error")
 
 
-def devices_page(viewer: Viewer, snapshot: Mapping[str, Any], snapshot_error: str | None = None) -> str:
-    """Cameras, vehicles and sensors as far as the runtime's snapshot tells."""
+def _sparkline(values: list[float], width: int = 160, height: int = 28) -> str:
+    """An inline SVG line of `values` (no script, no style attribute: allowed by the page's CSP)."""
+    if len(values) < 2:
+        return ""
+    lo, hi = min(values), max(values)
+    span = (hi - lo) or 1.0
+    step = width / (len(values) - 1)
+    pts = " ".join(f"{i * step:.1f},{height - 2 - (v - lo) / span * (height - 4):.1f}" for i, v in enumerate(values))
+    return (f'<svg class="spark" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
+            f'aria-label="{lo:g} to {hi:g}"><polyline points="{pts}" fill="none" stroke="#1f3a5f" '
+            'stroke-width="1.5"/></svg>')
+
+
+def _vehicles_table(tracks: Mapping[str, list], tz: Any) -> str:
+    if not tracks:
+        return '<p class="muted">No fixes in the last 30 minutes.</p>'
+    rows = []
+    for vehicle, fixes in sorted(tracks.items()):
+        t, tags, f = fixes[-1]
+        rows.append(f"<tr><td>{e(vehicle)}</td><td>{e(tags.get('type', ''))}</td>"
+                    f"<td>{e(fmt_time(datetime.fromtimestamp(t, tz)))}</td>"
+                    f"<td class=\"num\">{cell(f.get('speed_kmh'))}</td><td class=\"num\">{cell(f.get('lon'))}</td>"
+                    f"<td class=\"num\">{cell(f.get('lat'))}</td><td>{cell(f.get('valid', True))}</td>"
+                    f"<td class=\"num\">{len(fixes)}</td></tr>")
+    head = ("<tr><th>vehicle</th><th>type</th><th>last fix</th><th>km/h</th><th>lon</th><th>lat</th><th>valid</th>"
+            "<th>fixes (30 min)</th></tr>")
+    return f"<table>{head}{''.join(rows[:MAX_ROWS])}</table>{_more(len(rows))}"
+
+
+def _sensors_table(readings: Mapping[str, list], names: Mapping[str, str], tz: Any) -> str:
+    if not readings:
+        return '<p class="muted">No readings in the last 6 hours.</p>'
+    rows = []
+    for device, series in sorted(readings.items()):
+        t, last = series[-1]
+        numeric = [k for k, v in last.items() if isinstance(v, int | float) and not isinstance(v, bool)]
+        values = ", ".join(f"{k} {cell(last[k])}" for k in numeric)
+        spark = _sparkline([float(f[numeric[0]]) for _, f in series if numeric and isinstance(f.get(numeric[0]), int | float)][-200:]) if numeric else ""
+        rows.append(f"<tr><td>{e(device)}</td><td>{e(names.get(device, ''))}</td>"
+                    f"<td>{e(fmt_time(datetime.fromtimestamp(t, tz)))}</td><td>{values}</td>"
+                    f"<td>{spark}</td></tr>")
+    head = "<tr><th>sensor</th><th>name</th><th>last reading</th><th>values</th><th>last 6 h</th></tr>"
+    return f"<table>{head}{''.join(rows[:MAX_ROWS])}</table>{_more(len(rows))}"
+
+
+def devices_page(viewer: Viewer, snapshot: Mapping[str, Any], snapshot_error: str | None = None,
+                 vehicles: Mapping[str, list] | None = None, readings: Mapping[str, list] | None = None,
+                 sensor_names: Mapping[str, str] | None = None) -> str:
+    """Cameras from the runtime's snapshot; vehicles' last fixes and sensors' readings from the
+    embedded time series when there is one; then the snapshot's own counters."""
     parts = []
     if snapshot_error:
         parts.append(_section("Runtime snapshot unavailable", f'<p class="bad">{e(snapshot_error)}</p>'))
@@ -342,16 +391,29 @@ def devices_page(viewer: Viewer, snapshot: Mapping[str, Any], snapshot_error: st
         parts.append(_section(f"Cameras ({len(rows)})", _table(rows, 0) if rows else "", "cameras"))
     else:
         parts.append(_section("Cameras", '<p class="muted">No cameras configured.</p>', "cameras"))
+    if vehicles is not None:
+        parts.append(_section(f"Vehicles ({len(vehicles)})", _vehicles_table(vehicles, viewer.tz), "vehicles"))
+    if readings is not None:
+        parts.append(_section(f"Sensors ({len(readings)})", _sensors_table(readings, sensor_names or {}, viewer.tz), "sensors"))
     devices = snapshot.get("devices")
     if devices:
         parts.append(_section("Device health (vehicles and sensors)", generic(devices), "health"))
-    vehicles = snapshot.get("vehicles")
-    if vehicles:
-        parts.append(_section("Vehicles", generic(vehicles), "vehicles"))
-    for key, title in (("nmea", "GNSS receivers (NMEA)"), ("mqtt_source", "MQTT devices"), ("sensors", "Sensors")):
+    for key, title in (("vehicles", "Vehicle counters"), ("nmea", "GNSS receivers (NMEA)"),
+                       ("mqtt_source", "MQTT devices"), ("sensors", "Sensor counters")):
         if snapshot.get(key):
-            parts.append(_section(title, generic(snapshot[key]), key))
+            parts.append(_section(title, generic(snapshot[key]), f"{key}-counters"))
     return _doc(f"citygate {viewer.site} devices", "".join(parts), viewer, refresh=True)
+
+
+def map_page(viewer: Viewer) -> str:
+    """The map: Leaflet (vendored) draws /api/map; no tile is fetched unless web.map_tiles names a server."""
+    body = ('<div class="maplegend" id="legend"></div>'
+            '<div id="map" data-api="/api/map" aria-label="map of cases, devices and layers"></div>'
+            '<script src="/static/vendor/leaflet/leaflet.js" defer></script>'
+            '<script src="/static/console-map.js" defer></script>')
+    return _doc(f"citygate {viewer.site} map", body, viewer).replace(
+        '<link rel="stylesheet" href="/static/console.css">',
+        '<link rel="stylesheet" href="/static/vendor/leaflet/leaflet.css"><link rel="stylesheet" href="/static/console.css">')
 
 
 # -- one case -------------------------------------------------------------------------------------

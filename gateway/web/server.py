@@ -21,6 +21,7 @@ from gateway.outbox import Outbox
 from gateway.web.app import build_app
 from gateway.web.auth import Accounts, RateLimiter, Sessions
 from gateway.web.evidence import EvidenceStore
+from gateway.web.maps import SeriesReader
 from gateway.web.queries import CaseSearch
 from gateway.web.state import Console
 
@@ -45,8 +46,9 @@ class ConsoleServer:
         web_config: WebConfig | None = None,
         users_file: Path | None = None,
         timezone: tzinfo | None = None,
+        gateway_config: Any = None,
     ) -> None:
-        cfg = web_config or WebConfig()
+        cfg = web_config or (gateway_config.web if gateway_config is not None else WebConfig())
         if not is_loopback(host) and not (cfg.users or cfg.tokens or users_file):
             raise ValueError(f"refusing to serve the console on {host} without users or tokens")
         self.host = host
@@ -58,8 +60,23 @@ class ConsoleServer:
             by_address=RateLimiter(2 * cfg.login_attempts, cfg.login_window_s),
             by_user=RateLimiter(cfg.login_attempts, cfg.login_window_s),
             timezone=timezone or datetime.now().astimezone().tzinfo, secure_cookies=cfg.secure_cookies)
+        if gateway_config is not None:
+            self._add_map_sources(gateway_config)
         self.app = build_app(self.console)
         self._runner: web.AppRunner | None = None
+
+    def _add_map_sources(self, config: Any) -> None:
+        from gateway.runtime import demo_grid_path
+
+        c = self.console
+        c.config = config
+        c.grid_path = config.path(config.cases.grid) if config.cases.grid else demo_grid_path()
+        c.map_crs, c.map_tiles = config.web.map_tiles_crs, config.web.map_tiles
+        c.map_attribution = config.web.map_attribution
+        ts = config.timeseries
+        if ts.backend == "sqlite" and ts.sqlite_path != ":memory:":
+            path = Path(ts.sqlite_path)
+            c.series = SeriesReader(path if path.is_absolute() else config.data_path / path)
 
     def stats(self) -> dict[str, Any]:
         return {**self.console.stats, "sessions": len(self.console.sessions)}
@@ -87,6 +104,8 @@ class ConsoleServer:
             await self._runner.cleanup()
             self._runner = None
         self.console.search.close()
+        if self.console.series is not None:
+            self.console.series.close()
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.start()

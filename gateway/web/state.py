@@ -15,6 +15,7 @@ from aiohttp import web
 from gateway.outbox import Outbox
 from gateway.web.auth import Accounts, RateLimiter, Sessions
 from gateway.web.evidence import EvidenceStore
+from gateway.web.maps import SeriesReader
 from gateway.web.queries import CaseSearch
 
 log = logging.getLogger("gateway.web")
@@ -34,6 +35,13 @@ class Console:
     secure_cookies: bool = False
     stats: Counter = field(default_factory=Counter)
     site: str | None = None  # from the latest snapshot, for page headers
+    config: Any = None  # the GatewayConfig, when given: map layers
+    grid_path: Any = None
+    series: SeriesReader | None = None  # the embedded time series, when there is one
+    map_crs: str = "wgs84"
+    map_tiles: str | None = None
+    map_attribution: str = ""
+    static_layers: dict | None = None  # built on first use (the grid may be large)
 
     def snapshot(self) -> tuple[dict[str, Any], str | None]:
         """The runtime's snapshot, or ({}, why) when it fails. Called on the loop: the runtime's state

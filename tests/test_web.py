@@ -216,6 +216,10 @@ async def test_wrong_password_and_forged_login_form_are_refused(site):
         assert r.status_code == 401 and "Wrong user or password" in r.text and "citygate_session" not in c.cookies
         r = await login(c, "nobody", "whatever")
         assert r.status_code == 401
+        page = await c.get("/login")  # a login never sends the browser to another site
+        r = await c.post("/login", data={"user": "vera", "password": PASSWORDS["vera"], "csrf": form_csrf(page.text),
+                                         "next": "//evil.example/phish"})
+        assert r.status_code == 303 and r.headers["location"] == "/"
         # a login form posted without the token of the login page (login CSRF)
         r = await httpx.AsyncClient(base_url=site["base"]).post("/login", data={"user": "vera",
                                                                                "password": PASSWORDS["vera"]})

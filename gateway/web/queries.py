@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +18,8 @@ from pathlib import Path
 from gateway.outbox import _SELECT, STATUSES, CaseRecord, _record
 
 MAX_PAGE = 200  # cases per page at most
+FACET_CASES = 5000  # filter menus offer the values of the newest cases only
+FACETS_TTL_S = 300.0  # the menus are recomputed at most this often (a scan of the newest cases)
 SOURCES = ("video", "vehicle", "sensor", "system")
 
 
@@ -118,6 +121,17 @@ class CaseSearch:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
+        self._cache: dict[str, tuple[object, object]] = {}
+
+    def _cached(self, key: str, ttl: float, compute):
+        """compute() (called with the lock held), reused for `ttl` seconds."""
+        now = time.monotonic()
+        hit = self._cache.get(key)
+        if hit is not None and now - hit[0] < ttl:
+            return hit[1]
+        value = compute()
+        self._cache[key] = (now, value)
+        return value
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
@@ -135,22 +149,33 @@ class CaseSearch:
         return total, [_record(r) for r in rows]
 
     def facets(self) -> dict[str, list[str]]:
-        """Values seen in the store for the filter menus (sources, categories, rules, streets)."""
-        out: dict[str, list[str]] = {}
-        with self._lock:
+        """Values seen in the newest cases for the filter menus (sources, categories, rules, streets)."""
+        def compute() -> dict[str, list[str]]:
             db = self._conn()
+            out: dict[str, list[str]] = {}
             for key, path in (("source", "$.source"), ("category", "$.category.name"), ("rule", "$.rule"),
                               ("street", "$.location.street")):
-                rows = db.execute(f"SELECT DISTINCT json_extract(json, '{path}') AS v FROM cases"
-                                  " WHERE v IS NOT NULL ORDER BY v LIMIT 200").fetchall()
+                rows = db.execute(f"SELECT DISTINCT json_extract(json, '{path}') AS v FROM (SELECT json FROM cases"
+                                  " ORDER BY created_at DESC LIMIT ?) WHERE v IS NOT NULL ORDER BY v LIMIT 200",
+                                  (FACET_CASES,)).fetchall()
                 out[key] = [str(r[0]) for r in rows]
-        return out
+            return out
+
+        with self._lock:
+            return self._cached("facets", FACETS_TTL_S, compute)
 
     def store_stats(self, now: float) -> dict:
         """For /metrics: cases by rule, delivery rejections by HTTP status, age of the oldest pending case."""
         with self._lock:
             db = self._conn()
-            by_rule = dict(db.execute("SELECT json_extract(json, '$.rule'), COUNT(*) FROM cases GROUP BY 1").fetchall())
+            # Counting by rule scans every case's JSON: only when cases came or went since the last scrape.
+            version = db.execute("SELECT COUNT(*), MAX(created_at) FROM cases").fetchone()
+            hit = self._cache.get("by_rule")
+            if hit is None or hit[0] != version:
+                hit = (version, dict(db.execute(
+                    "SELECT json_extract(json, '$.rule'), COUNT(*) FROM cases GROUP BY 1").fetchall()))
+                self._cache["by_rule"] = hit
+            by_rule = hit[1]
             by_status = dict(db.execute("SELECT status, COUNT(*) FROM cases GROUP BY status").fetchall())
             rejected = dict(db.execute("SELECT status_code, COUNT(*) FROM dead_letters GROUP BY status_code").fetchall())
             oldest = db.execute("SELECT MIN(created_at) FROM cases WHERE status = 'pending'").fetchone()[0]

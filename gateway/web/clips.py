@@ -39,12 +39,12 @@ def index_mjpeg_avi(data: bytes) -> ClipIndex:
             cid = data[pos:pos + 4]
             size = struct.unpack_from("<I", data, pos + 4)[0]
             body = pos + 8
-            if body + size > len(data):
-                break  # truncated file: keep what is complete
-            if cid in (b"LIST", b"RIFF") and size >= 4:
+            if cid in (b"LIST", b"RIFF") and size >= 4:  # a list cut short still holds whole chunks
                 stack.append((body + size + (size & 1), end))
-                pos, end = body + 4, body + size
+                pos, end = body + 4, min(body + size, end)
                 continue
+            if body + size > end:
+                break  # truncated file: keep what is complete
             if cid == b"avih" and size >= 4:
                 us = struct.unpack_from("<I", data, body)[0]
                 fps = 1e6 / us if us else 0.0

@@ -18,7 +18,7 @@ from aiohttp import web
 from gateway.web import maps
 from gateway.web.access import principal, requires
 from gateway.web.queries import CaseQuery, QueryError
-from gateway.web.state import CONSOLE
+from gateway.web.state import CONSOLE, log
 
 
 def dumps(data: Any) -> str:
@@ -62,17 +62,21 @@ async def case(request: web.Request) -> web.Response:
     return _json(data)
 
 
+async def retry_case(request: web.Request, case_id: str) -> bool:
+    """Make a case due for delivery now (pages and API alike); False if unknown or already delivered."""
+    console = request.app[CONSOLE]
+    ok = await asyncio.to_thread(console.outbox.retry, case_id)
+    if ok:
+        console.stats["retries"] += 1
+        log.info("console: %s asked to send case %s again", principal(request).name, case_id)
+    return ok
+
+
 @requires("operator")
 async def retry(request: web.Request) -> web.Response:
-    console = request.app[CONSOLE]
     case_id = request.match_info["case_id"]
-    ok = await asyncio.to_thread(console.outbox.retry, case_id)
-    if not ok:
+    if not await retry_case(request, case_id):
         return _json({"error": f"case {case_id!r} is unknown or already delivered"}, 409)
-    console.stats["retries"] += 1
-    from gateway.web.state import log
-
-    log.info("console: %s asked to send case %s again", principal(request).name, case_id)
     return _json({"case_id": case_id, "status": "pending"})
 
 

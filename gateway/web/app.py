@@ -108,13 +108,9 @@ async def case_page(request: web.Request) -> web.Response:
 
 @requires("operator")
 async def case_retry(request: web.Request) -> web.Response:
-    console = request.app[CONSOLE]
     case_id = request.match_info["case_id"]
-    ok = await asyncio.to_thread(console.outbox.retry, case_id)
-    if not ok:
+    if not await api.retry_case(request, case_id):
         return _html(f"<!DOCTYPE html><p>Case {pages.e(case_id)} is unknown or already delivered.</p>", 409)
-    console.stats["retries"] += 1
-    log.info("console: %s asked to send case %s again", access.principal(request).name, case_id)
     raise web.HTTPSeeOther(pages.case_url(case_id) + "?retried=1")
 
 

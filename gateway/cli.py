@@ -1,4 +1,4 @@
-"""`citygate run|check|replay|cases|bench`: the command line of the gateway."""
+"""`citygate run|check|replay|cases|simulate|user|bench`: the command line of the gateway."""
 
 from __future__ import annotations
 
@@ -84,6 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--terminal", help="terminal number (default: the track's device)")
     simulate.add_argument("--speed", type=float, default=1.0, help="replay speed factor; 0 = as fast as answered")
     simulate.set_defaults(func=cmd_simulate)
+
+    user = sub.add_parser("user", help="console users: add or change one (password read from the terminal)")
+    user_sub = user.add_subparsers(dest="action", required=True)
+    add = user_sub.add_parser("add", help="set a user's role and password in web.users_file, or print the hash")
+    add.add_argument("name")
+    add.add_argument("--role", required=True, choices=["viewer", "operator", "admin"])
+    add.add_argument("--config", type=Path, help="config whose web.users_file receives the user")
+    add.add_argument("--users-file", type=Path, help="users file to write (instead of the config's)")
+    add.set_defaults(func=cmd_user_add)
 
     bench = sub.add_parser("bench", help="run a benchmark from bench/ (outbox, video, vehicles)")
     bench.add_argument("name", choices=["outbox", "video", "vehicles"])
@@ -316,6 +325,48 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         print(f"cannot talk to {args.host}:{args.port}: {exc or type(exc).__name__}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK if acknowledged == len(track) else EXIT_FAILED
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    import getpass
+
+    from gateway.web.auth import UsersFileError, hash_password, user_line, write_user
+
+    target = args.users_file
+    if target is None and args.config is not None:
+        config = _load(args.config)
+        if config is None:
+            return EXIT_CONFIG
+        target = config.path(config.web.users_file) if config.web.users_file else None
+    try:
+        user_line(args.name, args.role, "$argon2id$")  # a bad name fails before the password is asked
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        password = getpass.getpass(f"password for {args.name}: ")
+        again = getpass.getpass("again: ")
+    except (EOFError, KeyboardInterrupt):
+        print("\nno password given", file=sys.stderr)
+        return EXIT_FAILED
+    if password != again:
+        print("the passwords differ; nothing changed", file=sys.stderr)
+        return EXIT_FAILED
+    if len(password) < 8:
+        print("a password needs at least 8 characters; nothing changed", file=sys.stderr)
+        return EXIT_FAILED
+    hashed = hash_password(password)
+    if target is None:
+        print("no users file (give --users-file, or --config with web.users_file); add this to web.users:")
+        print(f"  - {{name: {args.name}, role: {args.role}, password_hash: '{hashed}'}}")
+        return EXIT_OK
+    try:
+        added = write_user(target, args.name, args.role, hashed)
+    except (UsersFileError, OSError) as exc:
+        print(f"{target}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"{'added' if added else 'updated'} {args.role} {args.name} in {target}")
+    return EXIT_OK
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

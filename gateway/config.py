@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from core.schema import FieldError, StrictModel, TimeZoneName
+from core.schema import FieldError, StrictModel, TimeZoneName, repeated
 from detectors.sensor.config import SensorsConfig
 from detectors.vehicle.config import FleetConfig
 from detectors.video.config import CameraConfig, DetectorConfig
@@ -141,10 +141,70 @@ class SensorsSection(SensorsConfig):
                                           "HTTP by IoT platforms (NB-IoT devices).")
 
 
+ROLES = ("viewer", "operator", "admin")  # each role may do what the ones before it may
+WebRole = Literal["viewer", "operator", "admin"]
+
+
+class WebUser(StrictModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$", description="Login name.")
+    role: WebRole = Field(description="viewer (read), operator (act on cases), admin (everything).")
+    password_hash: str = Field(pattern=r"^\$argon2(id|i|d)\$", description="Argon2 hash of the password, "
+                               "as printed by `citygate user add NAME --role R`; never the password itself.")
+
+
+class WebToken(StrictModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$", description="Who uses the token (shown in the log).")
+    role: WebRole = Field("viewer", description="What the token may do, as for users.")
+    token: str = Field(min_length=24, description="Bearer token for machines (e.g. ${CITYGATE_API_TOKEN}); "
+                       "at least 24 characters.")
+
+
+def is_loopback(host: str) -> bool:
+    """True when `host` is reachable from this machine only."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class WebConfig(StrictModel):
-    enabled: bool = Field(True, description="Serve the status page and JSON API.")
-    host: str = Field("127.0.0.1", description="Address of the status page.")
-    port: int = Field(8080, ge=0, le=65535, description="Port of the status page.")
+    enabled: bool = Field(True, description="Serve the operator console and JSON API.")
+    host: str = Field("127.0.0.1", description="Address of the console; beyond loopback needs users or tokens.")
+    port: int = Field(8080, ge=0, le=65535, description="Port of the console.")
+    users: list[WebUser] = Field(default_factory=list, description="Console users with their roles.")
+    users_file: str | None = Field(None, description="File of users kept by `citygate user add` (lines "
+                                   "`name:role:argon2-hash`), in addition to `users`.")
+    tokens: list[WebToken] = Field(default_factory=list, description="API tokens for machines (Bearer).")
+    metrics_token: str | None = Field(None, min_length=16, description="Bearer token Prometheus may use for "
+                                      "/metrics only; users and API tokens may read it too.")
+    secure_cookies: bool = Field(False, description="Mark the session cookie Secure (set when the console is "
+                                 "behind TLS, e.g. a reverse proxy).")
+    session_ttl_s: float = Field(8 * 3600.0, gt=0, description="A session ends this long after login.")
+    login_attempts: int = Field(5, ge=1, description="Failed logins allowed per user, and twice as many per "
+                                "address, within login_window_s; more are refused with 429.")
+    login_window_s: float = Field(300.0, gt=0, description="Window of the login rate limit.")
+    map_tiles: str | None = Field(None, description="Tile URL template of the deployment's own tile server "
+                                  "(e.g. http://tiles.local/{z}/{x}/{y}.png); empty = no tiles, the map draws "
+                                  "the config's layers on a plain background (nothing is fetched from outside).")
+    map_tiles_crs: Literal["wgs84", "gcj02"] = Field("wgs84", description="Coordinate system of those tiles: "
+                                                     "gcj02 for most Chinese web maps; every layer is converted to it.")
+    map_attribution: str = Field("", description="Attribution shown for the tiles.")
+
+    @model_validator(mode="after")
+    def _credentials_beyond_loopback(self) -> WebConfig:
+        if self.enabled and not is_loopback(self.host) and not (self.users or self.users_file or self.tokens):
+            raise ValueError(
+                f"the console would listen on {self.host}, beyond this machine, with no user or token: add "
+                "web.users or web.users_file (`citygate user add NAME --role admin`) or web.tokens, or bind "
+                "web.host to 127.0.0.1")
+        names = repeated([u.name for u in self.users] + [t.name for t in self.tokens])
+        if names:
+            raise ValueError(f"user and token names must be unique; repeated: {', '.join(names)}")
+        return self
 
 
 class GatewayConfig(StrictModel):

@@ -76,7 +76,7 @@ class Router:
     def stats(self) -> dict[str, Any]:
         return {**self.counters, "recorded_clock_devices": len(self._recorded),
                 "vehicles": {"rejected_by_filter": dict(self.fleet.filter.counts), "rules": dict(self.fleet.counts)},
-                "sensors": dict(self.sensors.stats), "devices": self.health.snapshot()}
+                "sensors": dict(self.sensors.stats)}
 
     # -- observations --------------------------------------------------------------------------
 

@@ -62,15 +62,22 @@ class Runner:
         return clean
 
     def snapshot(self) -> dict[str, Any]:
+        """Every component's stats under its name (cameras grouped under "cameras"), plus the outbox,
+        device health, task states and the newest alerts."""
         graph = self.graph
         config = graph.deployment.config
+        components = {c.name: _stats(c) for c in graph.components}
+        cameras = {name.removeprefix("camera:"): stats for name, stats in components.items()
+                   if name.startswith("camera:")}
         return {
             "site": config.site,
             "gateway_id": config.id,
             "started_at": self.started_at.isoformat(),
             "uptime_s": round((datetime.now(UTC) - self.started_at).total_seconds()),
             "outbox": {**graph.outbox.counts(), "fill_ratio": round(graph.outbox.fill_ratio(), 4)},
-            **{c.name: _stats(c) for c in graph.components},
+            "devices": graph.router.health.snapshot(),
+            "cameras": cameras,
+            **{name: stats for name, stats in components.items() if not name.startswith("camera:")},
             "tasks": self.supervisor.snapshot(),
             "recent_alerts": [_recent(a) for a in list(graph.bus.recent)[:50]],
         }

@@ -114,10 +114,13 @@ def build_graph(deployment: Deployment) -> Graph:
     _add_device_sources(graph)
     _add_replays(graph)
     if config.web.enabled:
-        from gateway.web.server import StatusServer
+        from gateway.web.server import ConsoleServer
 
-        graph.add("web", StatusServer(outbox, lambda: graph.snapshot(), evidence_root=data, host=config.web.host,
-                                      port=config.web.port))
+        web = config.web
+        graph.add("web", ConsoleServer(outbox, lambda: graph.snapshot(), evidence_root=config.evidence_path,
+                                       host=web.host, port=web.port, web_config=web, timezone=config.tz,
+                                       users_file=config.path(web.users_file) if web.users_file else None,
+                                       gateway_config=config))
     return graph
 
 

@@ -15,6 +15,7 @@ from gateway.runtime import Gateway
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "configs" / "data"
+TOKEN = "runtime-test-token-0123456789"
 
 
 def config_file(tmp_path: Path) -> Path:
@@ -22,7 +23,7 @@ def config_file(tmp_path: Path) -> Path:
     path.write_text(textwrap.dedent(f"""
         site: rt
         data_dir: data
-        web: {{host: 127.0.0.1, port: 0}}
+        web: {{host: 127.0.0.1, port: 0, tokens: [{{name: test, role: viewer, token: {TOKEN}}}]}}
         vehicles:
           fleet:
             vehicles:
@@ -55,9 +56,10 @@ async def test_replays_become_cases_visible_in_the_status_api(tmp_path):
     await gateway.start()
     try:
         await wait_until(lambda: gateway.desk.stats["cases"] >= 3)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway.component('web').port}") as client:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway.component('web').port}",
+                                     headers={"Authorization": f"Bearer {TOKEN}"}) as client:
             status = (await client.get("/api/status")).json()
-            cases = (await client.get("/api/cases")).json()
+            cases = (await client.get("/api/cases")).json()["cases"]
         assert status["site"] == "rt"
         rules = status["rules"]
         assert rules["positions"] > 0 and rules["vehicles"]["rules"]["unregistered"] > 0

@@ -13,9 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 from shapely.geometry.base import BaseGeometry
 
+from core.fonts import font
 from core.model import Evidence
 
 from .geometry import LocalPlane
@@ -46,16 +47,6 @@ class Place:
     wgs84: tuple[tuple[float, float], ...]  # ring (polygon) or line
     is_line: bool
     shape_xy: BaseGeometry  # metric polygon (a corridor for routes)
-
-
-_font_cache: list = []
-
-
-def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    """Pillow's built-in font, loaded once (loading it costs about a millisecond)."""
-    if not _font_cache:
-        _font_cache.append(ImageFont.load_default())
-    return _font_cache[0]
 
 
 def track_geojson(track: Sequence[TrackPoint], places: Sequence[Place], point: tuple[float, float],
@@ -117,7 +108,7 @@ def map_png(plane: LocalPlane, track: Sequence[TrackPoint], places: Sequence[Pla
     img = Image.new("P", (w, h), _INDEX[_WHITE])
     img.putpalette(_PALETTE_BYTES)
     d = ImageDraw.Draw(img)
-    d.font = _font()
+    d.font = font(13)  # a CJK font: zone, route and site names are often Chinese
     ix = _INDEX.__getitem__
     for pl in places:
         edge, fill = (ix(c) for c in _COLOURS.get(pl.kind, _OTHER))

@@ -14,6 +14,7 @@ from datetime import datetime
 import cv2
 import numpy as np
 
+from core.fonts import draw_label_bgr
 from core.model import Detection
 
 ZONE_COLOUR = (0, 255, 255)  # BGR yellow: the zone outline
@@ -29,14 +30,9 @@ def _encode(image: np.ndarray, quality: int) -> bytes:
 
 
 def _label(img: np.ndarray, text: str, x: int, y: int, bg: tuple[int, int, int], scale: float) -> None:
-    """Text on a filled background, kept inside the image."""
-    thick = max(1, round(scale * 2))
-    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
-    h, w = img.shape[:2]
-    x = int(min(max(0, x), max(0, w - tw - 4)))
-    y = int(min(max(th + base + 2, y), h - 1))
-    cv2.rectangle(img, (x, y - th - base - 4), (x + tw + 4, y), bg, cv2.FILLED)
-    cv2.putText(img, text, (x + 2, y - base - 2), cv2.FONT_HERSHEY_SIMPLEX, scale, TEXT_COLOUR, thick, cv2.LINE_AA)
+    """Text on a filled background, kept inside the image, in the CJK font (camera and zone names
+    may be Chinese: OpenCV's own fonts would draw them as '?')."""
+    draw_label_bgr(img, text, x, y, bg, TEXT_COLOUR, max(12, round(24 * scale)))
 
 
 def render_snapshot(image: np.ndarray, det: Detection, zone_polygon: Sequence[Sequence[float]] | None,

@@ -1,0 +1,232 @@
+"""The JSON API (`/api/...`) and its OpenAPI document (`/api/openapi.json`).
+
+Every route needs a session cookie or `Authorization: Bearer <token>` (web.tokens); a change
+(retry) needs the operator role, and from a browser session also the `X-CSRF-Token` header.
+Store reads run in a thread: they are SQLite calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from gateway.web import maps
+from gateway.web.access import principal, requires
+from gateway.web.queries import CaseQuery, QueryError
+from gateway.web.state import CONSOLE, log
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data, ensure_ascii=False, default=str)
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(text=json.dumps(data, ensure_ascii=False, indent=1, default=str), status=status,
+                        content_type="application/json")
+
+
+async def status(request: web.Request) -> web.Response:
+    snap, error = request.app[CONSOLE].snapshot()
+    return _json(snap) if error is None else _json({"error": error}, 500)
+
+
+async def cases(request: web.Request) -> web.Response:
+    console = request.app[CONSOLE]
+    try:
+        q = CaseQuery.from_params(request.query, console.timezone)
+    except QueryError as exc:
+        return _json({"error": str(exc)}, 400)
+    total, records = await asyncio.to_thread(console.search.search, q)
+    return _json({"total": total, "offset": q.offset, "limit": q.limit, "cases": [r.to_json() for r in records]})
+
+
+async def case(request: web.Request) -> web.Response:
+    console = request.app[CONSOLE]
+    case_id = request.match_info["case_id"]
+
+    def read():
+        rec = console.outbox.get(case_id)
+        return rec, (console.outbox.dead_letters(case_id) if rec is not None else [])
+
+    rec, letters = await asyncio.to_thread(read)
+    if rec is None:
+        return _json({"error": f"no case {case_id!r}"}, 404)
+    data = rec.to_json()
+    data["dead_letters"] = [{"at": d.at.isoformat(), "status_code": d.status_code,
+                             "response_body": d.response_body} for d in letters]
+    return _json(data)
+
+
+async def retry_case(request: web.Request, case_id: str) -> bool:
+    """Make a case due for delivery now (pages and API alike); False if unknown or already delivered."""
+    console = request.app[CONSOLE]
+    ok = await asyncio.to_thread(console.outbox.retry, case_id)
+    if ok:
+        console.stats["retries"] += 1
+        log.info("console: %s asked to send case %s again", principal(request).name, case_id)
+    return ok
+
+
+@requires("operator")
+async def retry(request: web.Request) -> web.Response:
+    case_id = request.match_info["case_id"]
+    if not await retry_case(request, case_id):
+        return _json({"error": f"case {case_id!r} is unknown or already delivered"}, 409)
+    return _json({"case_id": case_id, "status": "pending"})
+
+
+async def devices(request: web.Request) -> web.Response:
+    snap, error = request.app[CONSOLE].snapshot()
+    if error is not None:
+        return _json({"error": error}, 500)
+    keys = ("cameras", "devices", "rules", "jt808", "mqtt-source", "modbus", "http-ingest")
+    return _json({k: v for k, v in snap.items() if k in keys or k.startswith("nmea:")})
+
+
+async def me(request: web.Request) -> web.Response:
+    p = principal(request)
+    return _json({"name": p.name, "role": p.role, "via": p.via})
+
+
+@requires("admin")
+async def users(request: web.Request) -> web.Response:
+    rows = request.app[CONSOLE].accounts.names()
+    return _json([{"name": n, "role": r, "source": where} for n, r, where in rows])
+
+
+async def map_layers(request: web.Request) -> web.Response:
+    """GeoJSON layers of /map, in the map's coordinate system."""
+    console = request.app[CONSOLE]
+    crs = console.map_crs
+
+    def read() -> dict:
+        if console.static_layers is None and console.config is not None:
+            console.static_layers = maps.static_layers(console.config, console.grid_path, crs)
+        layers = dict(console.static_layers or {})
+        now = time.time()
+        _, records = console.search.search(CaseQuery(since=datetime.fromtimestamp(now - 86400, UTC),
+                                                     limit=maps.MAX_CASES))
+        layers["cases"] = maps.case_layer(records, crs)
+        if console.series is not None:
+            layers["vehicles"] = maps.vehicle_layer(console.series.vehicles(now), crs)
+            if "sensors" in layers:
+                layers["sensors"] = maps.with_readings(layers["sensors"], console.series.readings(now))
+        return layers
+
+    layers = await asyncio.to_thread(read)
+    tiles = {"url": console.map_tiles, "attribution": console.map_attribution} if console.map_tiles else None
+    return web.json_response({"crs": crs, "tiles": tiles, "layers": layers}, dumps=dumps)
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return _json(OPENAPI)
+
+
+ROUTES = [
+    ("GET", "/api/status", status),
+    ("GET", "/api/cases", cases),
+    ("GET", "/api/cases/{case_id}", case),
+    ("POST", "/api/cases/{case_id}/retry", retry),
+    ("GET", "/api/devices", devices),
+    ("GET", "/api/me", me),
+    ("GET", "/api/users", users),
+    ("GET", "/api/openapi.json", openapi),
+    ("GET", "/api/map", map_layers),
+]
+
+
+def _error(description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+_CASE_ID = {"name": "case_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_AUTH_ERRORS = {"401": _error("No or unknown credentials."), "403": _error("Role too low, or CSRF token missing.")}
+
+
+def _q(name: str, description: str, schema: dict | None = None) -> dict:
+    return {"name": name, "in": "query", "required": False, "schema": schema or {"type": "string"},
+            "description": description}
+
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "citygate console API", "version": "1",
+             "description": "The gateway's cases, devices and status. Authenticate with a console session "
+                            "(cookie; state changes also need the X-CSRF-Token header) or with "
+                            "`Authorization: Bearer <token>` from web.tokens."},
+    "security": [{"bearer": []}, {"session": []}],
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
+                            "session": {"type": "apiKey", "in": "cookie", "name": "citygate_session"}},
+        "schemas": {
+            "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+            "Case": {"type": "object", "description": "The case JSON sent to the central platform, plus its "
+                     "delivery state in the local store.",
+                     "required": ["case_id", "status"],
+                     "properties": {"case_id": {"type": "string"}, "source": {"type": "string"},
+                                    "rule": {"type": "string"}, "category": {"type": "object"},
+                                    "location": {"type": "object"}, "subject": {"type": "object"},
+                                    "facts": {"type": "object"}, "evidence": {"type": "array", "items": {"type": "object"}},
+                                    "status": {"enum": ["pending", "delivered", "dead", "stored"]},
+                                    "attempts": {"type": "integer"}, "recurrences": {"type": "integer"},
+                                    "last_error": {"type": ["string", "null"]},
+                                    "created_at": {"type": "string", "format": "date-time"},
+                                    "delivered_at": {"type": ["string", "null"], "format": "date-time"}}},
+        },
+    },
+    "paths": {
+        "/api/status": {"get": {"summary": "The runtime's status snapshot (every part's counters).",
+                                "responses": {"200": {"description": "Snapshot", "content": {"application/json": {
+                                    "schema": {"type": "object"}}}}, "500": _error("snapshot failed"), **_AUTH_ERRORS}}},
+        "/api/cases": {"get": {
+            "summary": "Cases, newest first, filtered.",
+            "parameters": [_q("status", "pending | delivered | dead | stored"), _q("source", "video | vehicle | sensor"),
+                           _q("category", "catalog key, code or name"), _q("rule", "rule name"),
+                           _q("grid", "unit-grid code prefix"), _q("street", "part of the street name"),
+                           _q("since", "filed at or after (ISO 8601; no zone = the site's)", {"type": "string", "format": "date-time"}),
+                           _q("until", "filed before", {"type": "string", "format": "date-time"}),
+                           _q("q", "text anywhere in the case"),
+                           _q("limit", "1-200, default 50", {"type": "integer", "minimum": 1, "maximum": 200}),
+                           _q("offset", "cases to skip", {"type": "integer", "minimum": 0})],
+            "responses": {"200": {"description": "A page of cases", "content": {"application/json": {"schema": {
+                "type": "object", "properties": {"total": {"type": "integer"}, "offset": {"type": "integer"},
+                                                 "limit": {"type": "integer"},
+                                                 "cases": {"type": "array", "items": {"$ref": "#/components/schemas/Case"}}}}}}},
+                          "400": _error("a filter value is invalid"), **_AUTH_ERRORS}}},
+        "/api/cases/{case_id}": {"get": {
+            "summary": "One case with its delivery state and the platform's rejections.",
+            "parameters": [_CASE_ID],
+            "responses": {"200": {"description": "The case", "content": {"application/json": {"schema": {
+                "$ref": "#/components/schemas/Case"}}}}, "404": _error("unknown case"), **_AUTH_ERRORS}}},
+        "/api/cases/{case_id}/retry": {"post": {
+            "summary": "Send a dead, stored or pending case (again) now. Role: operator.",
+            "parameters": [_CASE_ID, {"name": "X-CSRF-Token", "in": "header", "required": False,
+                                      "schema": {"type": "string"}, "description": "Required with a session cookie."}],
+            "responses": {"200": {"description": "Due for delivery", "content": {"application/json": {"schema": {
+                "type": "object"}}}}, "409": _error("unknown or already delivered"), **_AUTH_ERRORS}}},
+        "/api/devices": {"get": {"summary": "Cameras, vehicles, sensors and receivers as the runtime reports them.",
+                                 "responses": {"200": {"description": "Devices", "content": {"application/json": {
+                                     "schema": {"type": "object"}}}}, **_AUTH_ERRORS}}},
+        "/api/me": {"get": {"summary": "Who the credentials belong to.",
+                            "responses": {"200": {"description": "Name, role and how authenticated", "content": {
+                                "application/json": {"schema": {"type": "object"}}}}, **_AUTH_ERRORS}}},
+        "/api/users": {"get": {"summary": "Users and tokens with their roles (no secrets). Role: admin.",
+                               "responses": {"200": {"description": "Users", "content": {"application/json": {
+                                   "schema": {"type": "array", "items": {"type": "object"}}}}}, **_AUTH_ERRORS}}},
+        "/api/map": {"get": {"summary": "Map layers as GeoJSON FeatureCollections in the map's coordinate "
+                                        "system (crs): grid, zones, sites, routes, roads, cameras, sensors (with "
+                                        "their last reading), vehicles and their tracks, cases of the last 24 h.",
+                             "responses": {"200": {"description": "crs, tiles and layers", "content": {
+                                 "application/json": {"schema": {"type": "object", "properties": {
+                                     "crs": {"enum": ["wgs84", "gcj02"]}, "tiles": {"type": ["object", "null"]},
+                                     "layers": {"type": "object"}}}}}}, **_AUTH_ERRORS}}},
+        "/api/openapi.json": {"get": {"summary": "This document.",
+                                      "responses": {"200": {"description": "OpenAPI 3.1", "content": {
+                                          "application/json": {"schema": {"type": "object"}}}}, **_AUTH_ERRORS}}},
+    },
+}

@@ -1,0 +1,201 @@
+"""A real browser (Debian's headless Chromium, driven through chromium-driver) uses the console of a
+gateway that has processed replayed vehicle tracks and sensor series plus a video case filed by
+the case desk from real frames: log in, see the cases with their thumbnails, open a case whose
+snapshot and clip frames load, open a vehicle case with its map, send a stored case again.
+
+Screenshots go to $CITYGATE_TEST_ARTIFACTS (default: test-artifacts/ in the checkout)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import textwrap
+from datetime import UTC, datetime
+from pathlib import Path
+
+import cv2
+import pytest
+
+from core.model import Alert, Detection, Evidence
+from detectors.video.evidence import ClipBuffer, crop, render_snapshot
+from gateway.deployment import load_deployment
+from gateway.runtime import Gateway
+from gateway.web.auth import hash_password
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "configs" / "data"
+CLIP = REPO / "tests" / "fixtures" / "video" / "pedestrians_480x360_10fps.mp4"
+ARTIFACTS = Path(os.environ.get("CITYGATE_TEST_ARTIFACTS", REPO / "test-artifacts")) / "console"
+PASSWORD = "operator-password-1"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+def config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "site.yaml"
+    path.write_text(textwrap.dedent(f"""
+        site: browser
+        data_dir: data
+        web:
+          host: 127.0.0.1
+          port: 0
+          users: [{{name: wang.li, role: operator, password_hash: '{hash_password(PASSWORD)}'}}]
+        vehicles:
+          fleet:
+            vehicles:
+              - {{id: mixer-01, type: mixer, terminal: "013912340002", speed_limit_kmh: 50}}
+            zones:  # drawn in GCJ-02, as a city's web-map layers often are
+              - {{id: centre, name: 核心区渣土车禁行区, crs: gcj02, applies_to: [muck_truck], windows: ["00:00-24:00"],
+                 polygon: [[116.4012, 39.9064], [116.4162, 39.9064], [116.4162, 39.9214], [116.4012, 39.9214]]}}
+            sites:
+              - {{id: depot-east, name: 东部车场, kind: depot,
+                 polygon: [[116.4300, 39.9100], [116.4340, 39.9100], [116.4340, 39.9130], [116.4300, 39.9130]]}}
+          replay:
+            - {{file: {DATA / "tracks" / "mixer-01.csv"}, speed: 0}}
+            - {{file: {DATA / "tracks" / "unknown-truck.csv"}, speed: 0}}
+        sensors:
+          devices:
+            - {{id: wl-underpass-01, kind: water_level, lon: 116.404, lat: 39.9105}}
+            - {{id: wl-street-02, kind: water_level, lon: 116.4016, lat: 39.912}}
+            - {{id: rain-01, kind: rain_gauge, profile: generic-rain-gauge-json, lon: 116.4, lat: 39.915}}
+          level_rules:
+            - {{name: underpass-flooding, warn_at: 20, critical_at: 35, category: road_flooding}}
+          replay:
+            - {{file: {DATA / "sensors" / "cloudburst-demo.csv"}, speed: 0}}
+        """), encoding="utf-8")
+    return path
+
+
+def parking_alert() -> Alert:
+    """An illegal-parking alert with a snapshot, a crop and a clip made from real video frames."""
+    cap = cv2.VideoCapture(str(CLIP))
+    clip = ClipBuffer(10.0)
+    frame = None
+    for i in range(12):
+        ok, frame = cap.read()
+        assert ok, f"cannot read frame {i} of {CLIP}"
+        clip.add(i * 0.1, frame)
+    cap.release()
+    det = Detection(label="car", class_id=2, confidence=0.87, box=(180.0, 120.0, 300.0, 260.0))
+    now = datetime.now(UTC)
+    zone = [[150, 100], [340, 100], [340, 300], [150, 300]]
+    evidence = (Evidence("snapshot.jpg", "image/jpeg", render_snapshot(frame, det, zone, "car", 7, now, "东门-01")),
+                Evidence("crop.jpg", "image/jpeg", crop(frame, det.box)),
+                Evidence("clip.avi", "video/x-msvideo", clip.to_avi()))
+    return Alert(rule="no-parking", subject_kind="camera", subject_id="东门-01", state="open", time=now,
+                 source="video", category="illegal_parking", place="kerb", lon=116.397, lat=39.909, track_id=7,
+                 message="car parked 312 s in kerb", facts={"dwell_s": 312, "object": "car"}, evidence=evidence)
+
+
+def browse(base: str, case_id: str) -> dict:
+    """The browser session (blocking: runs in a thread while the gateway serves)."""
+    from selenium import webdriver
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1400,1000", "--lang=zh-CN"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=DRIVER))
+    wait = WebDriverWait(driver, 20)
+    seen: dict = {}
+
+    def loaded(selector: str) -> list[int]:
+        images = driver.find_elements(By.CSS_SELECTOR, selector)
+        wait.until(lambda d: all(d.execute_script("return arguments[0].complete", i) for i in images))
+        return [driver.execute_script("return arguments[0].naturalWidth", i) for i in images]
+
+    try:
+        driver.get(base + "/cases")
+        wait.until(ec.url_contains("/login"))
+        driver.save_screenshot(str(ARTIFACTS / "01-login.png"))
+        driver.find_element(By.NAME, "user").send_keys("wang.li")
+        driver.find_element(By.NAME, "password").send_keys(PASSWORD)
+        driver.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "table.cases")))
+        seen["after_login_url"] = driver.current_url
+        seen["thumbs"] = loaded("img.thumb")
+        seen["cases_text"] = driver.find_element(By.TAG_NAME, "main").text
+        driver.save_screenshot(str(ARTIFACTS / "02-cases.png"))
+
+        driver.find_element(By.CSS_SELECTOR, f'a[href="/cases/{case_id}"]').click()
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "figure.clip")))
+        seen["evidence"] = loaded("img.evidence")
+        seen["evidence_alts"] = [i.get_attribute("alt") for i in driver.find_elements(By.CSS_SELECTOR, "img.evidence")]
+        driver.find_element(By.CSS_SELECTOR, "figure.clip button.play").click()
+        wait.until(lambda d: not d.find_element(By.CSS_SELECTOR, "figure.clip .frame").text.startswith("1 /"))
+        seen["clip_frame"] = loaded("figure.clip img")
+        seen["case_text"] = driver.find_element(By.TAG_NAME, "main").text
+        driver.execute_script("window.scrollTo(0, 0)")
+        driver.save_screenshot(str(ARTIFACTS / "03-video-case.png"))
+
+        driver.get(base + "/cases?source=vehicle&q=map.png")  # text search: cases with a map
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "table.cases")))
+        driver.find_element(By.CSS_SELECTOR, "table.cases tr.case a[href^='/cases/']").click()
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "img.evidence")))
+        seen["map"] = loaded("img.evidence")
+        driver.save_screenshot(str(ARTIFACTS / "04-vehicle-case.png"))
+        # an operator sends a stored case to the platform: the form asks first, carries its CSRF token
+        driver.find_element(By.CSS_SELECTOR, "form[action$='/retry'] button").click()
+        wait.until(ec.alert_is_present()).accept()
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, ".notice")))
+        seen["retried_url"] = driver.current_url
+        driver.save_screenshot(str(ARTIFACTS / "05-retried.png"))
+
+        driver.get(base + "/devices")
+        seen["devices_text"] = driver.find_element(By.TAG_NAME, "main").text
+        driver.save_screenshot(str(ARTIFACTS / "06-devices.png"))
+        driver.get(base + "/map")
+        wait.until(lambda d: d.find_element(By.ID, "map").get_attribute("data-ready") == "1")
+        seen["map_shapes"] = len(driver.find_elements(By.CSS_SELECTOR, "#map path.leaflet-interactive"))
+        seen["map_legend"] = driver.find_element(By.ID, "legend").text
+        seen["map_labels"] = [t.text for t in driver.find_elements(By.CSS_SELECTOR, ".leaflet-tooltip")]
+        driver.save_screenshot(str(ARTIFACTS / "08-map.png"))
+        driver.get(base + "/")
+        seen["overview_text"] = driver.find_element(By.TAG_NAME, "main").text
+        driver.save_screenshot(str(ARTIFACTS / "07-overview.png"))
+        seen["log"] = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
+    finally:
+        driver.quit()
+    return seen
+
+
+@pytest.mark.slow
+async def test_an_operator_uses_the_console_in_a_real_browser(tmp_path):
+    assert Path(CHROMIUM).exists() and Path(DRIVER).exists(), "install chromium and chromium-driver (scripts/test.sh)"
+    gateway = Gateway(load_deployment(config_file(tmp_path)))
+    await gateway.start()
+    try:
+        gateway.bus.submit(parking_alert())
+        async with asyncio.timeout(60):
+            while gateway.desk.stats["cases"] < 4:
+                await asyncio.sleep(0.05)
+        [video] = [r for r in gateway.outbox.list(limit=100) if r.case["source"] == "video"]
+        seen = await asyncio.to_thread(browse, f"http://127.0.0.1:{gateway.component('web').port}", video.case_id)
+    finally:
+        assert await gateway.shutdown()
+
+    assert seen["after_login_url"].endswith("/cases")
+    assert seen["thumbs"] and all(w > 0 for w in seen["thumbs"])  # every thumbnail loaded
+    assert "no-parking" in seen["cases_text"] and "overspeed" in seen["cases_text"]
+    assert seen["evidence_alts"][:2] == ["snapshot.jpg", "crop.jpg"]
+    assert all(w > 0 for w in seen["evidence"]) and seen["evidence"][0] == 480  # the snapshot, full size
+    assert seen["clip_frame"] == [480]
+    assert "dwell_s" in seen["case_text"] and "stored" in seen["case_text"]
+    assert seen["map"] and all(w > 0 for w in seen["map"])
+    assert seen["retried_url"].endswith("?retried=1")
+    assert "Device health" in seen["devices_text"] and "positions" in seen["devices_text"]
+    assert "Outbox" in seen["overview_text"]
+    assert "Vehicles (2)" in seen["devices_text"] and "mixer-01" in seen["devices_text"]
+    assert "wl-underpass-01" in seen["devices_text"]  # sensors with their last reading
+    for layer in ("grid", "forbidden zones", "sites", "sensors", "vehicles", "cases (24 h)"):
+        assert layer in seen["map_legend"]
+    assert seen["map_shapes"] > 10 and {"核心区渣土车禁行区", "东部车场"} <= set(seen["map_labels"])
+    assert seen["log"] == []  # no script errors, nothing refused by the Content-Security-Policy
+    for name in ("01-login", "02-cases", "03-video-case", "04-vehicle-case", "05-retried", "06-devices", "08-map"):
+        assert (ARTIFACTS / f"{name}.png").stat().st_size > 5000

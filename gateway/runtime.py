@@ -163,7 +163,7 @@ class Gateway:
             self.on_reading(observation)
 
     def _after_alert(self, alert: Alert, outcome: CaseOutcome | None) -> None:
-        if outcome is not None and outcome.kind == "new" and self.central is not None:
+        if outcome is not None and outcome.committed and self.central is not None:
             self.central.notify()
         if self.mqtt is not None:
             self.mqtt.publish_alert(alert, outcome.case_id if outcome is not None else None)

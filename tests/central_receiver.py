@@ -15,7 +15,8 @@ As a process (a kill -9 test, the benchmark)::
 
 prints ``listening on http://127.0.0.1:PORT`` and appends the idempotency key of every request it
 answers with 2xx to FILE, one per line, flushed per request so another process can read it: the
-case_id for a case, ``<case_id>:<seq> <kind>`` for a later event of a case. Stdlib only.
+case_id for a case, ``<case_id>:<seq> <kind> evidence=<n>`` for a later event of a case (n: the
+evidence files that came with it). Stdlib only.
 """
 
 from __future__ import annotations
@@ -221,7 +222,8 @@ class CentralReceiver:
         with self._lock:
             self.received.append(rec)
             if self._log and 200 <= rec.status < 300 and rec.key:
-                self._log.write(rec.key + ("" if rec.kind == "opened" else f" {rec.kind}") + "\n")
+                files = sum(1 for name in rec.parts if name.startswith("evidence["))
+                self._log.write(rec.key + ("" if rec.kind == "opened" else f" {rec.kind} evidence={files}") + "\n")
                 self._log.flush()
 
 
@@ -297,9 +299,11 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=0, help="0 = a free port (printed on stdout)")
     ap.add_argument("--log", help="append the case_id of every accepted request to this file")
     ap.add_argument("--status", type=int, default=200, help="status to answer with")
+    ap.add_argument("--delay-s", type=float, default=0.0, help="answer each request after this many seconds")
     args = ap.parse_args()
     rx = CentralReceiver(args.host, args.port, args.log)
     rx.set_status(args.status)
+    rx.delay_s = args.delay_s
     # SIGTERM -> shutdown from another thread (shutdown() from the serving thread would deadlock).
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=rx._server.shutdown).start())
     print(f"listening on http://{args.host}:{rx.port}", flush=True)

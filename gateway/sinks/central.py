@@ -259,7 +259,7 @@ class CentralDelivery:
         except aiohttp.ClientError as exc:
             return _Outcome("retry", error=f"{type(exc).__name__}: {exc}")
         if 200 <= code < 300:
-            return _Outcome("delivered", code, body=body[:MAX_REPLY] if item.event_id else b"")
+            return _Outcome("delivered", code, body=body[:MAX_REPLY])
         if is_retryable(code):
             return _Outcome("retry", code, f"HTTP {code}: {body[:200].decode('utf-8', 'replace')}",
                             retry_after_s=parse_retry_after(retry_after))

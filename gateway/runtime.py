@@ -166,7 +166,7 @@ class Gateway:
         if outcome is not None and outcome.committed and self.central is not None:
             self.central.notify()
         if self.mqtt is not None:
-            self.mqtt.publish_alert(alert, outcome.case_id if outcome is not None else None)
+            self.mqtt.publish_alert(alert, outcome.case_id or None if outcome is not None else None)
         self.health.on_alert(alert)
 
     def _is_offline_alert(self, alert: Alert) -> bool:

@@ -99,9 +99,10 @@ CREATE TABLE IF NOT EXISTS events (
     delivered_at    REAL,
     reply           TEXT,
     updated_at      REAL NOT NULL,
+    ready           INTEGER NOT NULL DEFAULT 0,  -- 1 once the case and every earlier event are delivered
     UNIQUE (case_id, seq)
 );
-CREATE INDEX IF NOT EXISTS events_due ON events (status, next_attempt_at);
+CREATE INDEX IF NOT EXISTS events_due ON events (status, ready, next_attempt_at);
 CREATE TABLE IF NOT EXISTS outbox_counts (
     tbl    TEXT NOT NULL,
     status TEXT NOT NULL,
@@ -300,10 +301,11 @@ class Outbox:
         t_at = _epoch(at)
         now = time.time()
         with self._lock, self._tx():
-            row = self._db.execute("SELECT last_seq FROM cases WHERE case_id = ?", (case_id,)).fetchone()
+            row = self._db.execute("SELECT last_seq, status FROM cases WHERE case_id = ?", (case_id,)).fetchone()
             if row is None:
                 return None
             seq = row[0] + 1
+            ready = self._delivered(case_id, seq - 1, row[1])
             eid = event_id(case_id, seq)
             payload = {"event_id": eid, "case_id": case_id, "seq": seq, "kind": kind,
                        "at": at.isoformat(), **body}
@@ -312,8 +314,8 @@ class Outbox:
             js = json.dumps(payload, ensure_ascii=False)
             self._db.execute(
                 "INSERT INTO events (event_id, case_id, seq, kind, created_at, json, status, next_attempt_at,"
-                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (eid, case_id, seq, kind, now, js, self._initial, now, now))
+                " updated_at, ready) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (eid, case_id, seq, kind, now, js, self._initial, now, now, int(ready)))
             facts_json = None if recurrence_facts is None else json.dumps(recurrence_facts, ensure_ascii=False)
             self._db.execute(
                 "UPDATE cases SET last_seq = ?, state = COALESCE(?, state), severity = COALESCE(?, severity),"
@@ -368,6 +370,10 @@ class Outbox:
                         (t, replies.get(key, "")[:MAX_REPLY] or None, t, key),
                     )
                     changed += cur.rowcount
+                    if cur.rowcount:  # the case's next event may go now
+                        case_id, _, seq = key.partition(":")
+                        self._db.execute("UPDATE events SET ready = 1 WHERE case_id = ? AND seq = ?",
+                                         (case_id, int(seq or 1) + 1))
             self._done_since_prune += changed
             if self._done_since_prune >= max(100, self.keep_done // 10):
                 self._prune()
@@ -453,17 +459,16 @@ class Outbox:
         return items
 
     def due_events(self, now: datetime | float | None = None, limit: int = 50) -> list[OutboxItem]:
-        """Pending events that are due and whose case and earlier events are all delivered."""
+        """Pending events that are due and whose case and earlier events are all delivered (`ready`,
+        set when the predecessor is acknowledged: events waiting behind an undelivered case are
+        never scanned)."""
         if not self._read_count("events", "pending"):
             return []  # the usual case: skip the query
         with self._lock:
             rows = self._db.execute(
-                "SELECT e.event_id, e.case_id, e.json, e.attempts FROM events e"
-                " JOIN cases c ON c.case_id = e.case_id"
-                " WHERE e.status = 'pending' AND e.next_attempt_at <= ? AND c.status = 'delivered'"
-                " AND NOT EXISTS (SELECT 1 FROM events p WHERE p.case_id = e.case_id AND p.seq < e.seq"
-                " AND p.status != 'delivered')"
-                " ORDER BY e.next_attempt_at LIMIT ?",
+                "SELECT event_id, case_id, json, attempts FROM events"
+                " WHERE status = 'pending' AND ready = 1 AND next_attempt_at <= ?"
+                " ORDER BY next_attempt_at LIMIT ?",
                 (_epoch(now), limit),
             ).fetchall()
         return [OutboxItem(cid, json.loads(js), attempts, eid) for eid, cid, js, attempts in rows]
@@ -574,6 +579,13 @@ class Outbox:
     def _count(db: sqlite3.Connection, table: str, status: str) -> int:
         row = db.execute("SELECT n FROM outbox_counts WHERE tbl = ? AND status = ?", (table, status)).fetchone()
         return row[0] if row else 0
+
+    def _delivered(self, case_id: str, seq: int, case_status: str) -> bool:
+        """Whether event `seq` of the case (1: the case itself) is acknowledged; in a transaction."""
+        if seq == 1:
+            return case_status == "delivered"
+        row = self._db.execute("SELECT status FROM events WHERE case_id = ? AND seq = ?", (case_id, seq)).fetchone()
+        return row is not None and row[0] == "delivered"
 
     def _upgrade(self) -> None:
         """Add the columns and counting triggers a store from an older version lacks (called once)."""

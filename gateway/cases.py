@@ -150,11 +150,12 @@ class CaseDesk:
         cell = self.grid.lookup(alert.lon, alert.lat) if alert.lon is not None and alert.lat is not None else None
         grid_code = cell.grid_code if cell else ""
         dedup_key = f"{self._alert_key(alert)}|{grid_code}"
-        row = self._db.execute("SELECT case_id, closed_at FROM case_state WHERE dedup_key=?", (dedup_key,)).fetchone()
+        row = self._db.execute("SELECT case_id, closed_at, opened_at FROM case_state WHERE dedup_key=?",
+                               (dedup_key,)).fetchone()
         if row is not None:
-            existing, closed_at = row
+            existing, closed_at, opened_at = row
             if closed_at is None or alert.time - datetime.fromisoformat(closed_at) < self.cooldown:
-                outcome = self._done_before(alert) or self._recur(existing, alert)
+                outcome = self._done_before(alert) or self._recur(existing, datetime.fromisoformat(opened_at), alert)
                 self._committed = (alert, outcome)
                 self._db.execute("UPDATE case_state SET closed_at=NULL, alert_key=? WHERE dedup_key=?",
                                  (self._alert_key(alert), dedup_key))
@@ -192,8 +193,9 @@ class CaseDesk:
             raise
         return CaseOutcome("new", case.case_id, case)
 
-    def _recur(self, case_id: str, alert: Alert) -> CaseOutcome:
-        """Another opening alert of a known case: reopened, escalated or a plain recurrence."""
+    def _recur(self, case_id: str, opened: datetime, alert: Alert) -> CaseOutcome:
+        """Another opening alert of a known case: reopened, escalated or a plain recurrence; the
+        evidence it carries (a video snapshot) goes along, what it would draw on demand does not."""
         state, severity = self.outbox.case_state(case_id) or ("open", alert.severity)
         facts = dict(alert.facts)
         if state == "withdrawn":  # an operator said it is not a case: count it, send nothing
@@ -205,6 +207,8 @@ class CaseDesk:
                       "message": alert.message, "facts": facts}
         if escalated:
             body["previous_severity"] = severity
+        if alert.evidence:
+            body["evidence"] = self._store_event_evidence(case_id, opened, "updated", alert)
         event = self.outbox.add_event(case_id, "updated", alert.time.astimezone(self.timezone), body, state="open",
                                       severity=alert.severity if escalated else None, recurrence_facts=facts,
                                       recurrence=True)
@@ -248,7 +252,7 @@ class CaseDesk:
 
     def _store_event_evidence(self, cid: str, opened: datetime, kind: str, alert: Alert) -> list[dict[str, str]]:
         """An event's evidence beside the case's, its names prefixed so the opening files stay."""
-        stamp = alert.time.astimezone(self.timezone).strftime("%Y%m%dT%H%M%S")
+        stamp = alert.time.astimezone(self.timezone).strftime("%Y%m%dT%H%M%S.%f")[:-3]  # ms: repeats differ
         return [self._store_evidence(cid, opened, e, prefix=f"{kind}-{stamp}-") for e in alert.evidence]
 
     def _store_evidence(self, cid: str, when: datetime, evidence: Evidence, prefix: str = "") -> dict[str, str]:

@@ -19,7 +19,7 @@ page and pruned beyond the newest ``keep_done`` (with their events); pending and
 those with an undelivered event are never pruned.
 
 Case lifecycle: the case row is the ``opened`` event (sequence 1, its id is the case_id). Later
-events -- ``updated`` (reopened, recurrence, escalated, evidence), ``cleared``, ``withdrawn`` -- are
+events -- ``updated`` (reopened, recurrence, escalated; with new evidence), ``cleared``, ``withdrawn`` -- are
 rows of the ``events`` table with their own id (``<case_id>:<seq>``) and the next sequence number,
 committed in the same transaction as the case's new state (open, cleared, withdrawn) and severity.
 They have the same statuses and guarantees as cases; `due_events` hands out an event only once its
@@ -335,20 +335,6 @@ class Outbox:
             return None
         return self.add_event(case_id, "withdrawn", at or datetime.now(UTC),
                               {"reason": reason, "by": by}, state="withdrawn")
-
-    def add_recurrence(
-        self, case_id: str, at: datetime, facts: dict[str, Any] | None = None
-    ) -> bool:
-        """Count one more occurrence of an open case (no event); False if the case is unknown."""
-        t = _epoch(at)
-        facts_json = None if facts is None else json.dumps(facts, ensure_ascii=False)
-        with self._lock, self._tx():
-            cur = self._db.execute(
-                "UPDATE cases SET recurrences = recurrences + 1, last_recurrence_at = ?,"
-                " recurrence_facts = COALESCE(?, recurrence_facts), updated_at = ? WHERE case_id = ?",
-                (t, facts_json, time.time(), case_id),
-            )
-            return cur.rowcount == 1
 
     def mark_delivered(self, case_id: str, now: datetime | float | None = None) -> None:
         self.mark_delivered_many([case_id], now)

@@ -84,6 +84,10 @@ def test_repeat_while_open_and_within_cooldown_is_a_recurrence(desk):
     assert outbox.events(first.case_id) == [("updated", "recurrence"), ("cleared", "condition_ended"),
                                             ("updated", "reopened")]
     assert outbox.outbox.case_state(first.case_id) == ("open", "warning")
+    # the reopening alert's snapshot is new evidence: it goes with the event, beside the case's files
+    (snap,) = outbox.outbox.events(first.case_id)[-1].body["evidence"]
+    assert Path(snap["path"]).name.startswith("updated-") and Path(snap["path"]).parent.name == first.case_id
+    assert Path(snap["path"]).read_bytes() == b"\xff\xd8jpegbytes"
 
 
 def test_after_cooldown_a_new_case_opens(desk):

@@ -108,7 +108,7 @@ async def run_phase(workdir: Path, url: str, mode: str, count: int, rate: float 
     producer = threading.Thread(target=produce, args=(outbox, delivery, count, rate, name), daemon=True)
     producer.start()
     deadline = time.monotonic() + 50
-    while delivery.stats["delivered"] < count and time.monotonic() < deadline:
+    while delivery.stats()["delivered"] < count and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
     cpu, rx_cpu = time.process_time() - cpu0, process_cpu_s(receiver_pid) - rx_cpu0
     stop.set()

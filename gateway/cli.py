@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import logging
 import os
@@ -61,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("file", type=Path)
     replay.set_defaults(func=cmd_replay)
 
-    cases = sub.add_parser("cases", help="the local case store: list, show, retry")
+    cases = sub.add_parser("cases", help="the local case store: list, show, retry, withdraw")
     cases.add_argument("--config", type=Path, default=Path("configs/demo.yaml"))
     cases_sub = cases.add_subparsers(dest="action", required=True)
     lst = cases_sub.add_parser("list", help="recent cases")
@@ -70,12 +71,19 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("--json", action="store_true",
                      help='print {"cases": [...], "total": N, "left_out": M}: M matching cases were not shown')
     lst.set_defaults(func=cmd_cases_list)
-    show = cases_sub.add_parser("show", help="one case with its delivery state and dead letters")
+    show = cases_sub.add_parser("show", help="one case, its state, dead letters and event history with each"
+                                " event's delivery state")
     show.add_argument("case_id")
     show.set_defaults(func=cmd_cases_show)
     retry = cases_sub.add_parser("retry", help="deliver a dead or stored case again")
     retry.add_argument("case_id")
     retry.set_defaults(func=cmd_cases_retry)
+    withdraw = cases_sub.add_parser("withdraw", help="an operator rejects a case: a 'withdrawn' event goes to the"
+                                    " central platform")
+    withdraw.add_argument("case_id")
+    withdraw.add_argument("--reason", required=True, help="why (sent to the central platform)")
+    withdraw.add_argument("--by", help="who withdraws it (default: cli:<login name>)")
+    withdraw.set_defaults(func=cmd_cases_withdraw)
 
     simulate = sub.add_parser("simulate", help="a JT/T 808 terminal driving a recorded track into a gateway")
     simulate.add_argument("track", type=Path, help="CSV track: time,device,lon,lat[,speed_kmh,course,status,alarm]")
@@ -293,7 +301,49 @@ def cmd_cases_show(args: argparse.Namespace) -> int:
         out = record.to_json()
         out["dead_letters"] = [{"at": d.at.isoformat(), "status_code": d.status_code,
                                 "response_body": d.response_body} for d in outbox.dead_letters(args.case_id)]
+        out["events"] = _event_history(outbox, record)
     print(json.dumps(out, ensure_ascii=False, indent=2))
+    return EXIT_OK
+
+
+def _event_history(outbox, record) -> list[dict]:
+    """The case's events, ``opened`` (the case itself) first, each with its delivery state."""
+    def iso(t):
+        return None if t is None else t.isoformat()
+
+    opened = {"seq": 1, "event_id": record.case_id, "kind": "opened", "status": record.status,
+              "attempts": record.attempts, "created_at": iso(record.created_at),
+              "delivered_at": iso(record.delivered_at), "last_error": record.last_error, "reply": record.reply}
+    history = [opened]
+    for e in outbox.events(record.case_id):
+        entry = {"seq": e.seq, "event_id": e.event_id, "kind": e.kind, "status": e.status, "attempts": e.attempts,
+                 "created_at": iso(e.created_at), "delivered_at": iso(e.delivered_at), "last_error": e.last_error,
+                 "reply": e.reply, "at": e.body.get("at"), "reason": e.body.get("reason")}
+        if e.status == "dead":
+            entry["dead_letters"] = [{"at": d.at.isoformat(), "status_code": d.status_code,
+                                      "response_body": d.response_body} for d in outbox.dead_letters(e.event_id)]
+        history.append(entry)
+    return history
+
+
+def cmd_cases_withdraw(args: argparse.Namespace) -> int:
+    outbox = _outbox(args)
+    if outbox is None:
+        return EXIT_CONFIG
+    by = args.by or f"cli:{getpass.getuser()}"
+    with outbox:
+        try:
+            event = outbox.withdraw(args.case_id, args.reason, by)
+        except ValueError as exc:
+            print(f"case {args.case_id}: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        state = outbox.case_state(args.case_id)
+    if event is None:
+        why = "is unknown" if state is None else "is already withdrawn"
+        print(f"case {args.case_id} {why}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"case {args.case_id} withdrawn by {by} (event {event.event_id}); a running gateway sends it to the"
+          " central platform at its next poll")
     return EXIT_OK
 
 

@@ -12,13 +12,24 @@ Statuses:
 - ``stored``    kept locally only, because the deployment has no central platform
                 (``Outbox(..., deliver=False)``); `retry()` turns one into ``pending``.
 
-Bounds: enqueue raises `OutboxFull` when ``max_cases`` cases are pending (the caller alerts);
+Bounds: enqueue raises `OutboxFull` when ``max_cases`` cases are pending (`has_room()` asks first,
+so the case desk refuses a case before it writes evidence; the caller alerts);
 `is_near_full()` says when 80 % is reached. Delivered and stored cases are kept for the status
-page and pruned beyond the newest ``keep_done``; pending and dead cases are never pruned.
+page and pruned beyond the newest ``keep_done`` (with their events); pending and dead cases and
+those with an undelivered event are never pruned.
 
-Recurrences (`add_recurrence`) are counted locally; a case that is still pending carries them to
-the central platform in its payload (``recurrences``, ``last_recurrence_at``, ``recurrence_facts``);
-after delivery they stay local (the central platform gets no updates).
+Case lifecycle: the case row is the ``opened`` event (sequence 1, its id is the case_id). Later
+events -- ``updated`` (reopened, recurrence, escalated; with new evidence), ``cleared``, ``withdrawn`` -- are
+rows of the ``events`` table with their own id (``<case_id>:<seq>``) and the next sequence number,
+committed in the same transaction as the case's new state (open, cleared, withdrawn) and severity.
+They have the same statuses and guarantees as cases; `due_events` hands out an event only once its
+case and every earlier event of that case are delivered, so a platform sees each case's events in
+order, and one case's failing event never holds back another case. Recurrences are also counted on
+the case row: a case that is still pending carries them in its payload (``recurrences``, ...).
+
+Counters: `counts()` and `fill_ratio()` read a small table kept by triggers (``outbox_counts``) on
+a separate read connection, so the status page and the ticks never scan the outbox nor wait for
+the commit lock held during an fsync; another process's writes (the CLI) keep it exact too.
 
 Threading: every method is synchronous and thread-safe (one connection behind a lock). A commit
 waits for one fsync: 0.2 ms on an idle disk, several ms on a busy one or an SD card, so async code
@@ -43,7 +54,10 @@ from typing import Any
 from core.model import Case, require_aware
 
 STATUSES: tuple[str, ...] = ("pending", "delivered", "dead", "stored")
+CASE_STATES: tuple[str, ...] = ("open", "cleared", "withdrawn")
+EVENT_KINDS: tuple[str, ...] = ("opened", "updated", "cleared", "withdrawn")
 MAX_DEAD_BODY = 64 * 1024  # bytes of a rejection's response body kept in the dead-letter table
+MAX_REPLY = 2000  # characters of the platform's reply (or of an error) kept per case or event
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS cases (
@@ -71,6 +85,49 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     response_body TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dead_letters_case ON dead_letters (case_id, at);
+CREATE TABLE IF NOT EXISTS events (
+    event_id        TEXT PRIMARY KEY,
+    case_id         TEXT NOT NULL,
+    seq             INTEGER NOT NULL,
+    kind            TEXT NOT NULL,
+    created_at      REAL NOT NULL,
+    json            TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_error      TEXT,
+    delivered_at    REAL,
+    reply           TEXT,
+    updated_at      REAL NOT NULL,
+    ready           INTEGER NOT NULL DEFAULT 0,  -- 1 once the case and every earlier event are delivered
+    UNIQUE (case_id, seq)
+);
+CREATE INDEX IF NOT EXISTS events_due ON events (status, ready, next_attempt_at);
+CREATE TABLE IF NOT EXISTS outbox_counts (
+    tbl    TEXT NOT NULL,
+    status TEXT NOT NULL,
+    n      INTEGER NOT NULL,
+    PRIMARY KEY (tbl, status)
+);
+"""
+
+# Columns added since the first schema: a store written by an older gateway is upgraded in place.
+_ADDED_COLUMNS = {
+    "cases": {"state": "TEXT NOT NULL DEFAULT 'open'", "severity": "TEXT", "last_seq": "INTEGER NOT NULL DEFAULT 1",
+              "reply": "TEXT"},
+    "dead_letters": {"event_id": "TEXT"},
+}
+
+
+def _count_triggers(table: str) -> str:
+    bump = (f"INSERT INTO outbox_counts (tbl, status, n) VALUES ('{table}', NEW.status, 1)"
+            " ON CONFLICT (tbl, status) DO UPDATE SET n = n + 1;")
+    drop = f"UPDATE outbox_counts SET n = n - 1 WHERE tbl = '{table}' AND status = OLD.status;"
+    return f"""
+CREATE TRIGGER {table}_count_insert AFTER INSERT ON {table} BEGIN {bump} END;
+CREATE TRIGGER {table}_count_delete AFTER DELETE ON {table} BEGIN {drop} END;
+CREATE TRIGGER {table}_count_update AFTER UPDATE OF status ON {table} WHEN OLD.status IS NOT NEW.status
+BEGIN {drop} {bump} END;
 """
 
 
@@ -80,11 +137,18 @@ class OutboxFull(Exception):
 
 @dataclass(frozen=True, slots=True)
 class OutboxItem:
-    """A pending case handed to the delivery worker; `payload` is what the central platform gets."""
+    """A pending case or case event handed to the delivery worker; `payload` is what the central
+    platform gets. A case (its ``opened`` event) has no `event_id`."""
 
     case_id: str
     payload: dict[str, Any]
     attempts: int
+    event_id: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The idempotency key: the event's id, or the case_id for the case itself."""
+        return self.event_id or self.case_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +156,23 @@ class DeadLetter:
     at: datetime
     status_code: int
     response_body: str
+
+
+@dataclass(frozen=True, slots=True)
+class CaseEvent:
+    """One lifecycle event of a case as stored (the ``opened`` event is the case row itself)."""
+
+    event_id: str
+    case_id: str
+    seq: int
+    kind: str
+    status: str
+    created_at: datetime
+    attempts: int
+    last_error: str | None
+    reply: str | None  # the platform's answer to the delivering request
+    delivered_at: datetime | None
+    body: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +191,9 @@ class CaseRecord:
     last_recurrence_at: datetime | None
     case: dict[str, Any]  # Case.to_json()
     dead_letter: DeadLetter | None  # the latest rejection, if any
+    state: str = "open"  # open | cleared | withdrawn
+    severity: str | None = None  # now (an escalation raises it above the case JSON's)
+    reply: str | None = None
 
     def to_case(self) -> Case:
         return Case.from_json(self.case)
@@ -123,7 +207,8 @@ class CaseRecord:
         return {**self.case, "status": self.status, "attempts": self.attempts, "recurrences": self.recurrences,
                 "last_error": self.last_error, "created_at": iso(self.created_at),
                 "updated_at": iso(self.updated_at), "next_attempt_at": iso(self.next_attempt_at),
-                "delivered_at": iso(self.delivered_at), "last_recurrence_at": iso(self.last_recurrence_at)}
+                "delivered_at": iso(self.delivered_at), "last_recurrence_at": iso(self.last_recurrence_at),
+                "state": self.state, "current_severity": self.severity or self.case.get("severity")}
 
 
 def _dt(epoch: float | None) -> datetime | None:
@@ -137,6 +222,11 @@ def _epoch(value: datetime | float | None) -> float:
         require_aware(value, "outbox time")
         return value.timestamp()
     return float(value)
+
+
+def event_id(case_id: str, seq: int) -> str:
+    """Id of a case's `seq`-th event: stable, so a re-sent event carries the same idempotency key."""
+    return case_id if seq == 1 else f"{case_id}:{seq}"
 
 
 class Outbox:
@@ -163,11 +253,13 @@ class Outbox:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
-        self._pending = 0
-        self._since_recount = 0
-        self._done_since_prune = 0
         with self._lock:
-            self._recount()
+            self._upgrade()
+        # Counters are read on their own connection: a WAL reader never waits for the writer's fsync.
+        self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        self._read_lock = threading.Lock()
+        self._done_since_prune = 0
+        self._initial = "pending" if deliver else "stored"
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -179,115 +271,158 @@ class Outbox:
         """Commit several cases in one transaction (one fsync); one bool per case as in `enqueue`."""
         cases = list(cases)
         t = _epoch(now)
-        status = "pending" if self.deliver else "stored"
-        rows = [(c.case_id, t, json.dumps(c.to_json(), ensure_ascii=False), status, t, t) for c in cases]
+        rows = [(c.case_id, t, json.dumps(c.to_json(), ensure_ascii=False), self._initial, t, t, c.severity)
+                for c in cases]
         with self._lock:
-            if self.deliver and self._pending + len(rows) > self.max_cases:
-                self._recount()  # another process (the CLI) may have changed the count
-                if self._pending + len(rows) > self.max_cases:
-                    raise OutboxFull(
-                        f"outbox {self.path} is full: {self._pending} of {self.max_cases} cases pending"
-                    )
             added = []
             with self._tx():
+                if self.deliver:
+                    pending = self._count(self._db, "cases", "pending")
+                    if pending + len(rows) > self.max_cases:
+                        raise OutboxFull(f"outbox {self.path} is full: {pending} of {self.max_cases} cases pending")
                 for row in rows:
                     cur = self._db.execute(
                         "INSERT OR IGNORE INTO cases (case_id, created_at, json, status, next_attempt_at,"
-                        " updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                        " updated_at, severity) VALUES (?, ?, ?, ?, ?, ?, ?)",
                         row,
                     )
                     added.append(cur.rowcount == 1)
-            if self.deliver:
-                self._pending += sum(added)
-            self._maybe_recount(len(rows))
         return added
 
-    def add_recurrence(
-        self, case_id: str, at: datetime, facts: dict[str, Any] | None = None
-    ) -> bool:
-        """Count one more occurrence of an open case; False if the case is unknown."""
-        t = _epoch(at)
-        facts_json = None if facts is None else json.dumps(facts, ensure_ascii=False)
+    def add_event(self, case_id: str, kind: str, at: datetime, body: dict[str, Any], *,
+                  state: str | None = None, severity: str | None = None,
+                  recurrence_facts: dict[str, Any] | None = None, recurrence: bool = False) -> CaseEvent | None:
+        """Commit the case's next lifecycle event, with the case's new `state` and `severity`, in
+        one transaction; None if the case is unknown. `recurrence` also counts one more occurrence."""
+        if kind not in EVENT_KINDS[1:]:
+            raise ValueError(f"unknown case event kind {kind!r}; expected one of {', '.join(EVENT_KINDS[1:])}")
+        if state is not None and state not in CASE_STATES:
+            raise ValueError(f"unknown case state {state!r}; expected one of {', '.join(CASE_STATES)}")
+        t_at = _epoch(at)
+        now = time.time()
         with self._lock, self._tx():
-            cur = self._db.execute(
-                "UPDATE cases SET recurrences = recurrences + 1, last_recurrence_at = ?,"
-                " recurrence_facts = COALESCE(?, recurrence_facts), updated_at = ? WHERE case_id = ?",
-                (t, facts_json, time.time(), case_id),
-            )
-            return cur.rowcount == 1
+            row = self._db.execute("SELECT last_seq, status FROM cases WHERE case_id = ?", (case_id,)).fetchone()
+            if row is None:
+                return None
+            seq = row[0] + 1
+            ready = self._delivered(case_id, seq - 1, row[1])
+            eid = event_id(case_id, seq)
+            payload = {"event_id": eid, "case_id": case_id, "seq": seq, "kind": kind,
+                       "at": at.isoformat(), **body}
+            if state is not None:
+                payload.setdefault("state", state)
+            js = json.dumps(payload, ensure_ascii=False)
+            self._db.execute(
+                "INSERT INTO events (event_id, case_id, seq, kind, created_at, json, status, next_attempt_at,"
+                " updated_at, ready) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (eid, case_id, seq, kind, now, js, self._initial, now, now, int(ready)))
+            facts_json = None if recurrence_facts is None else json.dumps(recurrence_facts, ensure_ascii=False)
+            self._db.execute(
+                "UPDATE cases SET last_seq = ?, state = COALESCE(?, state), severity = COALESCE(?, severity),"
+                " recurrences = recurrences + ?, last_recurrence_at = CASE WHEN ? THEN ? ELSE last_recurrence_at END,"
+                " recurrence_facts = CASE WHEN ? THEN COALESCE(?, recurrence_facts) ELSE recurrence_facts END,"
+                " updated_at = ? WHERE case_id = ?",
+                (seq, state, severity, int(recurrence), recurrence, t_at, recurrence, facts_json, now, case_id))
+        return CaseEvent(eid, case_id, seq, kind, self._initial, _dt(now), 0, None, None, None, payload)
+
+    def withdraw(self, case_id: str, reason: str, by: str, at: datetime | None = None) -> CaseEvent | None:
+        """An operator rejected the case: commit a ``withdrawn`` event; None if the case is unknown or
+        already withdrawn. Callable from any process that opens the store (the CLI, the console)."""
+        if not reason.strip():
+            raise ValueError("a withdrawal needs a reason")
+        state = self.case_state(case_id)
+        if state is None or state[0] == "withdrawn":
+            return None
+        return self.add_event(case_id, "withdrawn", at or datetime.now(UTC),
+                              {"reason": reason, "by": by}, state="withdrawn")
 
     def mark_delivered(self, case_id: str, now: datetime | float | None = None) -> None:
         self.mark_delivered_many([case_id], now)
 
-    def mark_delivered_many(self, case_ids: Iterable[str], now: datetime | float | None = None) -> None:
-        """Record acknowledgements in one transaction."""
+    def mark_delivered_many(self, case_ids: Iterable[str], now: datetime | float | None = None,
+                            replies: dict[str, str] | None = None) -> None:
+        """Record acknowledgements of cases and events (by their key) in one transaction."""
         t = _epoch(now)
         ids = list(case_ids)
+        replies = replies or {}
         with self._lock:
             with self._tx():
                 changed = 0
-                for cid in ids:
+                for key in ids:
+                    table, col = self._table_of(key)
                     cur = self._db.execute(
-                        "UPDATE cases SET status = 'delivered', attempts = attempts + 1, delivered_at = ?,"
-                        " last_error = NULL, updated_at = ? WHERE case_id = ? AND status = 'pending'",
-                        (t, t, cid),
+                        f"UPDATE {table} SET status = 'delivered', attempts = attempts + 1, delivered_at = ?,"
+                        f" last_error = NULL, reply = ?, updated_at = ? WHERE {col} = ? AND status = 'pending'",
+                        (t, replies.get(key, "")[:MAX_REPLY] or None, t, key),
                     )
                     changed += cur.rowcount
-            self._pending -= changed
+                    if cur.rowcount:  # the case's next event may go now
+                        case_id, _, seq = key.partition(":")
+                        self._db.execute("UPDATE events SET ready = 1 WHERE case_id = ? AND seq = ?",
+                                         (case_id, int(seq or 1) + 1))
             self._done_since_prune += changed
             if self._done_since_prune >= max(100, self.keep_done // 10):
                 self._prune()
 
     def mark_failed(self, case_id: str, error: str, retry_at: datetime | float) -> None:
-        """Record a failed attempt; the case is due again at `retry_at`."""
+        """Record a failed attempt of a case or event (by its key); it is due again at `retry_at`."""
         t = time.time()
+        table, col = self._table_of(case_id)
         with self._lock, self._tx():
             self._db.execute(
-                "UPDATE cases SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?,"
-                " updated_at = ? WHERE case_id = ? AND status = 'pending'",
-                (error[:2000], _epoch(retry_at), t, case_id),
+                f"UPDATE {table} SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?,"
+                f" updated_at = ? WHERE {col} = ? AND status = 'pending'",
+                (error[:MAX_REPLY], _epoch(retry_at), t, case_id),
             )
 
     def mark_dead(self, case_id: str, status_code: int, body: str | bytes) -> None:
-        """Move a permanently rejected case to the dead letters, keeping the response body."""
+        """Move a permanently rejected case or event to the dead letters, keeping the response body."""
         if isinstance(body, bytes):
             body = body[:MAX_DEAD_BODY].decode("utf-8", errors="replace")
         else:
             body = body[:MAX_DEAD_BODY]
         t = time.time()
-        with self._lock:
-            with self._tx():
-                cur = self._db.execute(
-                    "UPDATE cases SET status = 'dead', attempts = attempts + 1, last_error = ?,"
-                    " updated_at = ? WHERE case_id = ? AND status = 'pending'",
-                    (f"rejected with HTTP {status_code}", t, case_id),
-                )
-                if cur.rowcount:
-                    self._db.execute(
-                        "INSERT INTO dead_letters (case_id, at, status_code, response_body)"
-                        " VALUES (?, ?, ?, ?)",
-                        (case_id, t, status_code, body),
-                    )
-            self._pending -= cur.rowcount
+        table, col = self._table_of(case_id)
+        with self._lock, self._tx():
+            row = (self._db.execute(f"SELECT case_id FROM {table} WHERE {col} = ? AND status = 'pending'",
+                                    (case_id,)).fetchone())
+            if row is None:
+                return
+            self._db.execute(
+                f"UPDATE {table} SET status = 'dead', attempts = attempts + 1, last_error = ?,"
+                f" updated_at = ? WHERE {col} = ?",
+                (f"rejected with HTTP {status_code}", t, case_id),
+            )
+            self._db.execute(
+                "INSERT INTO dead_letters (case_id, at, status_code, response_body, event_id) VALUES (?, ?, ?, ?, ?)",
+                (row[0], t, status_code, body, None if table == "cases" else case_id),
+            )
 
     def retry(self, case_id: str) -> bool:
-        """Make a dead, stored or pending case due now; False if unknown or already delivered."""
+        """Make a dead, stored or pending case (and its dead or stored events), or one event by its
+        id, due now; False if unknown or nothing is left to deliver."""
         t = time.time()
-        with self._lock:
-            with self._tx():
-                row = self._db.execute("SELECT status FROM cases WHERE case_id = ?", (case_id,)).fetchone()
-                if row is None or row[0] == "delivered":
-                    return False
-                self._db.execute(
-                    "UPDATE cases SET status = 'pending', next_attempt_at = ?, updated_at = ?"
-                    " WHERE case_id = ?",
-                    (t, t, case_id),
-                )
-            if row[0] != "pending":
-                self._pending += 1
-            return True
+        table, col = self._table_of(case_id)
+        with self._lock, self._tx():
+            row = self._db.execute(f"SELECT status FROM {table} WHERE {col} = ?", (case_id,)).fetchone()
+            if row is None:
+                return False
+            changed = 0
+            if row[0] != "delivered":
+                changed += self._db.execute(
+                    f"UPDATE {table} SET status = 'pending', next_attempt_at = ?, updated_at = ? WHERE {col} = ?",
+                    (t, t, case_id)).rowcount
+            if table == "cases":  # the case's undelivered events follow it
+                changed += self._db.execute(
+                    "UPDATE events SET status = 'pending', next_attempt_at = ?, updated_at = ?"
+                    " WHERE case_id = ? AND status != 'delivered'", (t, t, case_id)).rowcount
+            return changed > 0
 
     # -- reading ---------------------------------------------------------------------------
+
+    def has_room(self, n: int = 1) -> bool:
+        """Whether `n` more cases fit (always, for a store without delivery); a cheap read."""
+        return not self.deliver or self._read_count("cases", "pending") + n <= self.max_cases
 
     def due(self, now: datetime | float | None = None, limit: int = 50) -> list[OutboxItem]:
         """Pending cases whose next attempt is due, oldest due first."""
@@ -309,50 +444,87 @@ class Outbox:
             items.append(OutboxItem(cid, payload, attempts))
         return items
 
+    def due_events(self, now: datetime | float | None = None, limit: int = 50) -> list[OutboxItem]:
+        """Pending events that are due and whose case and earlier events are all delivered (`ready`,
+        set when the predecessor is acknowledged: events waiting behind an undelivered case are
+        never scanned)."""
+        if not self._read_count("events", "pending"):
+            return []  # the usual case: skip the query
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT event_id, case_id, json, attempts FROM events"
+                " WHERE status = 'pending' AND ready = 1 AND next_attempt_at <= ?"
+                " ORDER BY next_attempt_at LIMIT ?",
+                (_epoch(now), limit),
+            ).fetchall()
+        return [OutboxItem(cid, json.loads(js), attempts, eid) for eid, cid, js, attempts in rows]
+
     def next_due_after(self, after: datetime | float) -> float | None:
-        """Epoch seconds of the earliest pending attempt later than `after`, or None.
+        """Epoch seconds of the earliest pending attempt (case or event) later than `after`, or None.
 
         The delivery worker sleeps until then: cases due earlier are already in its hands."""
+        t = _epoch(after)
         with self._lock:
             row = self._db.execute(
-                "SELECT MIN(next_attempt_at) FROM cases WHERE status = 'pending' AND next_attempt_at > ?",
-                (_epoch(after),),
+                "SELECT MIN(next_attempt_at) FROM cases WHERE status = 'pending' AND next_attempt_at > ?", (t,),
             ).fetchone()
-        return row[0]
+            ev = self._db.execute(
+                "SELECT MIN(next_attempt_at) FROM events WHERE status = 'pending' AND next_attempt_at > ?", (t,),
+            ).fetchone()
+        times = [x for x in (row[0], ev[0]) if x is not None]
+        return min(times) if times else None
 
     def get(self, case_id: str) -> CaseRecord | None:
         with self._lock:
             row = self._db.execute(_SELECT + " WHERE c.case_id = ?", (case_id,)).fetchone()
         return None if row is None else _record(row)
 
-    def dead_letters(self, case_id: str) -> list[DeadLetter]:
-        """Every rejection of one case, oldest first."""
+    def case_state(self, case_id: str) -> tuple[str, str | None] | None:
+        """(state, current severity) of a case, or None if unknown."""
+        with self._read_lock:
+            return self._reader.execute("SELECT state, severity FROM cases WHERE case_id = ?",
+                                        (case_id,)).fetchone()
+
+    def events(self, case_id: str) -> list[CaseEvent]:
+        """The events after ``opened``, in sequence order."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT at, status_code, response_body FROM dead_letters WHERE case_id = ? ORDER BY at, id",
+                "SELECT event_id, case_id, seq, kind, status, created_at, attempts, last_error, reply,"
+                " delivered_at, json FROM events WHERE case_id = ? ORDER BY seq", (case_id,)).fetchall()
+        return [CaseEvent(eid, cid, seq, kind, status, _dt(created), attempts, err, reply, _dt(delivered),
+                          json.loads(js))
+                for eid, cid, seq, kind, status, created, attempts, err, reply, delivered, js in rows]
+
+    def dead_letters(self, case_id: str) -> list[DeadLetter]:
+        """Every rejection of one case or event (by its key), oldest first."""
+        where = "case_id = ? AND event_id IS NULL" if self._table_of(case_id)[0] == "cases" else "event_id = ?"
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT at, status_code, response_body FROM dead_letters WHERE {where} ORDER BY at, id",
                 (case_id,),
             ).fetchall()
         return [DeadLetter(_dt(at), code, body) for at, code, body in rows]
 
     def counts(self) -> dict[str, int]:
-        """Number of cases per status (every status present, zero if none)."""
-        with self._lock:
-            rows = self._db.execute("SELECT status, COUNT(*) FROM cases GROUP BY status").fetchall()
-        out = dict.fromkeys(STATUSES, 0)
-        out.update(dict(rows))
-        return out
+        """Number of cases per status (every status present, zero if none); reads the counters
+        table, never the cases, and never waits for a commit."""
+        return self._counts("cases")
+
+    def event_counts(self) -> dict[str, int]:
+        """Number of lifecycle events (after ``opened``) per status."""
+        return self._counts("events")
 
     def fill_ratio(self) -> float:
         """Pending cases as a fraction of ``max_cases``."""
-        with self._lock:
-            return self._pending / self.max_cases
+        return self._read_count("cases", "pending") / self.max_cases
 
     def is_near_full(self, threshold: float = 0.8) -> bool:
         return self.fill_ratio() >= threshold
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._read_lock:
             self._db.close()
+            self._reader.close()
 
     def __enter__(self) -> Outbox:
         return self
@@ -371,48 +543,90 @@ class Outbox:
             ).fetchall()
         return [_record(r) for r in rows]
 
-    # -- internals (called with the lock held) ----------------------------------------------
+    # -- internals ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _table_of(key: str) -> tuple[str, str]:
+        """Cases are keyed by case_id, events by event_id (`<case_id>:<seq>`; a gateway id has no colon)."""
+        return ("events", "event_id") if ":" in key else ("cases", "case_id")
+
+    def _counts(self, table: str) -> dict[str, int]:
+        with self._read_lock:
+            rows = self._reader.execute("SELECT status, n FROM outbox_counts WHERE tbl = ?", (table,)).fetchall()
+        out = dict.fromkeys(STATUSES, 0)
+        out.update(dict(rows))
+        return out
+
+    def _read_count(self, table: str, status: str) -> int:
+        with self._read_lock:
+            return self._count(self._reader, table, status)
+
+    @staticmethod
+    def _count(db: sqlite3.Connection, table: str, status: str) -> int:
+        row = db.execute("SELECT n FROM outbox_counts WHERE tbl = ? AND status = ?", (table, status)).fetchone()
+        return row[0] if row else 0
+
+    def _delivered(self, case_id: str, seq: int, case_status: str) -> bool:
+        """Whether event `seq` of the case (1: the case itself) is acknowledged; in a transaction."""
+        if seq == 1:
+            return case_status == "delivered"
+        row = self._db.execute("SELECT status FROM events WHERE case_id = ? AND seq = ?", (case_id, seq)).fetchone()
+        return row is not None and row[0] == "delivered"
+
+    def _upgrade(self) -> None:
+        """Add the columns and counting triggers a store from an older version lacks (called once)."""
+        with self._tx():
+            for table, columns in _ADDED_COLUMNS.items():
+                have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+                for name, decl in columns.items():
+                    if name not in have:
+                        self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
+            triggers = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+            for table in ("cases", "events"):
+                if f"{table}_count_insert" in triggers:
+                    continue
+                self._db.execute("DELETE FROM outbox_counts WHERE tbl = ?", (table,))
+                self._db.execute(f"INSERT INTO outbox_counts (tbl, status, n) SELECT '{table}', status, COUNT(*)"
+                                 f" FROM {table} GROUP BY status")
+                for statement in _count_triggers(table).split("END;"):
+                    if statement.strip():
+                        self._db.execute(statement + "END;")
 
     def _tx(self) -> _Transaction:
         return _Transaction(self._db)
 
-    def _recount(self) -> None:
-        row = self._db.execute("SELECT COUNT(*) FROM cases WHERE status = 'pending'").fetchone()
-        self._pending = row[0]
-        self._since_recount = 0
-
-    def _maybe_recount(self, n: int) -> None:
-        # The cached count drifts only if another process writes (the CLI's retry): refresh now and then.
-        self._since_recount += n
-        if self._since_recount >= 1000:
-            self._recount()
-
     def _prune(self) -> None:
+        """Called with the lock held."""
         self._done_since_prune = 0
         with self._tx():
             for status in ("delivered", "stored"):
                 self._db.execute(
-                    "DELETE FROM cases WHERE status = ? AND case_id NOT IN (SELECT case_id FROM cases"
-                    " WHERE status = ? ORDER BY COALESCE(delivered_at, created_at) DESC LIMIT ?)",
+                    "DELETE FROM cases WHERE status = ? AND case_id NOT IN (SELECT case_id"
+                    " FROM cases WHERE status = ? ORDER BY COALESCE(delivered_at, created_at) DESC LIMIT ?)"
+                    " AND NOT EXISTS (SELECT 1 FROM events e WHERE e.case_id = cases.case_id"
+                    " AND e.status IN ('pending', 'dead'))",
                     (status, status, self.keep_done),
                 )
+            self._db.execute("DELETE FROM events WHERE NOT EXISTS"
+                             " (SELECT 1 FROM cases c WHERE c.case_id = events.case_id)")
 
 
 _SELECT = (
     "SELECT c.case_id, c.status, c.created_at, c.updated_at, c.attempts, c.next_attempt_at, c.last_error,"
-    " c.delivered_at, c.recurrences, c.last_recurrence_at, c.json,"
-    " (SELECT d.at FROM dead_letters d WHERE d.case_id = c.case_id ORDER BY d.at DESC, d.id DESC LIMIT 1),"
-    " (SELECT d.status_code FROM dead_letters d WHERE d.case_id = c.case_id ORDER BY d.at DESC, d.id DESC"
-    " LIMIT 1),"
-    " (SELECT d.response_body FROM dead_letters d WHERE d.case_id = c.case_id ORDER BY d.at DESC, d.id DESC"
-    " LIMIT 1)"
+    " c.delivered_at, c.recurrences, c.last_recurrence_at, c.json, c.state, c.severity, c.reply,"
+    " (SELECT d.at FROM dead_letters d WHERE d.case_id = c.case_id AND d.event_id IS NULL"
+    " ORDER BY d.at DESC, d.id DESC LIMIT 1),"
+    " (SELECT d.status_code FROM dead_letters d WHERE d.case_id = c.case_id AND d.event_id IS NULL"
+    " ORDER BY d.at DESC, d.id DESC LIMIT 1),"
+    " (SELECT d.response_body FROM dead_letters d WHERE d.case_id = c.case_id AND d.event_id IS NULL"
+    " ORDER BY d.at DESC, d.id DESC LIMIT 1)"
     " FROM cases c"
 )
 
 
 def _record(row: tuple) -> CaseRecord:
-    (cid, status, created, updated, attempts, next_at, err, delivered, rec, rec_at, js, d_at, d_code,
-     d_body) = row
+    (cid, status, created, updated, attempts, next_at, err, delivered, rec, rec_at, js, state, severity, reply,
+     d_at, d_code, d_body) = row
     return CaseRecord(
         case_id=cid,
         status=status,
@@ -426,6 +640,9 @@ def _record(row: tuple) -> CaseRecord:
         last_recurrence_at=_dt(rec_at),
         case=json.loads(js),
         dead_letter=None if d_at is None else DeadLetter(_dt(d_at), d_code, d_body),
+        state=state,
+        severity=severity,
+        reply=reply,
     )
 
 

@@ -130,10 +130,10 @@ class Router:
 
     def after_alert(self, alert: Alert, outcome: CaseOutcome | None) -> None:
         """Called by the bus once the case desk has handled (and committed) an alert."""
-        if outcome is not None and outcome.kind == "new" and self._notify_central is not None:
-            self._notify_central()
-        if self._publish_alert is not None:
-            self._publish_alert(alert, outcome.case_id if outcome is not None else None)
+        if outcome is not None and outcome.committed and self._notify_central is not None:
+            self._notify_central()  # a new case or a new event of one: deliver it now, not at the next poll
+        if self._publish_alert is not None:  # a refused case has no case id to name
+            self._publish_alert(alert, (outcome.case_id or None) if outcome is not None else None)
 
     # -- clock ---------------------------------------------------------------------------------
 

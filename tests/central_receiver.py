@@ -6,14 +6,17 @@ In a test::
         rx.fail_next(2, status=500)        # the next two requests get 500
         rx.set_status(422, body=b"bad")    # then every request gets 422 ...
         rx.delay_s = 3                     # ... after sleeping 3 s (to provoke client timeouts)
+        rx.fail_key("c-1:2", 3, status=503)  # the next 3 requests with this idempotency key get 503
         ... rx.url, rx.received, rx.accepted_ids()
 
 As a process (a kill -9 test, the benchmark)::
 
     python tests/central_receiver.py --port 0 --log FILE
 
-prints ``listening on http://127.0.0.1:PORT`` and appends the case_id of every request it answers
-with 2xx to FILE, one per line, flushed per request so another process can read it. Stdlib only.
+prints ``listening on http://127.0.0.1:PORT`` and appends the idempotency key of every request it
+answers with 2xx to FILE, one per line, flushed per request so another process can read it: the
+case_id for a case, ``<case_id>:<seq> <kind> evidence=<n>`` for a later event of a case (n: the
+evidence files that came with it). Stdlib only.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ class Received:
     headers: dict[str, str]  # lower-case names
     body: bytes
     status: int
-    case: dict[str, Any] | None = None  # the JSON body, or the multipart part named "case"
+    case: dict[str, Any] | None = None  # the JSON body, or the multipart part named "case" or "event"
     parts: dict[str, Part] = field(default_factory=dict)  # multipart parts by name
 
     @property
@@ -58,6 +61,16 @@ class Received:
         if self.case is not None and "case_id" in self.case:
             return self.case["case_id"]
         return self.headers.get("idempotency-key")
+
+    @property
+    def key(self) -> str | None:
+        """The idempotency key: the case_id of a case, the event_id of a later event."""
+        return self.headers.get("idempotency-key") or self.case_id
+
+    @property
+    def kind(self) -> str:
+        """opened (a case POST) or the event's kind."""
+        return (self.case or {}).get("kind", "opened")
 
 
 @dataclass(frozen=True)
@@ -116,6 +129,7 @@ class CentralReceiver:
         self.delay_s = 0.0
         self._default = _Answer()
         self._script: deque[_Answer] = deque()
+        self._by_key: dict[str, deque[_Answer]] = {}
         self._lock = threading.Lock()
         self._log = open(log_path, "a", encoding="utf-8") if log_path else None  # noqa: SIM115
         self._conns: set[socket.socket] = set()
@@ -139,6 +153,11 @@ class CentralReceiver:
         with self._lock:
             self._script.extend(_Answer(status, body, delay_s, headers) for _ in range(n))
 
+    def fail_key(self, key: str, n: int = 1, status: int = 500, body: bytes = b"") -> None:
+        """Answer the next `n` requests carrying ``Idempotency-Key: key`` with `status`."""
+        with self._lock:
+            self._by_key.setdefault(key, deque()).extend(_Answer(status, body) for _ in range(n))
+
     def set_status(self, status: int = 200, body: bytes = b"") -> None:
         """Answer every following (unscripted) request with `status` and `body`."""
         with self._lock:
@@ -148,6 +167,11 @@ class CentralReceiver:
         """case_ids of the requests answered with 2xx, in arrival order (duplicates kept)."""
         with self._lock:
             return [r.case_id for r in self.received if 200 <= r.status < 300]
+
+    def accepted_events(self, case_id: str) -> list[Received]:
+        """The requests about one case answered with 2xx (the case itself first), in arrival order."""
+        with self._lock:
+            return [r for r in self.received if 200 <= r.status < 300 and r.case_id == case_id]
 
     def requests(self) -> list[Received]:
         with self._lock:
@@ -183,9 +207,13 @@ class CentralReceiver:
 
     # -- used by the handler ---------------------------------------------------------------
 
-    def _answer(self) -> _Answer:
+    def _answer(self, key: str | None = None) -> _Answer:
         with self._lock:
-            answer = self._script.popleft() if self._script else self._default
+            scripted = self._by_key.get(key or "")
+            if scripted:
+                answer = scripted.popleft()
+            else:
+                answer = self._script.popleft() if self._script else self._default
         if self.delay_s and not answer.delay_s:
             answer = _Answer(answer.status, answer.body, self.delay_s, answer.headers)
         return answer
@@ -193,8 +221,9 @@ class CentralReceiver:
     def _record(self, rec: Received) -> None:
         with self._lock:
             self.received.append(rec)
-            if self._log and 200 <= rec.status < 300 and rec.case_id:
-                self._log.write(rec.case_id + "\n")
+            if self._log and 200 <= rec.status < 300 and rec.key:
+                files = sum(1 for name in rec.parts if name.startswith("evidence["))
+                self._log.write(rec.key + ("" if rec.kind == "opened" else f" {rec.kind} evidence={files}") + "\n")
                 self._log.flush()
 
 
@@ -218,14 +247,15 @@ def _make_handler(rx: CentralReceiver) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:  # noqa: N802 (the stdlib's naming)
             body = self._read_body()
             headers = {k.lower(): v for k, v in self.headers.items()}
-            answer = rx._answer()
+            answer = rx._answer(headers.get("idempotency-key"))
             rec = Received(time.time(), self.path, headers, body, answer.status)
             ctype = headers.get("content-type", "")
             try:
                 if ctype.startswith("multipart/"):
                     rec.parts = parse_multipart(ctype, body)
-                    if "case" in rec.parts:
-                        rec.case = json.loads(rec.parts["case"].data)
+                    json_part = rec.parts.get("case") or rec.parts.get("event")
+                    if json_part is not None:
+                        rec.case = json.loads(json_part.data)
                 elif body:
                     rec.case = json.loads(body)
             except ValueError as exc:
@@ -264,14 +294,16 @@ def _make_handler(rx: CentralReceiver) -> type[BaseHTTPRequestHandler]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description="fake central platform: records POSTed cases")
+    ap = argparse.ArgumentParser(description="fake central platform: records POSTed cases and case events")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0, help="0 = a free port (printed on stdout)")
     ap.add_argument("--log", help="append the case_id of every accepted request to this file")
     ap.add_argument("--status", type=int, default=200, help="status to answer with")
+    ap.add_argument("--delay-s", type=float, default=0.0, help="answer each request after this many seconds")
     args = ap.parse_args()
     rx = CentralReceiver(args.host, args.port, args.log)
     rx.set_status(args.status)
+    rx.delay_s = args.delay_s
     # SIGTERM -> shutdown from another thread (shutdown() from the serving thread would deadlock).
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=rx._server.shutdown).start())
     print(f"listening on http://{args.host}:{rx.port}", flush=True)

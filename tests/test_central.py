@@ -49,7 +49,7 @@ async def deliver_until(delivery: CentralDelivery, done: Callable[[], bool], tim
     deadline = time.monotonic() + timeout_s
     try:
         while not done():
-            assert time.monotonic() < deadline, f"not done after {timeout_s} s; stats {delivery.stats}"
+            assert time.monotonic() < deadline, f"not done after {timeout_s} s; stats {delivery.stats()}"
             assert not task.done(), f"worker ended early: {task}"
             await asyncio.sleep(0.01)
     finally:
@@ -73,7 +73,7 @@ async def test_delivers_with_idempotency_key_and_bearer_token(receiver, outbox):
     assert req.headers["authorization"] == "Bearer s3cret"
     assert req.headers["content-type"] == "application/json"
     assert req.case == case.to_json()
-    assert delivery.stats["delivered"] == 1
+    assert delivery.stats()["delivered"] == 1
     assert outbox.get("edge-07-0001").attempts == 1
 
 
@@ -94,7 +94,7 @@ async def test_server_error_is_retried_then_delivered(receiver, outbox):
     assert all(r.headers["idempotency-key"] == "c-1" for r in receiver.requests())
     rec = outbox.get("c-1")
     assert rec.attempts == 3
-    assert delivery.stats == {"delivered": 1, "failed_attempts": 2, "dead": 0, "evidence_missing": 0,
+    assert delivery.stats() == {"delivered": 1, "failed_attempts": 2, "dead": 0, "evidence_missing": 0,
                               "errors": 0}
 
 
@@ -117,7 +117,7 @@ async def test_timeout_is_retried_then_delivered(receiver, outbox):
         delivery, lambda: failures.append(outbox.get("c-1").last_error) or status(outbox, "c-1") == "delivered"
     )
     assert outbox.get("c-1").attempts == 2
-    assert delivery.stats["failed_attempts"] == 1
+    assert delivery.stats()["failed_attempts"] == 1
     assert any(e and e.startswith("timeout") for e in failures)
 
 
@@ -144,7 +144,7 @@ async def test_422_goes_to_dead_letters_with_body_and_retry_redelivers(receiver,
     assert rec.attempts == 1  # never retried by itself
     assert rec.dead_letter.status_code == 422
     assert rec.dead_letter.response_body == '{"error": "grid_code 999 unknown"}'
-    assert delivery.stats["dead"] == 2
+    assert delivery.stats()["dead"] == 2
 
     receiver.set_status(200)  # the platform was fixed; the operator runs `citygate cases retry c-1`
     assert outbox.retry("c-1")
@@ -217,7 +217,7 @@ async def test_missing_evidence_file_does_not_block_delivery(receiver, outbox, t
     (req,) = receiver.requests()
     assert "evidence[0]" not in req.parts
     assert "cannot read" in req.case["evidence"][0]["missing"]
-    assert delivery.stats["evidence_missing"] == 1
+    assert delivery.stats()["evidence_missing"] == 1
 
 
 async def test_notify_wakes_the_worker_without_waiting_for_the_poll(receiver, outbox):

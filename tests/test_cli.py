@@ -101,3 +101,25 @@ def test_simulate_against_a_closed_port_says_so(capsys):
     assert "cannot talk to 127.0.0.1:" in capsys.readouterr().err
     assert main(["simulate", "--speed", "0", str(REPO / "README.md")]) == 2
     assert "missing column(s)" in capsys.readouterr().err
+
+
+def test_cases_withdraw_and_show_the_event_history(tmp_path, capsys):
+    config = str(site(tmp_path))
+    with Outbox(tmp_path / "data" / "cases.sqlite3") as outbox:
+        outbox.mark_delivered_many(["cli-A"], replies={"cli-A": '{"ok": true, "ticket": 4711}'})
+        outbox.add_event("cli-A", "updated", datetime(2026, 11, 23, 1, 5, tzinfo=UTC), {"reason": "recurrence"},
+                         recurrence=True)
+    assert main(["cases", "--config", config, "withdraw", "cli-A", "--reason", "permit holder", "--by", "op-7"]) == 0
+    assert "cli-A withdrawn by op-7 (event cli-A:3)" in capsys.readouterr().out
+    assert main(["cases", "--config", config, "withdraw", "cli-A", "--reason", "twice"]) == 1
+    assert "already withdrawn" in capsys.readouterr().err
+    assert main(["cases", "--config", config, "withdraw", "nope", "--reason", "x"]) == 1
+    assert "nope is unknown" in capsys.readouterr().err
+
+    assert main(["cases", "--config", config, "show", "cli-A"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["state"] == "withdrawn"
+    history = [(e["seq"], e["kind"], e["status"], e["attempts"]) for e in shown["events"]]
+    assert history == [(1, "opened", "delivered", 1), (2, "updated", "pending", 0), (3, "withdrawn", "pending", 0)]
+    assert shown["events"][0]["reply"] == '{"ok": true, "ticket": 4711}'
+    assert shown["events"][2]["reason"] == "permit holder"

@@ -104,16 +104,21 @@ def test_dead_letter_body_is_truncated(outbox):
 def test_recurrences_travel_with_a_pending_case(outbox):
     outbox.enqueue(make_case("c-1"))
     at = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
-    assert outbox.add_recurrence("c-1", at, {"dwell_s": 900})
-    assert outbox.add_recurrence("c-1", at, None)
-    assert not outbox.add_recurrence("unknown", at)
+
+    def recur(case_id, facts, when=at):
+        return outbox.add_event(case_id, "updated", when, {"reason": "recurrence"}, recurrence=True,
+                                recurrence_facts=facts)
+
+    assert recur("c-1", {"dwell_s": 900}).seq == 2
+    assert recur("c-1", None).seq == 3
+    assert recur("unknown", None) is None
     (item,) = outbox.due()
     assert item.payload["recurrences"] == 2
     assert item.payload["last_recurrence_at"] == at.isoformat()
     assert item.payload["recurrence_facts"] == {"dwell_s": 900}
     assert outbox.get("c-1").recurrences == 2
     with pytest.raises(ValueError, match="timezone-aware"):
-        outbox.add_recurrence("c-1", datetime(2026, 1, 1))
+        recur("c-1", None, when=datetime(2026, 1, 1))
 
 
 def test_list_newest_first_and_counts(outbox):

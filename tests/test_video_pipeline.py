@@ -187,6 +187,20 @@ def test_case_closes_after_the_car_leaves_even_in_a_static_scene():
         alerts += pipe.process(f)
     assert [a.state for a in alerts] == ["open", "closed"]
     opened, closed = alerts
-    assert closed.key == opened.key and closed.evidence == () and closed.category == "illegal_parking"
+    assert closed.key == opened.key and closed.category == "illegal_parking"
+    # the close carries the frame it happened in, the zone drawn: evidence that the kerb is empty
+    (snap,) = closed.evidence
+    assert snap.name == "snapshot.jpg" and snap.media_type == "image/jpeg"
+    img = cv2.imdecode(np.frombuffer(snap.data, np.uint8), cv2.IMREAD_COLOR)
+    first = cv2.imdecode(np.frombuffer(opened.evidence[0].data, np.uint8), cv2.IMREAD_COLOR)
+    assert img.shape == first.shape
+
+    def share(image, bgr):  # fraction of pixels near a colour (JPEG blurs edges)
+        return float(np.mean(np.all(np.abs(image.astype(int) - bgr) < 60, axis=2)))
+
+    assert share(img, (0, 255, 255)) > 0.001  # the zone outline
+    assert share(first, (0, 0, 255)) > 0.001 and share(img, (0, 0, 255)) < 0.0002  # no object box any more
+    b, g, r = (img[390:530, 390:610].astype(int)[..., c] for c in range(3))
+    assert np.count_nonzero((g > r + 40) & (g > b + 40)) > 100  # a green outline where the car was
     # last seen at a re-check at most 10 s before it left at 50 s; closed 30 s (clear_after_s) after that
     assert T0 + timedelta(seconds=70) < closed.time <= T0 + timedelta(seconds=81)

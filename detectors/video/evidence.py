@@ -57,6 +57,30 @@ def render_snapshot(image: np.ndarray, det: Detection, zone_polygon: Sequence[Se
     return _encode(img, quality)
 
 
+CLEARED_COLOUR = (0, 200, 0)  # BGR green: where the object was when its case cleared
+
+
+def render_cleared(image: np.ndarray, zone_polygon: Sequence[Sequence[float]] | None,
+                   former_box: Sequence[float] | None, when: datetime, camera_name: str, quality: int = 85,
+                   line: Sequence[Sequence[float]] | None = None) -> bytes:
+    """JPEG of the frame in which a case cleared (automatic verification, 自动核查): the zone outline,
+    a thin green outline where the object last was, and the camera name, time and "cleared"."""
+    img = image.copy()
+    h, w = img.shape[:2]
+    scale = max(0.5, min(w, h) / 1000)
+    if zone_polygon is not None and len(zone_polygon) >= 3:
+        pts = np.round(np.asarray(zone_polygon, dtype=np.float64)).astype(np.int32).reshape(-1, 1, 2)
+        cv2.polylines(img, [pts], isClosed=True, color=ZONE_COLOUR, thickness=3, lineType=cv2.LINE_8)
+    if line is not None:
+        (ax, ay), (bx, by) = line
+        cv2.arrowedLine(img, (round(ax), round(ay)), (round(bx), round(by)), ZONE_COLOUR, 3, tipLength=0.03)
+    if former_box is not None:
+        x1, y1, x2, y2 = (round(v) for v in former_box)
+        cv2.rectangle(img, (x1, y1), (x2, y2), CLEARED_COLOUR, max(1, round(scale * 2)))
+    _label(img, f"{camera_name}  {when.isoformat(timespec='seconds')}  cleared", 0, 0, (0, 0, 0), scale)
+    return _encode(img, quality)
+
+
 def crop(image: np.ndarray, box: Sequence[float], quality: int = 85, margin: float = 0.1) -> bytes:
     """JPEG of the object's box with a small margin, nothing drawn on it."""
     h, w = image.shape[:2]

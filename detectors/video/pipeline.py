@@ -1,7 +1,8 @@
 """One camera's analysis: motion gate → detect → mask/filter → track → zone rules → Alerts.
 
 `process` is synchronous and CPU-bound; the camera source runs it in a worker thread. The only
-full-frame work besides inference is the gate's downscale; evidence is drawn only when a case opens.
+full-frame work besides inference is the gate's downscale; evidence is drawn only when a case opens
+or clears (the closing alert carries a snapshot of the now-empty zone).
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ from dataclasses import dataclass, replace
 from datetime import UTC, tzinfo
 from typing import Any
 
+import cv2
 import shapely
 from shapely.geometry import Polygon
 
 from core.model import Alert, Detection, Evidence, Frame
 from detectors.video.backends import ObjectDetector
 from detectors.video.config import CameraConfig
-from detectors.video.evidence import ClipBuffer, crop, render_snapshot
+from detectors.video.evidence import ClipBuffer, crop, render_cleared, render_snapshot
 from detectors.video.motion import MotionGate
 from detectors.video.rules import RuleEvent, ZoneRules
 from detectors.video.tracker import Tracker
@@ -148,6 +150,7 @@ class CameraPipeline:
             evidence = self._evidence(ev, frame)
             message = f"{rule.name}: {who}{where} ({_describe(facts)})"
         else:
+            evidence = self._cleared_evidence(ev, frame)
             message = f"{rule.name}: {who}{where} cleared"
         return Alert(rule=rule.name, subject_kind="camera", subject_id=cam.name, state=ev.state, time=ev.time,
                      source="video", severity=rule.severity, message=message, category=ev.category,
@@ -171,6 +174,21 @@ class CameraPipeline:
             log.warning("camera %s rule %s: evidence incomplete: %s", self.camera.name, ev.rule.name, exc)
             self.stats["evidence_errors"] = self.stats.get("evidence_errors", 0) + 1
         return tuple(items)
+
+
+    def _cleared_evidence(self, ev: RuleEvent, frame: Frame) -> tuple[Evidence, ...]:
+        """The frame in which the condition ended, with the zone drawn: the central platform's
+        evidence that the kerb is empty again. A drawing failure costs the picture, not the close."""
+        zone = self.zones.get(ev.zone)
+        try:
+            jpeg = render_cleared(frame.image, zone.polygon if zone else None, ev.detection.box,
+                                  frame.time.astimezone(self.timezone), self.camera.name,
+                                  quality=self.camera.evidence.jpeg_quality, line=ev.rule.line)
+        except (ValueError, cv2.error) as exc:
+            log.warning("camera %s rule %s: cleared snapshot not drawn: %s", self.camera.name, ev.rule.name, exc)
+            self.stats["evidence_errors"] = self.stats.get("evidence_errors", 0) + 1
+            return ()
+        return (Evidence("snapshot.jpg", "image/jpeg", jpeg),)
 
 
 @dataclass(eq=False)

@@ -1,7 +1,10 @@
 """Delivery of outbox cases to the central city-management platform over HTTP.
 
 `CentralDelivery.run()` takes due cases from the `Outbox`, POSTs each one (``concurrency`` at a
-time, one pooled keep-alive `aiohttp.ClientSession`) with ``Idempotency-Key: <case_id>`` and marks it:
+time, one pooled keep-alive `aiohttp.ClientSession`) with ``Idempotency-Key: <case_id>`` and marks it
+as below. A case's later events (updated, cleared, withdrawn) go the same way to
+``central.events_url`` with ``Idempotency-Key: <event_id>``; the outbox hands out a case's event only
+after the case and its earlier events were acknowledged, so each case's events arrive in order.
 
 - 2xx                                    -> delivered;
 - 408, 429, 5xx, other non-4xx, timeout,
@@ -13,8 +16,8 @@ time, one pooled keep-alive `aiohttp.ClientSession`) with ``Idempotency-Key: <ca
 A case is marked delivered only after the platform answered 2xx, so a crash at any instant at worst
 sends a case again (at-least-once); the platform drops duplicates by the idempotency key.
 
-Evidence files named in ``case.evidence[i].path`` travel with the case: as multipart parts
-``evidence[i]`` beside a ``case`` part holding the JSON, or base64 in ``evidence[i].data_base64`` of
+Evidence files named in ``case.evidence[i].path`` (or an event's) travel with it: as multipart parts
+``evidence[i]`` beside a ``case`` (or ``event``) part holding the JSON, or base64 in ``evidence[i].data_base64`` of
 a JSON body (``evidence_mode``). A missing or oversized file never blocks delivery: the case goes
 without it and its evidence entry says why (``"missing": "<reason>"``).
 
@@ -47,7 +50,7 @@ import aiohttp
 from yarl import URL
 
 from gateway.aio import backoff_delay
-from gateway.outbox import MAX_DEAD_BODY, Outbox, OutboxItem
+from gateway.outbox import MAX_DEAD_BODY, MAX_REPLY, Outbox, OutboxItem
 from gateway.sinks.central_config import CentralConfig
 
 log = logging.getLogger(__name__)
@@ -126,7 +129,7 @@ class CentralDelivery:
             raise ValueError("central.url is not set: there is no central platform to deliver to")
         self.outbox = outbox
         self.config = config
-        self.stats: dict[str, int] = {
+        self.counters: dict[str, int] = {
             "delivered": 0,
             "failed_attempts": 0,
             "dead": 0,
@@ -142,6 +145,9 @@ class CentralDelivery:
         self._inflight: set[str] = set()
         self._last_warning = 0.0
         self._suppressed = 0
+
+    def stats(self) -> dict[str, int]:
+        return dict(self.counters)
 
     def notify(self) -> None:
         """Wake the worker now (a case was enqueued or retried); safe to call from any thread."""
@@ -179,7 +185,7 @@ class CentralDelivery:
                 now = time.time()
                 fresh, next_due = await asyncio.to_thread(self._poll, now, frozenset(self._inflight))
                 for item in fresh:
-                    self._inflight.add(item.case_id)
+                    self._inflight.add(item.key)
                     await queue.put(item)  # blocks while the workers are busy: back-pressure
                 if len(fresh) >= self.config.batch:
                     continue  # there may be more due right now
@@ -194,9 +200,10 @@ class CentralDelivery:
                 await client.close()
 
     def _poll(self, now: float, inflight: frozenset[str]) -> tuple[list[OutboxItem], float | None]:
-        """Due cases not yet in hand, and when the next later one is due (one thread hop for both)."""
+        """Due cases and events not yet in hand, and when the next later one is due (one thread hop)."""
         items = self.outbox.due(now, self.config.batch + len(inflight))
-        fresh = [i for i in items if i.case_id not in inflight][: self.config.batch]
+        items += self.outbox.due_events(now, self.config.batch + len(inflight))
+        fresh = [i for i in items if i.key not in inflight][: self.config.batch]
         next_due = None if len(fresh) >= self.config.batch else self.outbox.next_due_after(now)
         return fresh, next_due
 
@@ -240,12 +247,15 @@ class CentralDelivery:
                               self.outbox.path)
             finally:
                 for item, _ in batch:
-                    self._inflight.discard(item.case_id)
+                    self._inflight.discard(item.key)
+            if any(o.kind == "delivered" for _, o in batch) and self.outbox.event_counts()["pending"]:
+                self.notify()  # an acknowledged case or event may have made the case's next event due
 
     async def _attempt(self, client: aiohttp.ClientSession, item: OutboxItem) -> _Outcome:
         request = await self._build_request(item)
+        url = self._url if item.event_id is None else URL(self.config.events_url_for(item.case_id), encoded=True)
         try:
-            async with client.post(self._url, data=request["content"], headers=request["headers"]) as resp:
+            async with client.post(url, data=request["content"], headers=request["headers"]) as resp:
                 code = resp.status
                 body = (await resp.read())[:MAX_DEAD_BODY]  # read even on success: keeps the connection reusable
                 retry_after = resp.headers.get("Retry-After")
@@ -254,7 +264,7 @@ class CentralDelivery:
         except aiohttp.ClientError as exc:
             return _Outcome("retry", error=f"{type(exc).__name__}: {exc}")
         if 200 <= code < 300:
-            return _Outcome("delivered", code)
+            return _Outcome("delivered", code, body=body[:MAX_REPLY])
         if is_retryable(code):
             return _Outcome("retry", code, f"HTTP {code}: {body[:200].decode('utf-8', 'replace')}",
                             retry_after_s=parse_retry_after(retry_after))
@@ -262,17 +272,18 @@ class CentralDelivery:
 
     def _record(self, batch: list[tuple[OutboxItem, _Outcome]]) -> None:
         """Write attempts' results (runs in a thread: a commit waits for an fsync)."""
-        delivered = [item.case_id for item, outcome in batch if outcome.kind == "delivered"]
+        delivered = [item.key for item, outcome in batch if outcome.kind == "delivered"]
         if delivered:
-            self.outbox.mark_delivered_many(delivered)
+            replies = {item.key: o.body.decode("utf-8", "replace") for item, o in batch if o.body}
+            self.outbox.mark_delivered_many(delivered, replies=replies)
             with self._stats_lock:
-                self.stats["delivered"] += len(delivered)
+                self.counters["delivered"] += len(delivered)
         for item, outcome in batch:
             if outcome.kind != "delivered":
                 self._record_failure(item, outcome)
 
     def _record_failure(self, item: OutboxItem, outcome: _Outcome) -> None:
-        cid = item.case_id
+        cid = item.key
         if outcome.kind == "dead":
             self.outbox.mark_dead(cid, outcome.status_code, outcome.body)
             self._count("dead")
@@ -296,7 +307,7 @@ class CentralDelivery:
 
     def _count(self, key: str) -> None:
         with self._stats_lock:
-            self.stats[key] += 1
+            self.counters[key] += 1
 
     def _warn(self, message: str) -> None:
         # An unreachable platform fails every case: log at most one line per 10 s, with a count.
@@ -309,7 +320,7 @@ class CentralDelivery:
         log.warning("%s%s", message, extra)
 
     async def _build_request(self, item: OutboxItem) -> dict[str, Any]:
-        headers = {"Idempotency-Key": item.case_id}
+        headers = {"Idempotency-Key": item.key}
         if self.config.token:
             headers["Authorization"] = f"Bearer {self.config.token}"
         payload = item.payload
@@ -320,7 +331,7 @@ class CentralDelivery:
             body = json.dumps(payload, ensure_ascii=False).encode()
             headers["Content-Type"] = "application/json"
             return {"content": body, "headers": headers}
-        case_part = ("case", (None, json.dumps(payload, ensure_ascii=False).encode(), "application/json"))
+        case_part = ("case" if item.event_id is None else "event", (None, json.dumps(payload, ensure_ascii=False).encode(), "application/json"))
         body, headers["Content-Type"] = encode_multipart([case_part, *files])
         return {"content": body, "headers": headers}
 

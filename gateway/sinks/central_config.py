@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import quote
 
 from pydantic import Field, field_validator, model_validator
 
@@ -13,6 +14,11 @@ class CentralConfig(StrictModel):
     url: str | None = Field(
         None,
         description="URL the cases are POSTed to; empty = no central platform, cases are only stored locally",
+    )
+    events_url: str | None = Field(
+        None,
+        description="URL template the later events of a case (updated, cleared, withdrawn) are POSTed to;"
+        " '{case_id}' is replaced by the case id; empty = '<url>/{case_id}/events'",
     )
     token: str | None = Field(None, description="bearer token sent as 'Authorization: Bearer <token>'")
     timeout_s: float = Field(10.0, gt=0, description="timeout of one delivery request, seconds")
@@ -35,7 +41,7 @@ class CentralConfig(StrictModel):
         20 * 1024 * 1024, ge=0, description="evidence files larger than this are sent without their bytes"
     )
 
-    @field_validator("url", "token", mode="before")
+    @field_validator("url", "events_url", "token", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
@@ -44,6 +50,16 @@ class CentralConfig(StrictModel):
     def _check(self) -> CentralConfig:
         if self.url is not None and not self.url.startswith(("http://", "https://")):
             raise FieldError("url", f"must start with http:// or https://, got {self.url!r}")
+        if self.events_url is not None:
+            if not self.events_url.startswith(("http://", "https://")):
+                raise FieldError("events_url", f"must start with http:// or https://, got {self.events_url!r}")
+            if "{case_id}" not in self.events_url:
+                raise FieldError("events_url", f"must contain {{case_id}}, got {self.events_url!r}")
         if self.backoff_max_s < self.backoff_initial_s:
             raise FieldError("backoff_max_s", "must be >= backoff_initial_s")
         return self
+
+    def events_url_for(self, case_id: str) -> str:
+        """Where the events of `case_id` go (the case id is percent-encoded into the path)."""
+        template = self.events_url or f"{(self.url or '').rstrip('/')}/{{case_id}}/events"
+        return template.replace("{case_id}", quote(case_id, safe=""))

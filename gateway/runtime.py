@@ -22,7 +22,7 @@ from typing import Any
 
 from core.model import Alert, Frame, Position, Reading
 from detectors.sensor.monitor import SensorMonitor
-from detectors.vehicle.monitor import FleetMonitor, normalise_terminal
+from detectors.vehicle.monitor import FleetMonitor
 from gateway.alerts import AlertBus
 from gateway.cases import CaseDesk, CaseOutcome
 from gateway.catalog import Catalog
@@ -78,8 +78,8 @@ class Gateway:
             self.mqtt = MqttAlertSink(config.mqtt, config.site)
 
         self.fleet = FleetMonitor(config.vehicles.fleet)
-        # keyed like the fleet monitor matches terminals: with or without leading zeros
-        self._vehicle_tags = {normalise_terminal(v.terminal): {"vehicle": v.id, "type": v.type, "company": v.company}
+        # keyed by vehicle id: every position's device is resolved to it first (detectors/vehicle/identity.py)
+        self._vehicle_tags = {v.id: {"vehicle": v.id, "type": v.type, "company": v.company, "terminal": v.terminal}
                               for v in config.vehicles.fleet.vehicles}
         self.sensors = SensorMonitor(config.sensors)
         self._positions = 0
@@ -142,7 +142,10 @@ class Gateway:
 
     def _position(self, position: Position, received_at: datetime | None) -> None:
         self._positions += 1
-        tags = self._vehicle_tags.get(normalise_terminal(position.device))
+        device = self.fleet.terminals.canonical(position.device)  # replays, NMEA, MQTT carry terminal numbers
+        if device != position.device:
+            position = position._replace(device=device)
+        tags = self._vehicle_tags.get(device)
         self.timeseries.write(position_point(position, tags))
         if tags is not None:
             self.health.seen("vehicle", tags["vehicle"], position.time)
@@ -229,9 +232,16 @@ class Gateway:
                 log.warning("JT/T 808: unregistered terminal %s connected (%s)", terminal, info)
 
         self.jt808 = Jt808Server(jt.host, jt.port, registry, self.on_position, on_event,
+                                 vehicles={v.terminal: v.id for v in self.config.vehicles.fleet.vehicles},
                                  idle_timeout_s=jt.idle_timeout_s, max_frame_bytes=jt.max_frame_bytes,
                                  max_garbage_frames=jt.max_garbage_frames, backlog=jt.backlog,
-                                 accept_unknown=jt.accept_unknown)
+                                 accept_unknown=jt.accept_unknown, auth_timeout_s=jt.auth_timeout_s,
+                                 max_auth_failures=jt.max_auth_failures, max_connections=jt.max_connections,
+                                 max_connections_per_address=jt.max_connections_per_address,
+                                 max_pending_packet_bytes=jt.max_pending_packet_bytes,
+                                 unknown_per_connection=jt.unknown_per_connection,
+                                 unknown_per_address_per_min=jt.unknown_per_address_per_min,
+                                 log_interval_s=jt.log_interval_s)
         await self.jt808.start()
 
     def _start_mqtt_source(self, stop: asyncio.Event) -> None:

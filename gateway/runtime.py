@@ -227,11 +227,8 @@ class Gateway:
         registry = {v.terminal: auth_code(self.config.id, v.terminal, jt.auth_secret)
                     for v in self.config.vehicles.fleet.vehicles}
 
-        def on_event(kind: str, terminal: str, info: Any = None) -> None:
-            if kind == "unknown_terminal":
-                log.warning("JT/T 808: unregistered terminal %s connected (%s)", terminal, info)
-
-        self.jt808 = Jt808Server(jt.host, jt.port, registry, self.on_position, on_event,
+        # the server logs unknown terminals itself, rate-limited
+        self.jt808 = Jt808Server(jt.host, jt.port, registry, self.on_position,
                                  vehicles={v.terminal: v.id for v in self.config.vehicles.fleet.vehicles},
                                  idle_timeout_s=jt.idle_timeout_s, max_frame_bytes=jt.max_frame_bytes,
                                  max_garbage_frames=jt.max_garbage_frames, backlog=jt.backlog,

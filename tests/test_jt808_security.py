@@ -223,3 +223,24 @@ async def test_any_spelling_of_a_fleet_terminal_registers(phone: str) -> None:
         await c.send(ref.frame(0x0100, phone, 1, ref.register_body(11, 1, "CG", "M1", "T1", 1, "A"), version=version))
         reply = await c.reply()
         assert re.search(CODE.encode(), reply) and reply == ref.register_reply(phone, 0, 1, 0, CODE, version=version)
+
+
+async def test_repeated_out_of_file_errors_on_accept_log_once_per_interval(caplog) -> None:
+    import errno
+    import logging
+
+    from gateway.throttle import throttle_resource_errors
+
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+    try:
+        throttle_resource_errors(loop, interval_s=60)
+        throttle_resource_errors(loop, interval_s=60)  # idempotent: one wrapper
+        with caplog.at_level(logging.ERROR):
+            for _ in range(1000):  # what asyncio reports when accept() fails under a socket flood
+                loop.call_exception_handler({"message": "socket.accept() out of system resource",
+                                             "exception": OSError(errno.EMFILE, "Too many open files")})
+        lines = [r for r in caplog.records if "out of system resource" in r.getMessage()]
+        assert len(lines) == 1 and lines[0].exc_info is None
+    finally:
+        loop.set_exception_handler(previous)

@@ -95,7 +95,7 @@ class Message:
     """One decoded JT/T 808 message."""
 
     msg_id: int
-    terminal: str  # BCD digits as encoded: 12 (2011/2013) or 20 (2019), leading zeros kept
+    terminal: str  # BCD digits as encoded: 12 (2011/2013) or 20 (2019), leading zeros kept; hex if not BCD
     serial: int
     version: int = 0  # 0 for 2011/2013 headers, the protocol version byte (1) for 2019
     body: bytes = b""

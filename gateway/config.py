@@ -75,8 +75,9 @@ class Jt808Config(StrictModel):
     enabled: bool = Field(False, description="Run the JT/T 808 TCP server for vehicle terminals.")
     host: str = Field("0.0.0.0", description="Address to listen on.")
     port: int = Field(6808, ge=0, le=65535, description="TCP port terminals connect to.")
-    accept_unknown: bool = Field(True, description="Accept terminals not in the fleet (and alert about a "
-                                 "possible black truck) instead of refusing them.")
+    accept_unknown: bool = Field(True, description="Let terminals not in the fleet register and authenticate "
+                                 "(their positions are flagged as a possible black truck, never taken for a fleet "
+                                 "vehicle) instead of refusing them.")
     idle_timeout_s: float = Field(180.0, gt=0, description="Close a connection silent for this long.")
     max_frame_bytes: int = Field(4096, ge=64, description="Drop a connection that sends a longer frame.")
     max_garbage_frames: int = Field(5, ge=1, description="Drop a connection after this many undecodable "
@@ -86,6 +87,23 @@ class Jt808Config(StrictModel):
     auth_secret: str | None = Field(None, description="Secret mixed into the auth codes handed to terminals "
                                     "(e.g. ${CITYGATE_JT808_SECRET}); empty = derived from the gateway id "
                                     "only, which anyone who knows it can recompute.")
+    auth_timeout_s: float = Field(30.0, gt=0, description="Close a connection that has not authenticated "
+                                  "(0x0102) within this many seconds.")
+    max_auth_failures: int = Field(3, ge=1, description="Close a connection after this many wrong auth codes.")
+    max_connections: int = Field(10_000, ge=1, description="Most open terminal connections; never more than the "
+                                 "open-file limit leaves room for (raise LimitNOFILE for big fleets). At the limit "
+                                 "the oldest connection that has not authenticated makes room, else a new one is "
+                                 "refused.")
+    max_connections_per_address: int = Field(256, ge=1, description="Most open connections from one source "
+                                             "address (terminals behind one carrier NAT share an address).")
+    max_pending_packet_bytes: int = Field(65_536, ge=1024, description="Most subpackage bytes a connection may "
+                                          "hold while a long message is reassembled; over it, it is closed.")
+    unknown_per_connection: int = Field(1, ge=0, description="Terminals not in the fleet that one connection "
+                                        "may register (with accept_unknown).")
+    unknown_per_address_per_min: float = Field(10.0, ge=0, description="Registrations of terminals not in the "
+                                               "fleet allowed per source address and minute (with accept_unknown).")
+    log_interval_s: float = Field(60.0, gt=0, description="A repeated connection problem (refusals, failed "
+                                  "authentications, accept errors) is logged once per this many seconds.")
 
 
 class ReplayFeed(StrictModel):

@@ -19,7 +19,7 @@ from typing import Any
 
 from core.model import Alert, DetectorOutput, Frame, HealthChange, Position, Reading
 from detectors.sensor.monitor import SensorMonitor
-from detectors.vehicle.monitor import FleetMonitor, normalise_terminal
+from detectors.vehicle.monitor import FleetMonitor
 from gateway.aio import wait_or_stop
 from gateway.alerts import AlertBus
 from gateway.cases import CaseOutcome
@@ -60,7 +60,7 @@ class Router:
                  publish_alert: Callable[[Alert, str | None], None] | None = None,
                  health_states: Callable[[], Iterable[tuple[str, str, dict]]] = tuple) -> None:
         self.fleet, self.sensors, self.bus, self.timeseries = fleet, sensors, bus, timeseries
-        self.vehicle_tags = vehicle_tags  # keyed like the fleet matches terminals: without leading zeros
+        self.vehicle_tags = vehicle_tags  # keyed by vehicle id: positions are resolved to it first
         self.tick_s = tick_s
         self.outbox_alarm = outbox_alarm
         self.health = DeviceHealth(publish_health or (lambda *_: None))
@@ -113,7 +113,10 @@ class Router:
 
     def _position(self, position: Position, received_at: datetime | None) -> None:
         self.counters["positions"] += 1
-        tags = self.vehicle_tags.get(normalise_terminal(position.device))
+        device = self.fleet.terminals.canonical(position.device)  # replays, NMEA, MQTT carry terminal numbers
+        if device != position.device:
+            position = position._replace(device=device)
+        tags = self.vehicle_tags.get(device)
         self.timeseries.write(position_point(position, tags))
         if tags is not None:
             self.health.seen("vehicle", tags["vehicle"], position.time)

@@ -61,6 +61,8 @@ async def simulate(host: str, port: int, track: list[Position], *, terminal: str
             return 0
         reply = await sim.request(jt808.MSG_AUTH, jt808.encode_auth_body(code))
         say(f"authenticate: result {reply.fields.get('result')}")
+        if reply.fields.get("result") != 0:  # the platform would refuse every location
+            return 0
         acknowledged = 0
         first = track[0].time
         span = track[-1].time - first

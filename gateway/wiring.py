@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from detectors.sensor.monitor import SensorMonitor
-from detectors.vehicle.monitor import FleetMonitor, normalise_terminal
+from detectors.vehicle.monitor import FleetMonitor
 from gateway.alerts import AlertBus
 from gateway.cases import CaseDesk
 from gateway.component import STAGES, Component
@@ -85,7 +85,8 @@ def build_graph(deployment: Deployment) -> Graph:
 
         mqtt = MqttAlertSink(config.mqtt, config.site)
 
-    vehicle_tags = {normalise_terminal(v.terminal): {"vehicle": v.id, "type": v.type, "company": v.company}
+    # keyed by vehicle id: every position's device is resolved to it first (detectors/vehicle/identity.py)
+    vehicle_tags = {v.id: {"vehicle": v.id, "type": v.type, "company": v.company, "terminal": v.terminal}
                     for v in config.vehicles.fleet.vehicles}
     graph_ref: list[Graph] = []
     router = Router(fleet=FleetMonitor(config.vehicles.fleet), sensors=SensorMonitor(config.sensors), bus=bus,
@@ -164,21 +165,22 @@ def _add_vehicle_sources(graph: Graph) -> None:
     if jt.enabled:
         from gateway.sources.jt808_server import Jt808Server
 
-        registry = {v.terminal: auth_code(config.id, v.terminal, jt.auth_secret) for v in config.vehicles.fleet.vehicles}
-        graph.add("sources", Jt808Server(jt.host, jt.port, registry, graph.router.on_position, _jt808_event,
-                                         idle_timeout_s=jt.idle_timeout_s, max_frame_bytes=jt.max_frame_bytes,
-                                         max_garbage_frames=jt.max_garbage_frames, backlog=jt.backlog,
-                                         accept_unknown=jt.accept_unknown))
+        vehicles = config.vehicles.fleet.vehicles
+        registry = {v.terminal: auth_code(config.id, v.terminal, jt.auth_secret) for v in vehicles}
+        # the server logs unknown terminals itself, rate-limited
+        graph.add("sources", Jt808Server(
+            jt.host, jt.port, registry, graph.router.on_position, vehicles={v.terminal: v.id for v in vehicles},
+            idle_timeout_s=jt.idle_timeout_s, max_frame_bytes=jt.max_frame_bytes,
+            max_garbage_frames=jt.max_garbage_frames, backlog=jt.backlog, accept_unknown=jt.accept_unknown,
+            auth_timeout_s=jt.auth_timeout_s, max_auth_failures=jt.max_auth_failures,
+            max_connections=jt.max_connections, max_connections_per_address=jt.max_connections_per_address,
+            max_pending_packet_bytes=jt.max_pending_packet_bytes, unknown_per_connection=jt.unknown_per_connection,
+            unknown_per_address_per_min=jt.unknown_per_address_per_min, log_interval_s=jt.log_interval_s))
     from gateway.sources.nmea_source import NmeaSource
 
     for feed in config.vehicles.nmea:
         graph.add("sources", NmeaSource(feed.device, graph.router.on_position, host=feed.host, port=feed.port,
                                         file=config.path(feed.file) if feed.file else None))
-
-
-def _jt808_event(kind: str, terminal: str, info: Any = None) -> None:
-    if kind == "unknown_terminal":
-        log.warning("JT/T 808: unregistered terminal %s connected (%s)", terminal, info)
 
 
 def _add_device_sources(graph: Graph) -> None:

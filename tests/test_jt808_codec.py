@@ -342,13 +342,24 @@ def test_terminal_side_encoders_round_trip() -> None:
 GOOD = ref.frame(0x0200, "013800138000", 1, ref.location_body(31.2, 121.5, T0, items=[(0x30, b"\x10")]))
 
 
+def _reframe(inner: bytes | bytearray) -> bytes:
+    return b"\x7e" + ref.escape(bytes(inner)) + b"\x7e"
+
+
+def _bad_length_and_checksum(wire: bytes) -> bytes:
+    raw = bytearray(jt808.unescape(wire[1:-1]))
+    raw[3] -= 1
+    raw[-1] ^= 0x55
+    return _reframe(raw)
+
+
 @pytest.mark.parametrize(
     ("wire", "reason"),
     [
         (b"", "start and end"),
         (b"\x7e", "start and end"),
         (GOOD[:-1], "start and end"),
-        (GOOD[:-2] + bytes([GOOD[-2] ^ 1]) + b"\x7e", "checksum"),
+        (_bad_length_and_checksum(GOOD), "body length .* and checksum mismatch"),
         (b"\x7e\x7d\x03" + GOOD[1:], "escape"),
         (b"\x7e" + b"\x00" * 5 + b"\x7e", "too short"),
         (ref.frame(0x0200, "1", 1, b"\x00" * 20), "location body too short"),
@@ -357,9 +368,9 @@ GOOD = ref.frame(0x0200, "013800138000", 1, ref.location_body(31.2, 121.5, T0, i
             "location time",
         ),
         (ref.frame(0x0200, "1", 1, ref.location_body(1, 1, T0)[:-6] + bytes.fromhex("2401ab000000")), "BCD"),
-        (ref.frame(0x0200, "1", 1, ref.location_body(1, 1, T0) + b"\x01\x04\x00"), "past the body end"),
         (ref.frame(0x0704, "1", 1, ref.word(3) + b"\x00" + ref.word(2) + b"ab"), "location body too short"),
         (ref.frame(0x0704, "1", 1, ref.word(2) + b"\x00"), "missing"),
+        (ref.frame(0x0704, "1", 1, ref.word(1) + b"\x00" + ref.word(40) + b"ab"), "past the body end"),
         (ref.frame(0x0001, "1", 1, b"\x00"), "0x0001"),
     ],
 )
@@ -368,17 +379,112 @@ def test_invalid_frames_raise_decode_error(wire: bytes, reason: str) -> None:
         jt808.decode(wire)
 
 
-def test_length_mismatch_and_bad_terminal_bcd() -> None:
+def test_length_field_or_checksum_alone_may_disagree() -> None:
+    """Liberal like the public decoders: the frame's delimiters say where it ends, so one failed
+    integrity check is accepted and named; both failing is a DecodeError (see the error table)."""
     raw = bytearray(jt808.unescape(GOOD[1:-1]))
     raw[3] -= 1  # header claims one byte less than the body has
     raw[-1] = ref.checksum(bytes(raw[:-1]))
-    with pytest.raises(jt808.DecodeError, match="body length"):
-        jt808.decode(b"\x7e" + ref.escape(bytes(raw)) + b"\x7e")
+    msg = jt808.decode(_reframe(raw))
+    assert msg.problems == ("body length 31 differs from header's 30",)
+    assert msg.positions[0].lat == pytest.approx(31.2) and msg.positions[0].extras == {"signal": 16}
+    raw = bytearray(jt808.unescape(GOOD[1:-1]))
+    raw[-1] ^= 1
+    msg = jt808.decode(_reframe(raw))
+    assert msg.problems[0].startswith("checksum mismatch") and msg.positions[0].lon == pytest.approx(121.5)
+    assert jt808.decode(GOOD).problems == ()
+
+
+def test_non_bcd_terminal_number_is_kept_as_hex_and_echoed() -> None:
     raw = bytearray(jt808.unescape(GOOD[1:-1]))
     raw[4] = 0xAB
     raw[-1] = ref.checksum(bytes(raw[:-1]))
-    with pytest.raises(jt808.DecodeError, match="terminal number"):
-        jt808.decode(b"\x7e" + ref.escape(bytes(raw)) + b"\x7e")
+    msg = jt808.decode(_reframe(raw))
+    assert msg.terminal == "ab3800138000" and msg.positions[0].device == "ab3800138000"
+    reply = jt808.decode(jt808.encode_general_reply(msg.terminal, 1, msg.serial, msg.msg_id, 0))
+    assert reply.terminal == "ab3800138000"  # the reply carries the very bytes the terminal sent
+
+
+def test_extras_past_the_body_keep_the_basic_position() -> None:
+    body = ref.location_body(1.5, 2.5, T0, items=[(0x30, b"\x10")]) + b"\x01\x04\x00"
+    [pos] = jt808.decode(ref.frame(0x0200, "1", 1, body)).positions
+    assert (pos.lat, pos.lon, pos.time, pos.extras["signal"]) == (1.5, 2.5, T0, 16)
+    assert pos.extras["malformed"].startswith("additional item 0x01 length 4 past the body end at byte 31")
+    [pos] = jt808.decode(ref.frame(0x0200, "1", 1, ref.location_body(1, 1, T0) + b"\x01")).positions
+    assert pos.extras["malformed"].startswith("additional item header truncated at byte 28")
+
+
+def test_batch_keeps_whole_items_before_a_truncated_one() -> None:
+    good = ref.location_body(3, 4, T0)
+    body = ref.word(3) + b"\x01" + ref.word(len(good)) + good + ref.word(len(good)) + good[:10]
+    msg = jt808.decode(ref.frame(0x0704, "1", 1, body))
+    assert [(p.lat, p.lon, p.history) for p in msg.positions] == [(3, 4, True)]
+    assert msg.problems == ("0x0704 batch: item 2 length 28 past the body end",)
+
+
+def test_short_register_body_and_2019_auth_in_2013_layout() -> None:
+    msg = jt808.decode(ref.frame(0x0100, "013800138000", 1, ref.word(31) + ref.word(100) + b"ACME"))
+    assert msg.fields["province"] == 31 and msg.fields["maker"] == "ACME" and msg.fields["plate"] == ""
+    assert msg.problems and "shorter" in msg.problems[0]
+    msg = jt808.decode(ref.frame(0x0102, "013800138000", 2, b"CODE-42", version=1))
+    assert msg.fields == {"auth_code": "CODE-42"} and msg.problems
+
+
+# Frames from the public test suite of Traccar's JT/T 808 ("Huabao") decoder, each as the devices
+# sent it: terminal number, and the (lat, lon) of the first position (None: no position message).
+TRACCAR_FRAMES = [
+    ("7E02000053200002604323004800000000000C00000158B91406CB7007006B00000000220512101138010400000F2803020000"
+     "250400000000300114310100E30100D50E0100026043232795980277530030E50400000000E7020FC8E8020E83AB7E",
+     "200002604323", (22.591764, 113.995783)),
+    # a vendor message (0x0900) from a terminal whose number is not BCD
+    ("7E0900005A4E5DE66FBA2200C4F02204280610090002010D052B0150052C0400129009052D016B052E014F05300231BA0535"
+     "02000005360203B8053802000005390200AD053D0201EA05440150054604009899D90545040000001E000C00030160A85C06D1"
+     "C1389C7E", "4e5de66fba22", None),
+    # the last additional item claims 120 bytes where 8 remain
+    ("7e0200002e202000129707001c0000000000001c0601a2f0a8091f0bf00000000000ed2011030317330000000000000000"
+     "00780000000018000000267e", "202000129707", (-27.455656, 153.029616)),
+    ("7e0200007c0191718447540dcd000000008000000b029eabc204ba78510004000000042111182321120104000017f6cc1438"
+     "3933303237323037303339333033383732373130011d800134810204718202008283010e84017b85021ae986012f870201"
+     "788901038b114a4e31424a314352364b573333363533358c040008dcb68d02018c8e013da000c07e",
+     "019171844754", (43.95309, -79.329361)),
+    ("7e02000054086031592715006e0000000000000002015a3c1a06c8733800000000000019103022183633362a4d30302c3435"
+     "2c31313338363030526f79314f70656e26303030303030303030303030263132333435363738393031323334353623ff7e",
+     "086031592715", (22.690842, 113.799992)),
+    ("7E0704014301356777777707F5000801002600000000000000030159741206CBFD5001720000000116052709062401040000"
+     "001D03020000002600000000000000030159746606CBFD50016B0000000116052709065301040000001D03020000002600"
+     "00000000000003015975E406CBFE58013F0000000116052709072701040000001D0302000000260000000000000003015976"
+     "DE06CBFF10012E0000000116052709075601040000001D0302000000260000000000000003015976BC06CBFED0012D000000"
+     "0116052709083001040000001D0302000000260000000000000003015976FE06CBFEC001080000000116052709090001040000"
+     "001D0302000000260000000000000003015976FE06CBFE7800FC0000000116052709093301040000001D03020000002600"
+     "00000000000003015977A606CBFF3001080000000116052709100201040000001D030200001F7E",
+     "013567777777", (22.639634, 114.031952)),
+    ("7E0100002D013511221122000500000000373031303748422D52303347424400000000000000000000003233363631303402"
+     "CBD5424136383630387E", "013511221122", None),
+    ("7E010200100940278494700084323031313131303831313333323139369F7E", "094027849470", None),
+]
+
+
+@pytest.mark.parametrize(("wire", "terminal", "first"), TRACCAR_FRAMES)
+def test_public_decoder_frames_come_through(wire: str, terminal: str, first: tuple[float, float] | None) -> None:
+    msg = jt808.decode(hx(wire))
+    assert msg.terminal == terminal
+    if first is not None:
+        assert (msg.positions[0].lat, msg.positions[0].lon) == pytest.approx(first)
+
+
+def test_public_decoder_frames_this_codec_refuses() -> None:
+    """Two frames from the same suite fail both integrity checks or carry an unescaped 0x7e: on a TCP
+    stream the second would be cut in two at that byte by any JT/T 808 framer."""
+    both_bad = ("7E02000032013511221122000700000000000C000301578CC006CA3A5C0047000000001407231720150104000000"
+                "0030011631010BD07E")
+    with pytest.raises(jt808.DecodeError, match="body length 40 differs from header's 50 and checksum"):
+        jt808.decode(hx(both_bad))
+    raw_7e = ("7e0200008e01917159043700b300000000800000030158990606ca0fd7000400000000211129111705010400000000cc"
+              "1438393836303742383130323039303136323936383001" "0d8001aa81021388820200858301148401aa850218"
+              "9b8601338702007e8801338901148a0200998b1131323334353637383941424344454647488c04000200a88d0200"
+              "828e0114a00b50353338662c5530323966037e")
+    with pytest.raises(jt808.DecodeError, match="0x7e inside a frame"):
+        jt808.decode(hx(raw_7e))
 
 
 # ------------------------------------------------------------------ fuzzing
@@ -455,3 +561,34 @@ def test_split_frames_edge_cases() -> None:
     # back to back, and an orphan end delimiter before a frame ("7e7e")
     assert jt808.split_frames(b"\x7ea\x7e\x7eb\x7e") == ([b"\x7ea\x7e", b"\x7eb\x7e"], b"")
     assert jt808.split_frames(b"\x7e\x7eb\x7e\x7e") == ([b"\x7eb\x7e"], b"\x7e")
+
+
+def _raw_frame(msg_id: int, phone: bytes, serial: int, body: bytes) -> bytes:
+    """A 2013 frame with the terminal number given as raw bytes (any bytes, BCD or not)."""
+    raw = ref.word(msg_id) + ref.word(len(body)) + phone + ref.word(serial) + body
+    return b"\x7e" + ref.escape(raw + bytes([ref.checksum(raw)])) + b"\x7e"
+
+
+_items = st.lists(st.tuples(st.integers(0x40, 0xDF), st.binary(max_size=12)), max_size=4)
+
+
+@FUZZ
+@given(
+    phone=st.binary(min_size=6, max_size=6),
+    lat=st.floats(-89.9, 89.9),
+    lon=st.floats(-179.9, 179.9),
+    items=_items,
+    overlong=st.tuples(st.integers(0, 255), st.integers(1, 255), st.binary(max_size=40)),
+)
+def test_non_bcd_terminals_and_overlong_extras_still_yield_the_basic_position(
+    phone: bytes, lat: float, lon: float, items: list[tuple[int, bytes]], overlong: tuple[int, int, bytes]
+) -> None:
+    item, claimed, value = overlong
+    value = value[: claimed - 1]  # fewer bytes than the item claims: it runs past the body
+    body = ref.location_body(lat, lon, T0, items=items) + bytes([item, claimed]) + value
+    msg = jt808.decode(_raw_frame(0x0200, phone, 7, body))
+    [pos] = msg.positions
+    assert msg.terminal == phone.hex() and pos.device == phone.hex()
+    assert (pos.lat, pos.lon, pos.time) == (pytest.approx(lat, abs=1e-6), pytest.approx(lon, abs=1e-6), T0)
+    assert "past the body end" in pos.extras["malformed"]
+    assert len(pos.extras.get("raw", {})) == len({i for i, _ in items})  # the whole items before it are kept

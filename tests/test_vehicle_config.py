@@ -6,7 +6,8 @@ import pytest
 from pydantic import ValidationError
 
 from detectors.vehicle.config import FleetConfig
-from detectors.vehicle.monitor import FleetMonitor, normalise_terminal
+from detectors.vehicle.identity import terminal_key
+from detectors.vehicle.monitor import FleetMonitor
 from detectors.vehicle.timewin import parse_window
 
 
@@ -53,5 +54,5 @@ def test_windows():
 
 
 def test_terminal_numbers_match_with_or_without_leading_zeros():
-    assert normalise_terminal("013912345678") == normalise_terminal("13912345678")
-    assert normalise_terminal("tracker-7") == "tracker-7"
+    assert terminal_key("013912345678") == terminal_key("13912345678")
+    assert terminal_key("tracker-7") == "tracker-7"

@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 from core.model import SEVERITIES, Severity
 from core.schema import FieldError, StrictModel, TimeZoneName, repeated, valid_polygon
 
+from .identity import terminal_key
 from .timewin import parse_window
 
 VehicleType = Literal["sweeper", "sprinkler", "muck_truck", "mixer", "garbage_truck", "other"]
@@ -319,7 +320,7 @@ class FleetConfig(StrictModel):
     def _references(self) -> FleetConfig:
         for field, what, ids in (
             ("vehicles", "vehicle id", [v.id for v in self.vehicles]),
-            ("vehicles", "vehicle terminal", [v.terminal for v in self.vehicles]),
+            ("vehicles", "vehicle terminal", [terminal_key(v.terminal) for v in self.vehicles]),  # any spelling
             ("routes", "route id", [r.id for r in self.routes]),
             ("zones", "zone id", [z.id for z in self.zones]),
             ("sites", "site id", [s.id for s in self.sites]),

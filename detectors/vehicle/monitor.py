@@ -29,15 +29,13 @@ from .config import FleetConfig, RoadConfig, VehicleConfig, ZoneConfig, _Rule
 from .coverage import ShiftCoverage
 from .filters import HISTORY, LIVE, PositionFilter
 from .geometry import LocalPlane, PolygonLayer, Polyline, Shape, polygon
+from .identity import TerminalDirectory, terminal_key
 from .timewin import Window, minute_mask, parse_window
 
 LOAD_SHIFT = 8  # JT/T 808 status bits 8-9: 00 empty, 01 half, 11 full
 
 
-def normalise_terminal(terminal: str) -> str:
-    """JT/T 808 terminal numbers are BCD with leading zeros (12 or 20 digits); configs write them bare."""
-    t = terminal.strip()
-    return (t.lstrip("0") or "0") if t.isdigit() else t
+MAX_SPELLINGS = 10_000  # device spellings remembered beside the vehicle ids (bounded: any string may arrive)
 
 
 class _Hold:
@@ -152,12 +150,11 @@ class FleetMonitor:
         self.counts: dict[str, int] = {"unregistered": 0, "history_late": 0}
         self._masks: dict[tuple[Window, ...], bytes] = {}
         self._build_geometry(config)
-        self._by_terminal: dict[str, _Vehicle] = {}
-        self._by_id: dict[str, _Vehicle] = {}
-        for vc in config.vehicles:
-            v = self._vehicle(vc)
-            self._by_terminal[normalise_terminal(vc.terminal)] = v
-            self._by_id[vc.id] = v
+        self.terminals = TerminalDirectory.from_vehicles(config.vehicles)  # the one terminal -> vehicle map
+        self._by_id: dict[str, _Vehicle] = {vc.id: self._vehicle(vc) for vc in config.vehicles}
+        # Position.device -> vehicle: the vehicle ids (sources resolve terminals to them, see
+        # identity.py), plus the terminal spellings of positions that come unresolved (tests, benches)
+        self._by_device: dict[str, _Vehicle] = dict(self._by_id)
         self._coverage: dict[tuple[str, str, float], ShiftCoverage] = {}
         self._unregistered_seen: set[str] = set()
         self._now: float | None = None  # latest tick time, epoch seconds
@@ -319,8 +316,8 @@ class FleetMonitor:
         idx = self.site_layer.candidates(x - radius, y - radius, x + radius, y + radius)
         return [self.sites[self.site_layer.shapes[i].id] for i in idx]
 
-    def _vehicle_of(self, terminal: str) -> _Vehicle | None:
-        return self._by_terminal.get(terminal) or self._by_terminal.get(normalise_terminal(terminal))
+    def _vehicle_of(self, device: str) -> _Vehicle | None:
+        return self._by_id.get(self.terminals.canonical(device))
 
     # ------------------------------------------------------------------ positions
 
@@ -338,12 +335,14 @@ class FleetMonitor:
         plane = self.plane
         if plane is None:
             plane = self.plane = LocalPlane(lon, lat)
-        v = self._by_terminal.get(p.device)
+        v = self._by_device.get(p.device)
         if v is None:
-            v = self._by_terminal.get(normalise_terminal(p.device))
-            if v is None:
+            vehicle = self.terminals.vehicle(p.device)
+            if vehicle is None:
                 return self._unregistered(p) if verdict == LIVE else []
-            self._by_terminal[p.device] = v  # remember the spelling this terminal uses
+            v = self._by_id[vehicle]
+            if len(self._by_device) < len(self._by_id) + MAX_SPELLINGS:
+                self._by_device[p.device] = v  # remember the spelling this terminal uses
         st = v.state
         x, y = (lon - plane.lon0) * plane.kx, (lat - plane.lat0) * plane.ky  # plane.xy, inlined: every fix
         if self._lt_lo <= t < self._lt_hi:  # most fixes of a fleet fall in the same local minute
@@ -401,7 +400,8 @@ class FleetMonitor:
     def _unregistered(self, p: Position) -> list[Alert]:
         self.counts["unregistered"] += 1
         rule = self.rules.unregistered
-        if not rule.enabled or p.device in self._unregistered_seen:
+        device = terminal_key(p.device)  # one subject however a source spelled the number
+        if not rule.enabled or device in self._unregistered_seen:
             return []
         if self._city is not None:
             assert self.plane is not None
@@ -409,11 +409,11 @@ class FleetMonitor:
             if not shapely.contains_xy(self._city, x, y):
                 return []
         if len(self._unregistered_seen) < 100_000:  # bounded: a flood of ids must not eat memory
-            self._unregistered_seen.add(p.device)
-        return [Alert(rule=rule.name, subject_kind="terminal", subject_id=p.device, state="open", time=p.time,
+            self._unregistered_seen.add(device)
+        return [Alert(rule=rule.name, subject_kind="terminal", subject_id=device, state="open", time=p.time,
                       source="vehicle", severity=rule.severity, category=rule.category,
-                      message=f"unregistered terminal {p.device} reporting inside the city",
-                      lon=p.lon, lat=p.lat, facts={"terminal": p.device, "speed_kmh": p.speed_kmh})]
+                      message=f"unregistered terminal {device} reporting inside the city",
+                      lon=p.lon, lat=p.lat, facts={"terminal": device, "speed_kmh": p.speed_kmh})]
 
     # ------------------------------------------------------------------ rules
 

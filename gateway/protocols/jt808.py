@@ -4,6 +4,13 @@ Pure: no I/O. `decode` takes one wire frame with its 0x7e delimiters; `split_fra
 byte stream into such frames. Every malformed input raises `DecodeError` and nothing else, because
 the server feeds it bytes from untrusted terminals.
 
+Liberal in what it accepts, as the public decoders are, because a gateway that refuses a vendor's
+frames loses that vendor's fleet: a terminal number that is not BCD is kept as hex; a body-length
+field that disagrees with the body, or a checksum that does not match, is accepted when the other of
+the two checks holds; additional items that run past the body keep the basic position; a short
+register body and a 2019 auth body in the 2013 layout are read as far as they go. Each such
+leniency is named in `Message.problems` (and, for a location's extras, in `extras["malformed"]`).
+
 Wire layout (after unescaping 0x7d 0x02 -> 0x7e and 0x7d 0x01 -> 0x7d):
 
     msg_id WORD | attr WORD | [version BYTE] | terminal BCD[6 or 10] | serial WORD
@@ -88,7 +95,7 @@ class Message:
     """One decoded JT/T 808 message."""
 
     msg_id: int
-    terminal: str  # BCD digits as encoded: 12 (2011/2013) or 20 (2019), leading zeros kept
+    terminal: str  # BCD digits as encoded: 12 (2011/2013) or 20 (2019), leading zeros kept; hex if not BCD
     serial: int
     version: int = 0  # 0 for 2011/2013 headers, the protocol version byte (1) for 2019
     body: bytes = b""
@@ -97,6 +104,7 @@ class Message:
     packet_index: int | None = None  # 1-based
     encrypted: bool = False
     fields: dict[str, Any] = field(default_factory=dict)
+    problems: tuple[str, ...] = ()  # deviations from the standard that were accepted, see the module doc
 
     @property
     def is_packet(self) -> bool:
@@ -175,20 +183,15 @@ def split_frames(buffer: bytes) -> tuple[list[bytes], bytes]:
 # ---------------------------------------------------------------- decoding
 
 
-def _bcd(raw: bytes, what: str) -> str:
-    digits = raw.hex()
-    if not digits.isdigit():
-        raise DecodeError(f"{what}: invalid BCD {digits}")
-    return digits
-
-
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 _TERMINAL_CACHE: dict[bytes, str] = {}  # a server hears the same terminals all day: convert each once
 
 
-def _bcd_terminal_number(raw: bytes) -> str:
+def _terminal_number(raw: bytes) -> str:
+    """BCD digits; a number that is not BCD (some vendors write hex) is kept as its hex digits."""
     terminal = _TERMINAL_CACHE.get(raw)
     if terminal is None:
-        terminal = _bcd(raw, "terminal number")
+        terminal = raw.hex()
         if len(_TERMINAL_CACHE) >= 100_000:
             _TERMINAL_CACHE.clear()
         _TERMINAL_CACHE[raw] = terminal
@@ -234,8 +237,7 @@ def decode(frame: bytes) -> Message:
         data = unescape(data)
     if len(data) < 13:
         raise DecodeError(f"frame too short: {len(data)} bytes unescaped")
-    if _xor(data):  # the XOR of the data and its checksum byte is 0 exactly when the checksum matches
-        raise DecodeError(f"checksum mismatch: computed {_xor(data[:-1]):02x}, frame has {data[-1]:02x}")
+    checksum_ok = not _xor(data)  # the XOR of the data and its checksum byte is 0 exactly when it matches
 
     msg_id, attr, phone, serial = _HEAD_2013.unpack_from(data)
     if attr & ATTR_VERSION:
@@ -246,7 +248,7 @@ def decode(frame: bytes) -> Message:
     else:
         version = 0
         offset = 12
-    terminal = _bcd_terminal_number(phone)
+    terminal = _TERMINAL_CACHE.get(phone) or _terminal_number(phone)
     packet_total = packet_index = None
     if attr & ATTR_SUBPACKAGE:
         if len(data) < offset + 5:
@@ -256,8 +258,9 @@ def decode(frame: bytes) -> Message:
             raise DecodeError(f"subpackage index {packet_index} outside 1..{packet_total}")
         offset += 4
     body_len = attr & MAX_BODY
-    if len(data) - 1 - offset != body_len:
-        raise DecodeError(f"body length {len(data) - 1 - offset} differs from header's {body_len}")
+    problems: tuple[str, ...] = ()
+    if len(data) - 1 - offset != body_len or not checksum_ok:
+        problems = _frame_problems(data, offset, body_len, checksum_ok)
     encrypted = bool(attr & 0x1C00)
     body = data[offset:-1]
     if msg_id == MSG_LOCATION and packet_total is None and not encrypted:
@@ -268,11 +271,24 @@ def decode(frame: bytes) -> Message:
             raise
         except (struct.error, IndexError, ValueError, UnicodeError) as exc:
             raise DecodeError(f"body of {msg_id:#06x}: {exc}") from None
-        return Message(msg_id, terminal, serial, version, body, positions, None, None, False, {})
-    msg = Message(msg_id, terminal, serial, version, body, [], packet_total, packet_index, encrypted, {})
+        return Message(msg_id, terminal, serial, version, body, positions, None, None, False, {}, problems)
+    msg = Message(msg_id, terminal, serial, version, body, [], packet_total, packet_index, encrypted, {}, problems)
     if packet_total is None and not encrypted:
         _parse_body(msg)
     return msg
+
+
+def _frame_problems(data: bytes, offset: int, body_len: int, checksum_ok: bool) -> tuple[str, ...]:
+    """A frame fails the length check or the checksum: accepted when the other one holds (the frame's
+    delimiters then say where it ends), refused when both fail."""
+    actual = len(data) - 1 - offset
+    if actual < 0:
+        raise DecodeError(f"frame too short: no body after a {offset}-byte header")
+    length = f"body length {actual} differs from header's {body_len}"
+    checksum = f"checksum mismatch: computed {_xor(data[:-1]):02x}, frame has {data[-1]:02x}"
+    if actual != body_len and not checksum_ok:
+        raise DecodeError(f"{length} and {checksum}")
+    return (length,) if actual != body_len else (checksum,)
 
 
 def join_packets(packets: Sequence[Message]) -> Message:
@@ -326,12 +342,19 @@ def _parse_batch(msg: Message) -> None:
     positions = []
     offset = 3
     for i in range(count):
+        problem = None
         if offset + 2 > len(body):
-            raise DecodeError(f"0x0704 batch: item {i + 1} of {count} missing")
-        (size,) = _U16.unpack_from(body, offset)
-        offset += 2
-        if offset + size > len(body):
-            raise DecodeError(f"0x0704 batch: item {i + 1} length {size} past the body end")
+            problem = f"0x0704 batch: item {i + 1} of {count} missing"
+        else:
+            (size,) = _U16.unpack_from(body, offset)
+            offset += 2
+            if offset + size > len(body):
+                problem = f"0x0704 batch: item {i + 1} length {size} past the body end"
+        if problem is not None:
+            if not positions:
+                raise DecodeError(problem)
+            msg.problems += (problem,)  # keep the items that came whole
+            break
         positions.append(parse_location(body[offset : offset + size], msg.terminal, history))
         offset += size
     msg.positions = positions
@@ -349,6 +372,9 @@ def _parse_register(msg: Message) -> None:
         layout = _REGISTER_2011
     else:
         layout = _REGISTER_2013
+    if len(body) < layout.size:  # some terminals send a shorter body: read what is there
+        msg.problems += (f"register body of {len(body)} bytes, shorter than the {layout.size} of its layout",)
+        body = body.ljust(layout.size, b"\x00")
     province, city, maker, model, terminal_id, color = layout.unpack_from(body)
     msg.fields = {
         "province": province,
@@ -363,16 +389,16 @@ def _parse_register(msg: Message) -> None:
 
 def _parse_auth(msg: Message) -> None:
     body = msg.body
-    if msg.version >= 1:
+    if msg.version >= 1 and body and len(body) >= 1 + body[0] + 35:
         size = body[0]
-        if len(body) < 1 + size + 35:
-            raise DecodeError(f"2019 auth body too short: {len(body)} bytes")
         msg.fields = {
             "auth_code": _text(body[1 : 1 + size]),
             "imei": _text(body[1 + size : 16 + size]),
             "software_version": _text(body[16 + size : 36 + size]),
         }
-    else:
+    else:  # 2011/2013; also a 2019 terminal that sends the bare code
+        if msg.version >= 1:
+            msg.problems += ("2019 auth body in the 2013 layout (the bare code)",)
         msg.fields = {"auth_code": _text(body)}
 
 
@@ -450,12 +476,12 @@ def _parse_extras(body: bytes, offset: int) -> dict[str, Any]:
     extras: dict[str, Any] = {}
     end = len(body)
     while offset < end:
-        if offset + 2 > end:
-            raise DecodeError(f"additional item header truncated at byte {offset}")
+        if offset + 2 > end or offset + 2 + body[offset + 1] > end:
+            # the basic position is whole: keep it and the items before, flag the rest
+            extras["malformed"] = _malformed_extras(body, offset)
+            break
         item, size = body[offset], body[offset + 1]
         offset += 2
-        if offset + size > end:
-            raise DecodeError(f"additional item {item:#04x} length {size} past the body end")
         value = body[offset : offset + size]
         offset += size
         known = _EXTRAS.get(item)
@@ -464,6 +490,15 @@ def _parse_extras(body: bytes, offset: int) -> dict[str, Any]:
         else:  # unknown id, or a known id with a length the standard does not give it
             extras.setdefault("raw", {})[f"0x{item:02x}"] = value.hex()
     return extras
+
+
+def _malformed_extras(body: bytes, offset: int) -> str:
+    rest = body[offset:]
+    if len(rest) < 2:
+        why = "additional item header truncated"
+    else:
+        why = f"additional item {rest[0]:#04x} length {rest[1]} past the body end"
+    return f"{why} at byte {offset}; {len(rest)} bytes kept as raw: {rest[:64].hex()}"
 
 
 _new_tuple = tuple.__new__
@@ -500,9 +535,10 @@ def parse_location(body: bytes, device: str = "", history: bool = False) -> Posi
 
 
 def _bcd_terminal(terminal: str, version: int) -> bytes:
+    """BCD digits, or the hex a terminal with a non-BCD number sent (replies echo it as it came)."""
     width = 20 if version >= 1 else 12
-    if not terminal.isdigit() or len(terminal) > width:
-        raise ValueError(f"terminal number {terminal!r} must be at most {width} decimal digits")
+    if len(terminal) > width or not _HEX_DIGITS.issuperset(terminal):
+        raise ValueError(f"terminal number {terminal!r} must be at most {width} decimal (or hex) digits")
     return bytes.fromhex(terminal.rjust(width, "0"))
 
 

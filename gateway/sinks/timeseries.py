@@ -97,7 +97,7 @@ def position_point(pos: Position, vehicle_tags: Mapping[str, str] | None = None)
         if isinstance(value, int | float) and not isinstance(value, bool) and key not in fields:
             fields[key] = float(value)
     tags = _tags(vehicle=vt.get("vehicle") or pos.device, type=vt.get("type"), company=vt.get("company"),
-                 terminal=pos.device)
+                 terminal=vt.get("terminal") or pos.device)
     return Point("vehicle_position", tags, _finite(fields), pos.time)
 
 

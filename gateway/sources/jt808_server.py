@@ -1,23 +1,39 @@
 """Asyncio TCP server for JT/T 808 vehicle terminals: frames in, Positions out, replies back.
 
-One task per connection. A connection that misbehaves (oversized frame, a run of undecodable
-frames, a flood of bytes outside frames, a crash in its handling) is logged with its peer and
-closed; nothing it does reaches another connection. Rules live in detectors; this only registers,
-authenticates, acknowledges and forwards positions.
+Per the standard a terminal registers once (0x0100, answered by 0x8100 with an auth code) and then
+authenticates (0x0102 with that code) on every connection. Until a connection has authenticated,
+everything else it sends (locations, batches, heartbeats, subpackages...) is answered with a failure
+result and goes no further; a wrong code is answered with a failure, and after `max_auth_failures` the
+connection is closed. An authenticated connection speaks for that one terminal, resolved once to its
+vehicle (detectors.vehicle.identity), and its positions carry the vehicle id in `Position.device`.
+
+Terminals not in the fleet (with `accept_unknown`) may register and authenticate, but their positions
+carry the terminal's own key, so the rules flag them and never take them for a fleet vehicle; how many
+a connection and a source address may register is limited, so invented numbers cannot flood the case
+desk. Connections are capped in total (never above what the open-file limit leaves) and per source
+address: at a cap the oldest connection that has not authenticated yet makes room, and one that has
+not authenticated within `auth_timeout_s` is closed. A connection that misbehaves is logged and closed;
+repeated problems log once per interval. Nothing one connection does reaches another. Rules live in
+detectors; this only registers, authenticates, acknowledges and forwards positions.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import inspect
 import logging
+import resource
 import secrets
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from core.model import Position
+from detectors.vehicle.identity import TerminalDirectory, terminal_key
 from gateway.protocols import jt808
+from gateway.throttle import LogThrottle, throttle_resource_errors
 
 log = logging.getLogger(__name__)
 
@@ -25,19 +41,47 @@ PositionCallback = Callable[[Position], Any]
 EventCallback = Callable[[str, str, Mapping[str, Any]], Any]
 
 MAX_PENDING_PACKETS = 256  # subpackages held per connection while a message is reassembled
+MAX_ISSUED_CODES = 10_000  # auth codes remembered for terminals not in the fleet
+
+
+def descriptor_budget(reserve_fraction: float = 0.125, min_reserve: int = 64) -> int | None:
+    """How many connections the open-file limit leaves room for, keeping a reserve for the rest of the
+    gateway (databases, HTTP, MQTT, cameras) and for accepting one more socket to close it."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    return max(16, soft - max(min_reserve, int(soft * reserve_fraction)))
 
 
 class _Drop(Exception):
     """Close this connection; the message is the reason that goes into the log."""
 
 
+class _TokenBucket:
+    """`rate_per_min` tokens a minute, at most `rate_per_min` saved up."""
+
+    __slots__ = ("tokens", "at")
+
+    def __init__(self, capacity: float, now: float) -> None:
+        self.tokens, self.at = capacity, now
+
+    def take(self, rate_per_min: float, now: float) -> bool:
+        self.tokens = min(rate_per_min, self.tokens + (now - self.at) * rate_per_min / 60)
+        self.at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
 class Jt808Server:
     """JT/T 808 platform side.
 
-    registry maps terminal number (BCD digits as the terminal sends them) to its auth code.
-    on_position(Position) is called for every decoded position; on_event(kind, terminal, info)
-    for "unknown_terminal", "registered", "auth_failed" and "unregistered". Either may be a plain
-    function or a coroutine function.
+    registry maps terminal number (any spelling: leading zeros, 12 or 20 digits) to its auth code;
+    vehicles maps terminal number to vehicle id (the id positions carry; without it a terminal's key
+    is its id). on_position(Position) is called for every position of an authenticated terminal;
+    on_event(kind, terminal, info) for "unknown_terminal", "registered", "auth_failed" and
+    "unregistered". Either may be a plain function or a coroutine function.
     """
 
     name = "jt808"
@@ -50,15 +94,23 @@ class Jt808Server:
         on_position: PositionCallback,
         on_event: EventCallback | None = None,
         *,
+        vehicles: Mapping[str, str] | None = None,
         idle_timeout_s: float = 180,
         max_frame_bytes: int = 4096,
         max_garbage_frames: int = 5,
         backlog: int = 1024,
         accept_unknown: bool = True,
+        auth_timeout_s: float = 30,
+        max_auth_failures: int = 3,
+        max_connections: int = 10_000,
+        max_connections_per_address: int = 256,
+        max_pending_packet_bytes: int = 65_536,
+        unknown_per_connection: int = 1,
+        unknown_per_address_per_min: float = 10,
+        log_interval_s: float = 60,
     ) -> None:
         self.host = host
         self._port = port
-        self.registry = registry
         self.on_position = on_position
         self.on_event = on_event
         self.idle_timeout_s = idle_timeout_s
@@ -66,22 +118,59 @@ class Jt808Server:
         self.max_garbage_frames = max_garbage_frames
         self.backlog = backlog  # a fleet reconnecting at once after a network blip must not be reset
         self.accept_unknown = accept_unknown
-        self.stats: dict[str, int] = {
+        self.auth_timeout_s = auth_timeout_s
+        self.max_auth_failures = max_auth_failures
+        budget = descriptor_budget()
+        self.max_connections = max_connections if budget is None else min(max_connections, budget)
+        self.max_connections_per_address = max_connections_per_address
+        self.max_pending_packet_bytes = max_pending_packet_bytes
+        self.unknown_per_connection = unknown_per_connection
+        self.unknown_per_address_per_min = unknown_per_address_per_min
+        self.registry = registry
+        self.directory = TerminalDirectory(
+            vehicles if vehicles is not None else {t: terminal_key(t) for t in registry}
+        )
+        self.throttle = LogThrottle(log_interval_s)
+        self.counters: dict[str, int] = {
             "connections": 0,
             "open_connections": 0,
+            "authenticated_connections": 0,
+            "max_connections": self.max_connections,
             "frames": 0,
             "positions": 0,
             "decode_errors": 0,
+            "lenient_frames": 0,  # accepted although they deviate from the standard (Message.problems)
             "dropped_connections": 0,
             "idle_timeouts": 0,
+            "auth_timeouts": 0,
             "replies": 0,
             "unknown_terminals": 0,
-            "rejected": 0,
+            "rejected": 0,  # every refusal below, together
+            "refused_unauthenticated": 0,  # messages from a connection that has not authenticated
+            "auth_failures": 0,
+            "closed_after_auth_failures": 0,
+            "unknown_rate_limited": 0,  # registrations of unknown terminals over the limits
+            "refused_connections": 0,  # over the connection caps with nothing to make room
+            "evicted_unauthenticated": 0,  # closed to make room at a cap
             "callback_errors": 0,
         }
-        self._issued: dict[str, str] = {}  # auth codes handed to unknown terminals
+        self._issued: collections.OrderedDict[str, str] = collections.OrderedDict()  # key -> code
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
+        self._per_address: collections.Counter[str] = collections.Counter()
+        self._waiting: dict[_Connection, None] = {}  # not yet authenticated, oldest first
+        self._unknown_buckets: collections.OrderedDict[str, _TokenBucket] = collections.OrderedDict()
+
+    @property
+    def registry(self) -> Mapping[str, str]:
+        return self._codes
+
+    @registry.setter
+    def registry(self, registry: Mapping[str, str]) -> None:
+        self._codes = {terminal_key(t): code for t, code in registry.items()}
+
+    def stats(self) -> dict[str, int]:
+        return dict(self.counters)
 
     @property
     def port(self) -> int:
@@ -91,8 +180,10 @@ class Jt808Server:
         return self._port
 
     async def start(self) -> None:
+        throttle_resource_errors(asyncio.get_running_loop(), self.throttle.interval_s)
         self._server = await asyncio.start_server(self._accept, self.host, self._port, backlog=self.backlog)
-        log.info("JT/T 808 server listening on %s:%d", self.host, self.port)
+        log.info("JT/T 808 server listening on %s:%d (at most %d connections, %d per address)",
+                 self.host, self.port, self.max_connections, self.max_connections_per_address)
 
     async def listen(self) -> None:
         """Listen now: a port in use fails the gateway's start-up, not a restart loop later."""
@@ -121,15 +212,95 @@ class Jt808Server:
             await self._server.wait_closed()
             self._server = None
 
+    # -------------------------------------------------------------- admission
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = _Connection(self, reader, writer)
+        if not self._admit(conn):
+            self.counters["refused_connections"] += 1
+            self.counters["rejected"] += 1
+            self.warn("refused", "JT/T 808 refused a connection from %s: connection limits reached "
+                      "(%d open, %d from that address)", conn.peer, len(self._connections),
+                      self._per_address[conn.address])
+            writer.transport.abort()
+            return
         self._connections.add(conn)
+        self._per_address[conn.address] += 1
+        self._waiting[conn] = None
         try:
             await conn.run()
         finally:
-            self._connections.discard(conn)
+            self._forget(conn)
 
-    # -------------------------------------------------------------- callbacks
+    def _admit(self, conn: _Connection) -> bool:
+        """Room for one more connection, made by closing the oldest unauthenticated one at a cap."""
+        if self._per_address[conn.address] >= self.max_connections_per_address and not self._evict(
+            lambda c: c.address == conn.address
+        ):
+            return False
+        if len(self._connections) >= self.max_connections:
+            return self._evict(lambda c: True)
+        return True
+
+    def _evict(self, which: Callable[[_Connection], bool]) -> bool:
+        victim = next((c for c in self._waiting if which(c)), None)
+        if victim is None:
+            return False
+        self.counters["evicted_unauthenticated"] += 1
+        self.warn("evicted", "JT/T 808 closed unauthenticated %s to make room at the connection limits",
+                  victim.peer)
+        self._forget(victim)
+        victim.writer.transport.abort()
+        return True
+
+    def _forget(self, conn: _Connection) -> None:
+        if conn in self._connections:
+            self._connections.discard(conn)
+            self._per_address[conn.address] -= 1
+            if self._per_address[conn.address] <= 0:
+                del self._per_address[conn.address]
+        self._waiting.pop(conn, None)
+
+    def authenticated(self, conn: _Connection) -> None:
+        self._waiting.pop(conn, None)
+
+    def unknown_allowed(self, conn: _Connection, key: str) -> bool:
+        """Whether a terminal not in the fleet may register from this connection now."""
+        if key in conn.unknown or len(conn.unknown) < self.unknown_per_connection:
+            now = time.monotonic()
+            bucket = self._unknown_buckets.get(conn.address)
+            if bucket is None:
+                if len(self._unknown_buckets) >= MAX_ISSUED_CODES:
+                    self._unknown_buckets.popitem(last=False)
+                bucket = self._unknown_buckets[conn.address] = _TokenBucket(self.unknown_per_address_per_min, now)
+            else:
+                self._unknown_buckets.move_to_end(conn.address)
+            if key in conn.unknown or bucket.take(self.unknown_per_address_per_min, now):
+                conn.unknown.add(key)
+                return True
+        self.counters["unknown_rate_limited"] += 1
+        self.counters["rejected"] += 1
+        self.warn("unknown-limit", "JT/T 808 %s: registration of unknown terminal %s refused (over %d per "
+                  "connection or %g per minute from one address)", conn.peer, key,
+                  self.unknown_per_connection, self.unknown_per_address_per_min)
+        return False
+
+    def issue_code(self, key: str) -> str:
+        code = self._issued.get(key)
+        if code is None:
+            code = self._issued[key] = secrets.token_hex(8)
+            if len(self._issued) > MAX_ISSUED_CODES:
+                self._issued.popitem(last=False)
+        return code
+
+    def auth_code(self, key: str) -> str | None:
+        code = self._codes.get(key)
+        return code if code is not None else self._issued.get(key)
+
+    # -------------------------------------------------------------- callbacks and logging
+
+    def warn(self, key: str, msg: str, *args: Any) -> None:
+        self.throttle.log(log, logging.WARNING, key, msg, *args)
 
     async def _call(self, callback: Callable[..., Any] | None, *args: Any) -> None:
         if callback is None:
@@ -139,19 +310,16 @@ class Jt808Server:
             if inspect.isawaitable(result):
                 await result
         except Exception:  # a consumer bug must not cost the terminal its connection
-            self.stats["callback_errors"] += 1
-            log.exception("JT/T 808 callback %r failed", getattr(callback, "__name__", callback))
+            self.counters["callback_errors"] += 1
+            if self.throttle.allow("callback")[0]:
+                log.exception("JT/T 808 callback %r failed", getattr(callback, "__name__", callback))
 
     async def _event(self, kind: str, terminal: str, info: Mapping[str, Any]) -> None:
         await self._call(self.on_event, kind, terminal, info)
 
-    def _auth_code(self, terminal: str) -> str | None:
-        code = self.registry.get(terminal)
-        return code if code is not None else self._issued.get(terminal)
-
 
 class _Connection:
-    """State of one terminal connection: framing buffer, serial counter, subpackages."""
+    """State of one terminal connection: framing buffer, serial counter, identity, subpackages."""
 
     def __init__(
         self, server: Jt808Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -161,41 +329,57 @@ class _Connection:
         self.writer = writer
         self.task = asyncio.current_task()
         peer = writer.get_extra_info("peername")
+        self.address = str(peer[0]) if isinstance(peer, tuple) else str(peer)
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.serial = 0
         self.garbage_frames = 0  # undecodable frames in a row
         self.garbage_bytes = 0  # bytes outside any frame since the last good frame
         self.packets: dict[tuple[str, int], dict[int, jt808.Message]] = {}
-        self.known: set[str] = set()  # terminals already reported / checked on this connection
+        self.packet_bytes = 0
+        self.unknown: set[str] = set()  # keys of unknown terminals registered on this connection
+        self.auth_failures = 0
+        # the terminal this connection authenticated as: its number as sent, its key, and the device id
+        # its positions carry (vehicle id, or the key of a terminal not in the fleet)
+        self.terminal: str | None = None
+        self.key: str | None = None
+        self.device = ""
 
     async def run(self) -> None:
-        stats = self.server.stats
+        stats = self.server.counters
         stats["connections"] += 1
         stats["open_connections"] += 1
-        log.info("JT/T 808 connection from %s", self.peer)
+        log.debug("JT/T 808 connection from %s", self.peer)
         reason = "closed by terminal"
         try:
             await self._serve()
         except _Drop as exc:
             reason = str(exc)
             stats["dropped_connections"] += 1
-            log.warning("JT/T 808 dropping %s: %s", self.peer, reason)
+            self.server.warn("drop", "JT/T 808 dropping %s: %s", self.peer, reason)
         except TimeoutError:
-            reason = f"idle for {self.server.idle_timeout_s:g} s"
-            stats["idle_timeouts"] += 1
-            log.info("JT/T 808 closing %s: %s", self.peer, reason)
+            if self.key is None:
+                reason = f"not authenticated within {self.server.auth_timeout_s:g} s"
+                stats["auth_timeouts"] += 1
+            else:
+                reason = f"idle for {self.server.idle_timeout_s:g} s"
+                stats["idle_timeouts"] += 1
+            log.debug("JT/T 808 closing %s: %s", self.peer, reason)
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
             reason = f"connection error: {exc!r}"
-            log.info("JT/T 808 %s: %s", self.peer, reason)
+            log.debug("JT/T 808 %s: %s", self.peer, reason)
         except asyncio.CancelledError:
             reason = "server stopping"
             raise
         except Exception:  # never let one connection's bug reach the others
             reason = "internal error"
             stats["dropped_connections"] += 1
-            log.exception("JT/T 808 dropping %s after an internal error", self.peer)
+            if self.server.throttle.allow("internal")[0]:
+                log.exception("JT/T 808 dropping %s after an internal error", self.peer)
         finally:
             stats["open_connections"] -= 1
+            if self.key is not None:
+                stats["authenticated_connections"] -= 1
+            self.packets.clear()
             self.writer.close()
             with contextlib.suppress(ConnectionError, asyncio.CancelledError):
                 await self.writer.wait_closed()
@@ -203,9 +387,12 @@ class _Connection:
 
     async def _serve(self) -> None:
         server = self.server
+        loop = asyncio.get_running_loop()
+        auth_deadline = loop.time() + server.auth_timeout_s
         buffer = b""
         while True:
-            chunk = await asyncio.wait_for(self.reader.read(65536), server.idle_timeout_s)
+            wait = server.idle_timeout_s if self.key is not None else max(0.0, auth_deadline - loop.time())
+            chunk = await asyncio.wait_for(self.reader.read(65536), wait)
             if not chunk:
                 return
             data = buffer + chunk
@@ -223,22 +410,28 @@ class _Connection:
 
     async def _frame(self, frame: bytes) -> None:
         server = self.server
-        server.stats["frames"] += 1
+        server.counters["frames"] += 1
         try:
             msg = jt808.decode(frame)
         except jt808.DecodeError as exc:
-            server.stats["decode_errors"] += 1
+            server.counters["decode_errors"] += 1
             self.garbage_frames += 1
-            log.info(
-                "JT/T 808 undecodable frame from %s (%d in a row): %s", self.peer, self.garbage_frames, exc
-            )
+            server.throttle.log(log, logging.INFO, "decode", "JT/T 808 undecodable frame from %s (%d in a row): %s",
+                                self.peer, self.garbage_frames, exc)
             if self.garbage_frames >= server.max_garbage_frames:
                 raise _Drop(f"{self.garbage_frames} undecodable frames in a row, last: {exc}") from None
             return
         self.garbage_frames = 0
         self.garbage_bytes = 0
+        if msg.problems:
+            server.counters["lenient_frames"] += 1
+            server.throttle.log(log, logging.INFO, "lenient", "JT/T 808 frame %#06x from %s (terminal %s) "
+                                "accepted despite: %s", msg.msg_id, self.peer, msg.terminal, "; ".join(msg.problems))
         if not msg.is_packet:
             await self._message(msg)
+            return
+        if not self._trusted(msg):
+            self._refuse(msg)
             return
         joined = self._collect(msg)
         if joined is not None:
@@ -250,18 +443,27 @@ class _Connection:
         key = (part.terminal, part.msg_id)
         parts = self.packets.setdefault(key, {})
         if parts and next(iter(parts.values())).packet_total != part.packet_total:
+            self.packet_bytes -= sum(len(p.body) for p in parts.values())
             parts.clear()  # a new message started before the old one completed
+        old = parts.get(part.packet_index)
+        if old is not None:
+            self.packet_bytes -= len(old.body)
         parts[part.packet_index] = part
+        self.packet_bytes += len(part.body)
         if sum(len(p) for p in self.packets.values()) > MAX_PENDING_PACKETS:
             raise _Drop(f"more than {MAX_PENDING_PACKETS} subpackages pending")
+        if self.packet_bytes > self.server.max_pending_packet_bytes:
+            raise _Drop(f"subpackages pending hold over {self.server.max_pending_packet_bytes} bytes")
         if len(parts) < (part.packet_total or 0):
             return None
         del self.packets[key]
+        self.packet_bytes -= sum(len(p.body) for p in parts.values())
         try:
             return jt808.join_packets(list(parts.values()))
         except jt808.DecodeError as exc:
-            self.server.stats["decode_errors"] += 1
-            log.info("JT/T 808 subpackages from %s do not join: %s", self.peer, exc)
+            self.server.counters["decode_errors"] += 1
+            self.server.throttle.log(log, logging.INFO, "join", "JT/T 808 subpackages from %s do not join: %s",
+                                     self.peer, exc)
             return None
 
     # -------------------------------------------------------------- messages
@@ -272,7 +474,7 @@ class _Connection:
         return serial
 
     def _send(self, data: bytes) -> None:
-        self.server.stats["replies"] += 1
+        self.server.counters["replies"] += 1
         self.writer.write(data)
 
     def _reply(self, msg: jt808.Message, result: int) -> None:
@@ -282,40 +484,46 @@ class _Connection:
             )
         )
 
-    async def _allowed(self, msg: jt808.Message) -> bool:
-        """Whether data from this terminal is taken; reports an unknown terminal once per connection."""
+    def _trusted(self, msg: jt808.Message) -> bool:
+        """Whether this message comes from the terminal this connection authenticated as."""
         terminal = msg.terminal
-        if terminal in self.server.registry:
+        if terminal == self.terminal:
             return True
-        if not self.server.accept_unknown:
-            return False
-        if terminal not in self.known:
-            self.known.add(terminal)
-            self.server.stats["unknown_terminals"] += 1
-            log.warning("JT/T 808 unknown terminal %s from %s", terminal, self.peer)
-            await self.server._event("unknown_terminal", terminal, {"peer": self.peer, **msg.fields})
-        return True
+        return self.key is not None and terminal_key(terminal) == self.key
+
+    def _refuse(self, msg: jt808.Message) -> None:
+        stats = self.server.counters
+        stats["refused_unauthenticated"] += 1
+        stats["rejected"] += 1
+        self.server.warn("unauthenticated", "JT/T 808 refused %#06x from %s (terminal %s): not authenticated "
+                         "on this connection", msg.msg_id, self.peer, msg.terminal)
+        if msg.msg_id != jt808.MSG_TERMINAL_REPLY:
+            self._reply(msg, jt808.RESULT_FAIL)
 
     async def _message(self, msg: jt808.Message, acked: bool = False) -> None:
         """Handle one whole message; acked: its subpackages were already answered one by one."""
         server = self.server
         mid = msg.msg_id
+        if mid == jt808.MSG_REGISTER:
+            await self._register(msg)
+            return
+        if mid == jt808.MSG_AUTH:
+            await self._authenticate(msg)
+            return
+        if not self._trusted(msg):
+            self._refuse(msg)
+            return
 
         def reply(result: int) -> None:
             if not acked:
                 self._reply(msg, result)
 
-        if mid == jt808.MSG_REGISTER:
-            await self._register(msg)
-        elif mid == jt808.MSG_AUTH:
-            await self._authenticate(msg)
-        elif mid in (jt808.MSG_LOCATION, jt808.MSG_LOCATION_BATCH):
-            if not await self._allowed(msg):
-                server.stats["rejected"] += 1
-                reply(jt808.RESULT_FAIL)
-                return
+        if mid in (jt808.MSG_LOCATION, jt808.MSG_LOCATION_BATCH):
+            device = self.device
             for position in msg.positions:
-                server.stats["positions"] += 1
+                server.counters["positions"] += 1
+                if position.device != device:
+                    position = position._replace(device=device)
                 await server._call(server.on_position, position)
             reply(jt808.RESULT_OK)
         elif mid == jt808.MSG_HEARTBEAT:
@@ -331,10 +539,13 @@ class _Connection:
     async def _register(self, msg: jt808.Message) -> None:
         server = self.server
         terminal = msg.terminal
-        code = server.registry.get(terminal)
-        if code is None and not server.accept_unknown:
-            server.stats["rejected"] += 1
-            log.warning("JT/T 808 refused registration of unknown terminal %s from %s", terminal, self.peer)
+        key = terminal_key(terminal)
+        code = server.registry.get(key)
+        if code is None and not (server.accept_unknown and server.unknown_allowed(self, key)):
+            if not server.accept_unknown:
+                server.counters["rejected"] += 1
+                server.warn("unknown", "JT/T 808 refused registration of unknown terminal %s from %s",
+                            terminal, self.peer)
             self._send(
                 jt808.encode_register_reply(
                     terminal, self._next_serial(), msg.serial, jt808.REGISTER_NO_VEHICLE, "", msg.version
@@ -342,9 +553,11 @@ class _Connection:
             )
             return
         if code is None:
-            code = server._issued.get(terminal) or secrets.token_hex(8)
-            server._issued[terminal] = code
-            await self._allowed(msg)
+            code = server.issue_code(key)
+            server.counters["unknown_terminals"] += 1
+            server.warn("unknown", "JT/T 808 unknown terminal %s registered from %s (flagged, not trusted)",
+                        terminal, self.peer)
+            await server._event("unknown_terminal", terminal, {"peer": self.peer, **msg.fields})
         self._send(
             jt808.encode_register_reply(
                 terminal, self._next_serial(), msg.serial, jt808.REGISTER_OK, code, msg.version
@@ -354,14 +567,27 @@ class _Connection:
 
     async def _authenticate(self, msg: jt808.Message) -> None:
         server = self.server
-        expected = server._auth_code(msg.terminal)
+        key = terminal_key(msg.terminal)
+        expected = server.auth_code(key)
         given = msg.fields.get("auth_code", "")
-        if expected is not None:
-            ok = given == expected
-        else:  # never registered with us: only an open gateway takes it, and says so
-            ok = server.accept_unknown and await self._allowed(msg)
+        # one connection speaks for one terminal: a second one's code does not switch it
+        ok = expected is not None and secrets.compare_digest(given, expected) and self.key in (None, key)
         if not ok:
-            server.stats["rejected"] += 1
-            log.warning("JT/T 808 auth failed for terminal %s from %s", msg.terminal, self.peer)
+            self.auth_failures += 1
+            server.counters["auth_failures"] += 1
+            server.counters["rejected"] += 1
+            server.warn("auth", "JT/T 808 auth failed for terminal %s from %s (%d on this connection)",
+                        msg.terminal, self.peer, self.auth_failures)
             await server._event("auth_failed", msg.terminal, {"peer": self.peer})
-        self._reply(msg, jt808.RESULT_OK if ok else jt808.RESULT_FAIL)
+            self._reply(msg, jt808.RESULT_FAIL)
+            if self.auth_failures >= server.max_auth_failures:
+                server.counters["closed_after_auth_failures"] += 1
+                await self.writer.drain()
+                raise _Drop(f"{self.auth_failures} failed authentications")
+            return
+        if self.key is None:
+            server.counters["authenticated_connections"] += 1
+            server.authenticated(self)
+        self.terminal, self.key = msg.terminal, key
+        self.device = server.directory.device_id(msg.terminal)
+        self._reply(msg, jt808.RESULT_OK)

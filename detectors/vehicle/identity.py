@@ -1,0 +1,86 @@
+"""One terminal identity: every spelling of a terminal number resolves to one fleet vehicle, here.
+
+A JT/T 808 terminal number is BCD with leading zeros: 12 digits in a 2011/2013 header, 20 in a 2019
+header, and configs and MQTT trackers write it bare ("13912340001"). A terminal whose number is not
+valid BCD arrives as hex. `terminal_key` gives all of these one canonical spelling; `TerminalDirectory`
+maps that key to the vehicle id, built once from the fleet and used by the JT/T 808 server (once per
+connection, at authentication), the fleet monitor and the runtime's other position sources.
+
+Convention downstream of a source: `Position.device` is the fleet vehicle's id when the terminal is
+in the fleet; otherwise the terminal's canonical key, prefixed with `UNREGISTERED_PREFIX` only when
+that key happens to equal a vehicle id, so a stranger can never pass for a fleet vehicle.
+
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+UNREGISTERED_PREFIX = "unregistered:"
+_HEX = frozenset("0123456789abcdefABCDEF")
+_MAX_SPELLINGS = 10_000  # raw spellings remembered; strangers can invent any number of them
+
+
+def terminal_key(terminal: str) -> str:
+    """Canonical spelling: surrounding spaces and leading zeros dropped, hex in lower case.
+
+    "013912340001", "00000000013912340001" (2019) and "13912340001" are one terminal. An id that is
+    not a number (an MQTT tracker's "tracker-7") is only stripped.
+    """
+    t = terminal.strip()
+    if t and _HEX.issuperset(t):
+        return t.lower().lstrip("0") or "0"
+    return t
+
+
+class TerminalDirectory:
+    """Terminal (any spelling) -> vehicle id, for one fleet."""
+
+    def __init__(self, terminals: Mapping[str, str]) -> None:
+        """`terminals` maps each configured terminal number to its vehicle id. Two terminals that are
+        one terminal spelled twice are a configuration error (ValueError)."""
+        self._by_key: dict[str, str] = {}
+        for terminal, vehicle in terminals.items():
+            key = terminal_key(terminal)
+            other = self._by_key.get(key)
+            if other is not None and other != vehicle:
+                raise ValueError(f"terminal {terminal!r} of vehicle {vehicle!r} is also vehicle {other!r}'s")
+            self._by_key[key] = vehicle
+        self.vehicle_ids = frozenset(terminals.values())
+        self._spellings: dict[str, str | None] = {}
+
+    @classmethod
+    def from_vehicles(cls, vehicles: Iterable[object]) -> TerminalDirectory:
+        """From fleet vehicle configs (anything with `terminal` and `id`)."""
+        return cls({v.terminal: v.id for v in vehicles})  # type: ignore[attr-defined]
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def vehicle(self, terminal: str) -> str | None:
+        """The vehicle id of a terminal number as a source spelled it, or None when not in the fleet."""
+        try:
+            return self._spellings[terminal]
+        except KeyError:
+            pass
+        vehicle = self._by_key.get(terminal_key(terminal))
+        if len(self._spellings) >= _MAX_SPELLINGS:
+            self._spellings.clear()
+        self._spellings[terminal] = vehicle
+        return vehicle
+
+    def canonical(self, device: str) -> str:
+        """`device_id` for a `Position.device` that is either resolved already (a vehicle id, or an
+        unknown terminal's key) or a terminal number as a replay file, NMEA feed or tracker spells it.
+        Idempotent."""
+        return device if device in self.vehicle_ids else self.device_id(device)
+
+    def device_id(self, terminal: str) -> str:
+        """What `Position.device` carries for this terminal: its vehicle id, or, for a terminal not in
+        the fleet, its canonical key, never mistakable for a vehicle id."""
+        vehicle = self.vehicle(terminal)
+        if vehicle is not None:
+            return vehicle
+        key = terminal_key(terminal)
+        return UNREGISTERED_PREFIX + key if key in self.vehicle_ids else key

@@ -330,7 +330,7 @@ def test_rain_steps_down_then_escalates_again():
     alerts = feed(m, [(0, 16.0), (60, 14.0)], device="rain-1", field="rain_mm")  # 30 mm within 1 h
     assert summary(alerts) == [("rain", "open", "warning"), ("rain", "open", "critical")]
     # the first 16 mm leave the window at 3600: 14 mm is below 30 x 0.8 but above 16 x 0.8: step down
-    eased = feed(m, [(3600, 0.0)], device="rain-1", field="rain_mm")
+    eased = verdicts(m.tick(T0 + timedelta(seconds=3600)))
     assert summary(eased) == [("rain", "open", "warning")] and eased[0].facts["change"] == "deescalated"
     again = feed(m, [(3650, 20.0)], device="rain-1", field="rain_mm")  # 34 mm within 1 h
     assert summary(again) == [("rain", "open", "critical")] and again[0].facts["escalated_from"] == "warning"

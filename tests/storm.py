@@ -76,11 +76,11 @@ def levels(rain: list[float], seed: int = 7) -> list[float]:
     return out
 
 
-def storm() -> list[Reading]:
+def storm(start: datetime = START) -> list[Reading]:
     rain = rain_per_minute()
     readings = []
     for minute, (mm, cm) in enumerate(zip(tips(rain), levels(rain), strict=True)):
-        t = START + timedelta(minutes=minute, seconds=30)
+        t = start + timedelta(minutes=minute, seconds=30)
         readings.append(Reading(GAUGE, t, {"rain_mm": mm}, units={"rain_mm": "mm"}))
         readings.append(Reading(PROBE, t + timedelta(seconds=5), {"level_cm": cm}, units={"level_cm": "cm"}))
     return readings

@@ -80,7 +80,7 @@ def run_storm(tmp: Path, *, keep_state: bool) -> tuple[list, datetime]:
 
     first = gateway(site(tmp, tmp / "before.csv"))
     try:
-        last = max(r.time for r in before if r.device == PROBE).isoformat()
+        last = max(r.time for r in before if r.device == PROBE).timestamp()
         deadline = time.monotonic() + WAIT_S
         while state(data).get("last_time", {}).get(PROBE) != last:  # saved only once its alerts are committed
             assert first.poll() is None, first.stderr.read()
@@ -119,3 +119,23 @@ def test_a_flood_episode_survives_kill_9_and_its_case_closes(tmp_path):
 def test_without_the_saved_state_the_case_would_stay_open(tmp_path):
     cases, _ = run_storm(tmp_path, keep_state=False)
     assert [closed for _, closed in cases] == [None]
+
+
+def test_an_unreadable_state_file_is_moved_aside_and_the_rules_start_empty(tmp_path):
+    from gateway.deployment import load_deployment
+    from gateway.wiring import build_graph
+
+    config = site(tmp_path, tmp_path / "before.csv")
+    write_csv(tmp_path / "before.csv", storm()[:10])
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "sensor_rules.json").write_text('{"version": 1, "level": [{"rule"', encoding="utf-8")
+    graph = build_graph(load_deployment(config))
+    try:
+        store = graph.find("rule-state")
+        assert store.stats()["errors"] == 1 and not store.stats()["loaded"]
+        assert (tmp_path / "data" / "sensor_rules.json.bad").exists()
+        assert not (tmp_path / "data" / "sensor_rules.json").exists()
+    finally:
+        graph.desk.close()
+        graph.outbox.close()
+        graph.timeseries.close()

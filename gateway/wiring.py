@@ -22,6 +22,7 @@ from gateway.deployment import Deployment
 from gateway.outbox import Outbox
 from gateway.retention import RetentionJanitor
 from gateway.routing import OutboxAlarm, Router
+from gateway.rule_state import RuleStateStore
 from gateway.sinks.timeseries import TimeSeriesSink
 from gateway.sources.observation_replay import ObservationReplay
 from gateway.storage import DiskSpaceMonitor
@@ -89,7 +90,10 @@ def build_graph(deployment: Deployment) -> Graph:
     vehicle_tags = {v.id: {"vehicle": v.id, "type": v.type, "company": v.company, "terminal": v.terminal}
                     for v in config.vehicles.fleet.vehicles}
     graph_ref: list[Graph] = []
-    router = Router(fleet=FleetMonitor(config.vehicles.fleet), sensors=SensorMonitor(config.sensors), bus=bus,
+    sensors = SensorMonitor(config.sensors)
+    rule_state = RuleStateStore(sensors, data / "sensor_rules.json", interval_s=config.sensors.state_save_s, bus=bus)
+    rule_state.load()  # before any reading: episodes and rain windows carry on where they stopped
+    router = Router(fleet=FleetMonitor(config.vehicles.fleet), sensors=sensors, bus=bus,
                     timeseries=timeseries, vehicle_tags=vehicle_tags, tick_s=config.vehicles.tick_s,
                     outbox_alarm=OutboxAlarm(outbox, config.id),
                     publish_health=mqtt.publish_health if mqtt else None,
@@ -101,6 +105,8 @@ def build_graph(deployment: Deployment) -> Graph:
 
     graph.add("alerts", bus)
     graph.add("sinks", timeseries)
+    if config.sensors.devices:
+        graph.add("sinks", rule_state)  # saves after the bus has drained, at shutdown too
     if central is not None:
         graph.add("sinks", central)
     if mqtt is not None:

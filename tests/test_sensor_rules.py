@@ -85,17 +85,20 @@ def test_hysteresis_oscillation_around_threshold_does_not_flap():
     assert alerts[1].facts["peak"] == 23 and alerts[1].facts["duration_s"] == 740
 
 
-def test_escalation_warning_to_critical_same_key_then_one_close():
+def test_escalation_deescalation_and_one_close_on_the_same_key():
     m = monitor(level_rules=[LEVEL])
     series = [(0, 22), (60, 26), (120, 36), (150, 38), (180, 40), (240, 31), (300, 28), (360, 12)]
     alerts = feed(m, series)
     assert summary(alerts) == [("underpass", "open", "warning"), ("underpass", "open", "critical"),
-                               ("underpass", "closed", "warning")]
-    warning, critical, closed = alerts
-    assert warning.key == critical.key == closed.key  # the case desk files the escalation as a recurrence
+                               ("underpass", "open", "warning"), ("underpass", "closed", "warning")]
+    warning, critical, eased, closed = alerts
+    assert warning.key == critical.key == eased.key == closed.key  # one episode: the desk updates its case
     assert critical.time == T0 + timedelta(seconds=180)  # >= 35 since 120, held 60 s
     assert critical.facts["escalated_from"] == "warning" and critical.facts["threshold"] == 35
-    assert closed.facts["peak"] == 40
+    assert critical.facts["change"] == "escalated" and warning.facts["change"] == "opened"
+    assert eased.time == T0 + timedelta(seconds=300)  # 31 holds critical (clears below 30), 28 does not
+    assert eased.facts["change"] == "deescalated" and eased.facts["deescalated_from"] == "critical"
+    assert closed.facts["peak"] == 40 and closed.facts["change"] == "cleared"
 
 
 def test_renewed_rise_after_step_down_escalates_again():
@@ -104,8 +107,10 @@ def test_renewed_rise_after_step_down_escalates_again():
     series += [(120, 25), (180, 25)]  # below 30 (35 - 5): steps down silently
     series += [(240, 38), (300, 39)]  # critical again
     alerts = feed(m, series)
-    assert summary(alerts) == [("underpass", "open", "critical"), ("underpass", "open", "critical")]
-    assert "escalated_from" not in alerts[0].facts and alerts[1].facts["escalated_from"] == "warning"
+    assert summary(alerts) == [("underpass", "open", "critical"), ("underpass", "open", "warning"),
+                               ("underpass", "open", "critical")]
+    assert "escalated_from" not in alerts[0].facts and alerts[2].facts["escalated_from"] == "warning"
+    assert alerts[1].time == T0 + timedelta(seconds=120)
 
 
 # -- rate of rise --------------------------------------------------------------------------
@@ -145,7 +150,7 @@ def test_rain_sliding_window_opens_escalates_and_clears_by_tick():
     # 2 mm every 5 min: 1 h holds 12 reports = 24 mm; 16 mm is reached with the 8th report
     alerts = feed(m, [(300 * i, 2.0) for i in range(1, 9)], device="rain-1", field="rain_mm")
     assert summary(alerts) == [("rain", "open", "warning")]
-    assert alerts[0].facts["window_totals"] == {"1h": 16.0, "3h": 16.0}
+    assert alerts[0].facts["window_totals"] == {"1h": 16.0, "3h": 16.0, "6h": 16.0, "12h": 16.0, "24h": 16.0}
     # keep raining to 50 mm in total: the 3 h threshold escalates
     alerts = feed(m, [(300 * i, 2.0) for i in range(9, 26)], device="rain-1", field="rain_mm")
     assert summary(alerts) == [("rain", "open", "critical")]
@@ -155,7 +160,7 @@ def test_rain_sliding_window_opens_escalates_and_clears_by_tick():
     assert verdicts(m.tick(last + timedelta(hours=1))) == []  # 3 h still holds 50 mm - 1 h of rain
     closed = verdicts(m.tick(last + timedelta(hours=3)))
     assert summary(closed) == [("rain", "closed", "critical")]
-    assert closed[0].facts["window_totals"] == {"1h": 0.0, "3h": 0.0}
+    assert closed[0].facts["window_totals"] == {"1h": 0.0, "3h": 0.0, "6h": 50.0, "12h": 50.0, "24h": 50.0}
 
 
 def test_rain_window_excludes_old_rain():
@@ -173,7 +178,7 @@ def test_rain_cumulative_counter_with_reset():
     series = [(0, 1200.0), (600, 1208.0), (1200, 9.0)]
     alerts = feed(m, series, device="rain-1", field="rain_total_mm")
     assert summary(alerts) == [("rain", "open", "warning")]
-    assert alerts[0].facts["window_totals"] == {"1h": 17.0}
+    assert alerts[0].facts["window_totals"]["1h"] == 17.0
     assert m.stats["counter_reset"] == 1
 
 
@@ -310,7 +315,9 @@ def test_demo_episode_warns_escalates_and_clears():
         ("underpass", "wl-underpass-01", "open", "critical"),
         ("rain", "rain-01", "open", "critical"),
         ("rising", "wl-underpass-01", "closed", "warning"),
+        ("underpass", "wl-underpass-01", "open", "warning"),  # de-escalated
         ("underpass", "wl-underpass-01", "closed", "warning"),
+        ("rain", "rain-01", "open", "warning"),  # de-escalated
         ("rain", "rain-01", "closed", "warning"),
     ]
     assert m.stats["readings"] == 602 and m.stats["unknown_device"] == 0
@@ -323,6 +330,7 @@ def test_rain_steps_down_then_escalates_again():
     alerts = feed(m, [(0, 16.0), (60, 14.0)], device="rain-1", field="rain_mm")  # 30 mm within 1 h
     assert summary(alerts) == [("rain", "open", "warning"), ("rain", "open", "critical")]
     # the first 16 mm leave the window at 3600: 14 mm is below 30 x 0.8 but above 16 x 0.8: step down
-    assert feed(m, [(3600, 0.0)], device="rain-1", field="rain_mm") == []
+    eased = verdicts(m.tick(T0 + timedelta(seconds=3600)))
+    assert summary(eased) == [("rain", "open", "warning")] and eased[0].facts["change"] == "deescalated"
     again = feed(m, [(3650, 20.0)], device="rain-1", field="rain_mm")  # 34 mm within 1 h
     assert summary(again) == [("rain", "open", "critical")] and again[0].facts["escalated_from"] == "warning"

@@ -26,7 +26,7 @@ def test_the_demo_graph_is_built_without_starting_anything(tmp_path):
     try:
         names = {stage: [c.name for c in parts] for stage, parts in graph.stages.items()}
         assert names["alerts"] == ["alerts"]
-        assert names["sinks"] == ["timeseries", "retention"]  # no central platform or MQTT broker in the demo
+        assert names["sinks"] == ["timeseries", "rule-state", "retention"]  # no central platform or MQTT broker
         assert names["web"] == ["web"]
         assert {"rules", "disk-space", "camera:cam-demo-01", "jt808"} <= set(names["sources"])
         assert sorted(n for n in names["sources"] if n.startswith("replay:")) == [

@@ -2,6 +2,7 @@
 
 from .config import (
     LevelRuleConfig,
+    LevelStep,
     RainRuleConfig,
     RainThreshold,
     RiseRuleConfig,
@@ -13,6 +14,7 @@ from .monitor import SensorMonitor
 
 __all__ = [
     "LevelRuleConfig",
+    "LevelStep",
     "RainRuleConfig",
     "RainThreshold",
     "RiseRuleConfig",

@@ -3,63 +3,80 @@
 Times come only from the readings and from `tick(now)`, which must be on the same clock as the
 readings' times (the runtime passes wall-clock time live, and the replay clock when replaying).
 
-One condition per (rule, device): it opens at the rule's lowest threshold, may escalate (a second
-"open" alert, same key, higher severity, facts["escalated_from"]), steps down silently once the
-value falls below the higher threshold's hysteresis point (so a renewed rise escalates again),
-and closes once, below the lowest threshold's hysteresis point.
+Episodes: one per (rule, device). It opens at the first level of the rule's ladder that holds for
+its minimum duration; every change of level after that (up: escalated, down below the level's clear
+point: deescalated) is one more "open" alert with the same key, and the episode closes once, below
+the lowest level's clear point, or when its device goes offline (a silent probe must not hold a
+case open for ever). Never one alert per reading.
+
+Input hygiene, in this order: unknown devices, readings dated in the future, out-of-order and
+duplicate readings, non-finite and out-of-range values, single-sample spikes (see `_despike`).
+`export_state` / `restore_state` carry open episodes, rain windows and last values across a restart.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from core.model import SEVERITIES, Alert, DetectorOutput, HealthChange, Reading
+from core.model import Alert, DetectorOutput, Evidence, HealthChange, Reading
 
+from .chart import ChartLine, render_level_chart
 from .config import (
+    Level,
     LevelRuleConfig,
     RainRuleConfig,
     RiseRuleConfig,
     SensorDeviceConfig,
     SensorsConfig,
-    severity_rank,
 )
+from .windows import MinuteSeries, RollingSums, minute_start
 
-STAT_KEYS = ("readings", "unknown_device", "out_of_order", "duplicate", "out_of_range", "non_finite",
-             "missing_field", "negative_rain", "counter_reset")
+STAT_KEYS = ("readings", "unknown_device", "future", "out_of_order", "duplicate", "out_of_range", "non_finite",
+             "missing_field", "negative_rain", "counter_reset", "spike_dropped", "restore_dropped")
+# Rain totals always reported in facts (besides the ladder's own windows): 1, 3, 6, 12 and 24 h.
+STANDARD_RAIN_WINDOWS = (3600.0, 10800.0, 21600.0, 43200.0, 86400.0)
+STATE_VERSION = 1
 
 
 @dataclass
-class _Open:
-    """An open condition: the severity it stands at now and when it opened."""
+class _Episode:
+    """An open episode: the ladder level it stands at (index), since when it is open, its peak, and
+    whether it reached the level that files a case."""
 
-    severity: str
+    level: int
     opened_at: datetime
     peak: float
+    case: bool = False
 
 
 @dataclass
 class _LevelState:
-    warn_since: datetime | None = None
-    crit_since: datetime | None = None
-    open: _Open | None = None
+    since: list[datetime | None]  # per level: the value is at or above it since
+    open: _Episode | None = None
 
 
 @dataclass
 class _RiseState:
     history: deque[tuple[datetime, float]] = field(default_factory=deque)
-    open: _Open | None = None
+    open: _Episode | None = None
 
 
 @dataclass
 class _RainState:
-    increments: deque[tuple[datetime, float]] = field(default_factory=deque)
+    sums: RollingSums
     last_counter: float | None = None  # cumulative mode
-    open: _Open | None = None
+    open: _Episode | None = None
+
+
+@dataclass
+class _Spike:
+    accepted: float  # the last value let through
+    pending: float | None = None  # a jump waiting for the next reading to confirm it
 
 
 def _seconds(a: datetime, b: datetime) -> float:
@@ -76,78 +93,185 @@ def window_label(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
+def _distance_m(a: SensorDeviceConfig, b: SensorDeviceConfig) -> float:
+    """Haversine distance in metres."""
+    p1, p2 = math.radians(a.lat), math.radians(b.lat)
+    dp, dl = p2 - p1, math.radians(b.lon - a.lon)
+    h = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * 6371008.8 * math.asin(min(1.0, math.sqrt(h)))
+
+
+class Neighbourhood:
+    """Which devices are neighbours (for the flat-line check): those of the same group, and those within
+    `radius_m`. Found on first use per device, from a grid of radius-sized cells, so 10,000 devices
+    cost neither 10^8 distances nor anything at start-up."""
+
+    def __init__(self, devices: list[SensorDeviceConfig], radius_m: float) -> None:
+        self.devices = {d.id: d for d in devices}
+        self.radius_m = radius_m
+        self._cell = radius_m / 111_000 + 1e-9  # degrees of latitude; longitude cells are narrower, never wider
+        self._groups: dict[str, list[str]] = {}
+        self._grid: dict[tuple[int, int], list[SensorDeviceConfig]] = {}
+        for d in devices:
+            if d.group:
+                self._groups.setdefault(d.group, []).append(d.id)
+            self._grid.setdefault(self._key(d), []).append(d)
+        self._found: dict[str, list[str]] = {}
+
+    def _key(self, d: SensorDeviceConfig) -> tuple[int, int]:
+        return int(d.lat // self._cell), int(d.lon // self._cell)
+
+    def of(self, device: str) -> list[str]:
+        found = self._found.get(device)
+        if found is not None:
+            return found
+        d = self.devices[device]
+        near = {x for x in self._groups.get(d.group, ()) if x != device} if d.group else set()
+        if self.radius_m > 0:
+            ci, cj = self._key(d)
+            reach = max(1, math.ceil(1 / max(math.cos(math.radians(d.lat)), 0.01)))
+            for i in range(ci - 1, ci + 2):
+                for j in range(cj - reach, cj + reach + 1):
+                    near.update(o.id for o in self._grid.get((i, j), ())
+                                if o.id != device and _distance_m(d, o) <= self.radius_m)
+        found = self._found[device] = sorted(near)
+        return found
+
+
 class SensorMonitor:
     def __init__(self, cfg: SensorsConfig) -> None:
         self.cfg = cfg
         self.devices: dict[str, SensorDeviceConfig] = {d.id: d for d in cfg.devices}
         self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
+        h = cfg.health
         self._level_rules = [(r, set(cfg.devices_for(r))) for r in cfg.level_rules]
         self._rise_rules = [(r, set(cfg.devices_for(r))) for r in cfg.rise_rules]
         self._rain_rules = [(r, set(cfg.devices_for(r))) for r in cfg.rain_rules]
+        self._ladders: dict[str, list[Level]] = {r.name: r.ladder for r in cfg.level_rules}
+        self._offline_limit = {d.id: self._offline_after(d) for d in cfg.devices}
+        self._near = Neighbourhood(cfg.devices, h.neighbour_radius_m)
+        self._series_fields = {r.field for r in cfg.level_rules} | set(h.stuck_fields)
+        self._series_span = max([r.chart_hours * 3600 for r in cfg.level_rules] + [h.flatline_after_s or 0, 3600.0])
         self._level: dict[tuple[str, str], _LevelState] = {}
         self._rise: dict[tuple[str, str], _RiseState] = {}
         self._rain: dict[tuple[str, str], _RainState] = {}
+        self._series: dict[tuple[str, str], MinuteSeries] = {}  # (device, field) -> per-minute highs
+        self._spikes: dict[tuple[str, str], _Spike] = {}
         self._last_time: dict[str, datetime] = {}
+        self._ahead: dict[str, Reading] = {}  # a reading far ahead of its device's last one, awaiting the next
+        self._wall: datetime | None = None  # the latest wall-clock tick
+        self._recorded: set[str] = set()  # devices ticked on a recording's clock (tick(only=...))
         self._epoch: datetime | None = None  # first time seen: devices silent since then go offline too
         self._offline: dict[str, datetime] = {}  # device -> when it went offline
         self._same: dict[tuple[str, str], tuple[float, datetime]] = {}  # (device, field) -> value, unchanged since
         self._stuck: set[tuple[str, str]] = set()
+        self._flat: set[tuple[str, str]] = set()
         self._bad_range: set[tuple[str, str]] = set()
+        self._low_battery: set[tuple[str, str]] = set()
+
+    def _offline_after(self, dev: SensorDeviceConfig) -> float | None:
+        h = self.cfg.health
+        interval = dev.report_interval_s or h.report_intervals.get(dev.profile)
+        return interval * h.offline_after_intervals if interval else h.offline_after_s
 
     # -- public ------------------------------------------------------------------------------
 
     def process(self, reading: Reading) -> list[DetectorOutput]:
-        """Run every rule that watches this reading's device; returns the alerts it causes."""
+        """Run every rule that watches this reading's device; returns what it causes."""
         dev = self.devices.get(reading.device)
         if dev is None:
             self.stats["unknown_device"] += 1
             return []
+        out: list[DetectorOutput] = []
+        held = self._ahead.pop(dev.id, None)
+        if held is not None:
+            if reading.time >= held.time:  # the next reading follows it: the gap was real
+                out += self._accept(dev, held)
+            else:  # the next reading is back in the past: the held one was dated in the future
+                self.stats["future"] += 1
+        return out + self._judge(dev, reading)
+
+    def _judge(self, dev: SensorDeviceConfig, reading: Reading) -> list[DetectorOutput]:
+        """Readings dated in the future never become the device's last time (which would make every later
+        reading "out of order"). Live, the wall-clock tick is the reference: a reading more than
+        future_tolerance_s ahead of it is dropped. On a recording's clock, or before any tick, a reading
+        that far ahead of the device's last one is held until the next reading shows which was wrong."""
+        tolerance = self.cfg.health.future_tolerance_s
+        if self._wall is not None and dev.id not in self._recorded:
+            if _seconds(reading.time, self._wall) > tolerance:
+                self.stats["future"] += 1
+                return []
+        else:
+            last = self._last_time.get(dev.id)
+            if last is not None and _seconds(reading.time, last) > tolerance:
+                self._ahead[dev.id] = reading
+                return []
+        return self._accept(dev, reading)
+
+    def _accept(self, dev: SensorDeviceConfig, reading: Reading) -> list[DetectorOutput]:
         last = self._last_time.get(dev.id)
         if last is not None and reading.time <= last:
             self.stats["out_of_order" if reading.time < last else "duplicate"] += 1
             return []
         self.stats["readings"] += 1
-        self._last_time[dev.id] = reading.time
+        t = reading.time
+        self._last_time[dev.id] = t
         if self._epoch is None:
-            self._epoch = reading.time
-        alerts = self._back_online(dev, reading.time)
+            self._epoch = t
+        alerts = self._back_online(dev, t)
         values, range_alerts = self._clean_values(dev, reading)
         alerts += range_alerts
-        alerts += self._check_stuck(dev, reading.time, values)
+        values, spiking = self._despike(dev, values)
+        for name in self._series_fields & values.keys():
+            series = self._series.get((dev.id, name))
+            if series is None:
+                series = self._series[(dev.id, name)] = MinuteSeries(self._series_span)
+            series.add(t, values[name])
+        alerts += self._check_battery(dev, t, values)
+        alerts += self._check_stuck(dev, t, values)
         for rules, check in ((self._level_rules, self._level_rule), (self._rise_rules, self._rise_rule),
                              (self._rain_rules, self._rain_rule)):
             for rule, ids in rules:
                 if dev.id not in ids:
                     continue
                 value = values.get(rule.value_field)
-                if value is None:  # this report lacks the rule's field: the rule skips it
-                    self.stats["missing_field"] += 1
+                if value is None:  # this report lacks the rule's field (or holds back a spike): the rule skips it
+                    if rule.value_field not in spiking:
+                        self.stats["missing_field"] += 1
                     continue
                 alerts += check(rule, dev, reading, value)
         return alerts
 
     def tick(self, now: datetime, *, only: Collection[str] | None = None,
              exclude: Collection[str] = ()) -> list[DetectorOutput]:
-        """Time passing without readings: devices go offline, rain windows drain and clear.
+        """Time passing without readings: devices go offline (closing their episodes), rain windows drain.
 
-        `only` / `exclude` name the devices whose clock this is (see FleetMonitor.tick)."""
+        `only` / `exclude` name the devices whose clock this is (see FleetMonitor.tick): a tick without
+        `only` is the wall clock; devices ticked with `only` run on a recording's clock."""
         if self._epoch is None:
             self._epoch = now
+        if only is None:
+            self._wall = now
+        else:
+            self._recorded.update(only)
         alerts: list[DetectorOutput] = []
         devices = [d for d in self.devices.values()
                    if (only is None or d.id in only) and d.id not in exclude]
-        limit = self.cfg.health.offline_after_s
-        if limit is not None:
-            for dev in devices:
-                seen = self._last_time.get(dev.id)
-                silent = _seconds(now, seen or self._epoch)
-                if dev.id not in self._offline and silent >= limit:
-                    self._offline[dev.id] = now
-                    facts = {"last_seen": seen.isoformat() if seen else None, "silent_s": round(silent, 1)}
-                    what = f"no report for {silent:.0f} s" if seen else f"never reported in {silent:.0f} s"
-                    alerts.append(self._health_alert(dev, "open", now, "offline", f"{self._who(dev)}: offline, {what}",
-                                                     facts))
-                    alerts.append(HealthChange("sensor", dev.id, False, now))
+        for dev in devices:
+            limit = self._offline_limit[dev.id]
+            if limit is None or dev.id in self._offline:
+                continue
+            seen = self._last_time.get(dev.id)
+            silent = _seconds(now, seen or self._epoch)
+            if silent >= limit:
+                self._offline[dev.id] = now
+                facts = {"last_seen": seen.isoformat() if seen else None, "silent_s": round(silent, 1),
+                         "limit_s": limit}
+                what = f"no report for {silent:.0f} s" if seen else f"never reported in {silent:.0f} s"
+                alerts.append(self._health_alert(dev, "open", now, "offline", f"{self._who(dev)}: offline, {what}",
+                                                 facts))
+                alerts.append(HealthChange("sensor", dev.id, False, now))
+                alerts += self._close_episodes(dev, now)
         for rule, ids in self._rain_rules:
             for dev_id in sorted(ids):
                 if (only is not None and dev_id not in only) or dev_id in exclude:
@@ -174,6 +298,29 @@ class SensorMonitor:
         facts = {"offline_since": since.isoformat(), "offline_s": round(_seconds(time, since), 1)}
         return [self._health_alert(dev, "closed", time, "offline", f"{self._who(dev)}: back online", facts),
                 HealthChange("sensor", dev.id, True, time)]
+
+    def _close_episodes(self, dev: SensorDeviceConfig, now: datetime) -> list[Alert]:
+        """A device gone offline closes its level and rise episodes: nobody can see the water any more,
+        and its next reading opens a fresh episode if the water is still there."""
+        alerts: list[Alert] = []
+        for rule, ids in self._level_rules:
+            st = self._level.get((rule.name, dev.id))
+            if dev.id in ids and st is not None:
+                if st.open is not None:
+                    alerts.append(self._level_close(rule, dev, st, now, None, "cm", reason="offline"))
+                st.since = [None] * len(st.since)
+        for rule, ids in self._rise_rules:
+            rst = self._rise.get((rule.name, dev.id))
+            if dev.id in ids and rst is not None:
+                rst.history.clear()
+                if rst.open is not None:
+                    facts = {"duration_s": round(_seconds(now, rst.open.opened_at), 1), "reason": "offline"}
+                    rst.open = None
+                    alerts.append(self._alert(rule.name, dev, "closed", now, rule.severity,
+                                              f"{self._who(dev)}: offline, rise episode closed", rule.category,
+                                              rule.name, facts))
+        self._spikes = {k: v for k, v in self._spikes.items() if k[0] != dev.id}
+        return alerts
 
     def _clean_values(self, dev: SensorDeviceConfig, reading: Reading) -> tuple[dict[str, float], list[Alert]]:
         """The reading's values that the rules may use: finite and inside the device's ranges."""
@@ -202,12 +349,67 @@ class SensorMonitor:
             values[name] = value
         return values, alerts
 
+    def _despike(self, dev: SensorDeviceConfig, values: dict[str, float]) -> tuple[dict[str, float], set[str]]:
+        """Confirm-next-sample: a value further than spike_jump from the last accepted one is held back;
+        the next reading decides. Near the held value: the jump was real, the next value goes through.
+        Near the old one: the held value was a single-sample spike (3 -> 180 -> 3 cm), dropped and
+        counted. Latency: one report interval, and only for jumps; ordinary changes pass at once."""
+        jumps = self.cfg.health.spike_jump
+        spiking: set[str] = set()
+        for name, limit in jumps.items():
+            value = values.get(name)
+            if value is None:
+                continue
+            key = (dev.id, name)
+            st = self._spikes.get(key)
+            if st is None:
+                self._spikes[key] = _Spike(value)
+                continue
+            if st.pending is not None:
+                pending, st.pending = st.pending, None
+                if abs(value - pending) > limit and abs(value - st.accepted) <= limit:
+                    self.stats["spike_dropped"] += 1
+                elif abs(value - pending) > limit:  # yet another jump: it waits in turn
+                    self.stats["spike_dropped"] += 1
+                    st.pending = value
+                    spiking.add(name)
+                    del values[name]
+                    continue
+                st.accepted = value
+                continue
+            if abs(value - st.accepted) > limit:
+                st.pending = value
+                spiking.add(name)
+                del values[name]
+                continue
+            st.accepted = value
+        return values, spiking
+
+    def _check_battery(self, dev: SensorDeviceConfig, time: datetime, values: dict[str, float]) -> list[Alert]:
+        alerts: list[Alert] = []
+        for name, low in self.cfg.health.low_battery.items():
+            value = values.get(name)
+            if value is None:
+                continue
+            key = (dev.id, name)
+            if key not in self._low_battery and value < low:
+                self._low_battery.add(key)
+                alerts.append(self._health_alert(dev, "open", time, f"battery:{name}",
+                                                 f"{self._who(dev)}: battery low ({name} = {value:g} < {low:g})",
+                                                 {"field": name, "value": value, "threshold": low}))
+            elif key in self._low_battery and value >= low * 1.05:  # 5 % hysteresis: voltage sags and recovers
+                self._low_battery.discard(key)
+                alerts.append(self._health_alert(dev, "closed", time, f"battery:{name}",
+                                                 f"{self._who(dev)}: battery recovered ({name} = {value:g})",
+                                                 {"field": name, "value": value, "threshold": low}))
+        return alerts
+
     def _check_stuck(self, dev: SensorDeviceConfig, time: datetime, values: dict[str, float]) -> list[Alert]:
-        limit = self.cfg.health.stuck_after_s
-        if limit is None:
+        h = self.cfg.health
+        if h.stuck_after_s is None and h.flatline_after_s is None:
             return []
         alerts: list[Alert] = []
-        for name in self.cfg.health.stuck_fields:
+        for name in h.stuck_fields:
             value = values.get(name)
             if value is None:
                 continue
@@ -215,69 +417,143 @@ class SensorMonitor:
             prev = self._same.get(key)
             if prev is None or prev[0] != value:
                 self._same[key] = (value, time)
-                if key in self._stuck:
-                    self._stuck.discard(key)
-                    alerts.append(self._health_alert(dev, "closed", time, f"stuck:{name}",
-                                                     f"{self._who(dev)}: {name} changes again",
-                                                     {"field": name, "value": value}))
+                for opened, place, what in ((self._stuck, "stuck", "changes again"),
+                                            (self._flat, "flatline", "follows the water again")):
+                    if key in opened:
+                        opened.discard(key)
+                        alerts.append(self._health_alert(dev, "closed", time, f"{place}:{name}",
+                                                         f"{self._who(dev)}: {name} {what}",
+                                                         {"field": name, "value": value}))
                 continue
             same_s = _seconds(time, prev[1])
-            if value != 0 and same_s >= limit and key not in self._stuck:
+            if h.stuck_after_s is not None and value != 0 and same_s >= h.stuck_after_s and key not in self._stuck:
                 self._stuck.add(key)
                 msg = f"{self._who(dev)}: {name} stuck at {value:g} for {same_s:.0f} s"
                 alerts.append(self._health_alert(dev, "open", time, f"stuck:{name}", msg,
                                                  {"field": name, "value": value, "unchanged_s": round(same_s, 1)}))
+            if h.flatline_after_s is not None and same_s >= h.flatline_after_s and key not in self._flat:
+                why = self._flat_evidence(dev, name, time)
+                if why is not None:
+                    self._flat.add(key)
+                    msg = f"{self._who(dev)}: {name} flat at {value:g} for {same_s:.0f} s while {why['because']}"
+                    alerts.append(self._health_alert(dev, "open", time, f"flatline:{name}", msg,
+                                                     {"field": name, "value": value,
+                                                      "unchanged_s": round(same_s, 1), **why}))
         return alerts
 
-    # -- water level thresholds ---------------------------------------------------------------
+    def _flat_evidence(self, dev: SensorDeviceConfig, name: str, time: datetime) -> dict[str, Any] | None:
+        """Why an unchanged value is suspicious: rain fell on a neighbouring gauge, or a neighbour rose."""
+        h = self.cfg.health
+        window = h.flatline_after_s or 0.0
+        for other in self._near.of(dev.id):
+            for rule, _ in self._rain_rules:
+                st = self._rain.get((rule.name, other))
+                if st is not None:
+                    rain = st.sums.total_over(time, window)
+                    if rain >= h.flatline_rain_mm:
+                        return {"neighbour": other, "neighbour_rain_mm": rain,
+                                "because": f"{other} measured {rain:g} mm of rain"}
+                    break
+            series = self._series.get((other, name))
+            if series is not None:
+                rise = series.rise(time, window)
+                if rise >= h.flatline_rise_cm:
+                    return {"neighbour": other, "neighbour_rise": round(rise, 2),
+                            "because": f"{other} rose {rise:g}"}
+        return None
+
+    # -- water level ladder --------------------------------------------------------------------
 
     def _level_rule(self, rule: LevelRuleConfig, dev: SensorDeviceConfig, reading: Reading,
                     value: float) -> list[Alert]:
         t = reading.time
-        st = self._level.setdefault((rule.name, dev.id), _LevelState())
-        st.warn_since = (st.warn_since or t) if value >= rule.warn_at else None
-        st.crit_since = (st.crit_since or t) if value >= rule.critical_at else None
-
-        def held(since: datetime | None) -> bool:
-            return since is not None and _seconds(t, since) >= rule.min_duration_s
-
+        ladder = self._ladders[rule.name]
+        st = self._level.get((rule.name, dev.id))
+        if st is None:
+            st = self._level[(rule.name, dev.id)] = _LevelState([None] * len(ladder))
+        for i, lv in enumerate(ladder):
+            st.since[i] = (st.since[i] or t) if value >= lv.at else None
         unit = reading.units.get(rule.field, "cm")
-        margin = rule.clear_below_margin
-        if st.open is not None:
-            st.open.peak = max(st.open.peak, value)
-        if st.open is None or st.open.severity == "warning":
-            if held(st.crit_since):
-                return [self._level_open(rule, dev, st, t, value, unit, "critical", rule.critical_at, st.crit_since)]
-            if st.open is None and held(st.warn_since):
-                return [self._level_open(rule, dev, st, t, value, unit, "warning", rule.warn_at, st.warn_since)]
-        if st.open is None:
+        ep = st.open
+        if ep is not None:
+            ep.peak = max(ep.peak, value)
+        current = ep.level if ep is not None else -1
+        reached = max((i for i, lv in enumerate(ladder)
+                       if st.since[i] is not None and _seconds(t, st.since[i]) >= lv.min_duration_s), default=-1)
+        if reached > current:
+            return [self._level_change(rule, dev, st, t, value, unit, reached)]
+        if ep is None:
             return []
-        if value < rule.warn_at - margin:
-            opened = st.open
-            st.open = None
-            facts = {"value": value, "unit": unit, "threshold": rule.warn_at - margin, "peak": opened.peak,
-                     "duration_s": round(_seconds(t, opened.opened_at), 1), "level": opened.severity}
-            msg = (f"{self._who(dev)}: water level {value:g} {unit} is below {rule.warn_at - margin:g} {unit}; "
-                   f"cleared after peak {opened.peak:g} {unit}")
-            return [self._alert(rule.name, dev, "closed", t, opened.severity, msg, rule.category, rule.name, facts)]
-        if st.open.severity == "critical" and value < rule.critical_at - margin:
-            st.open.severity = "warning"  # silent step down: a renewed rise escalates again
+        held = max((i for i in range(current + 1) if value >= ladder[i].clear_at), default=-1)
+        if held < 0:
+            return [self._level_close(rule, dev, st, t, value, unit)]
+        if held < current:
+            return [self._level_change(rule, dev, st, t, value, unit, held)]
         return []
 
-    def _level_open(self, rule: LevelRuleConfig, dev: SensorDeviceConfig, st: _LevelState, t: datetime,
-                    value: float, unit: str, severity: str, threshold: float, since: datetime | None) -> Alert:
-        previous = st.open
-        facts: dict[str, Any] = {"value": value, "unit": unit, "threshold": threshold, "level": severity,
+    def _level_change(self, rule: LevelRuleConfig, dev: SensorDeviceConfig, st: _LevelState, t: datetime,
+                      value: float, unit: str, to: int) -> Alert:
+        ladder = self._ladders[rule.name]
+        lv = ladder[to]
+        ep = st.open
+        since = st.since[to]
+        facts: dict[str, Any] = {"value": value, "unit": unit, "threshold": lv.at, "clear_at": lv.clear_at,
+                                 "level": lv.name, "label": lv.label, "rank": to,
                                  "duration_s": round(_seconds(t, since), 1) if since else 0.0}
-        if previous is None:
-            st.open = _Open(severity, t, value)
+        if ep is None:
+            ep = st.open = _Episode(to, t, value)
+            facts["change"] = "opened"
+            msg = f"{self._who(dev)}: water level {value:g} {unit} reached {lv.label} ({lv.at:g} {unit})"
         else:
-            facts["escalated_from"] = previous.severity
-            facts["open_since"] = previous.opened_at.isoformat()
-            previous.severity = severity
-        msg = (f"{self._who(dev)}: water level {value:g} {unit} >= {severity} level {threshold:g} {unit} "
-               f"for {facts['duration_s']:g} s")
-        return self._alert(rule.name, dev, "open", t, severity, msg, rule.category, rule.name, facts)
+            up = to > ep.level
+            facts["change"] = "escalated" if up else "deescalated"
+            facts["escalated_from" if up else "deescalated_from"] = ladder[ep.level].name
+            facts["open_since"] = ep.opened_at.isoformat()
+            ep.level = to
+            msg = (f"{self._who(dev)}: water level {value:g} {unit} "
+                   + (f"rose to {lv.label} ({lv.at:g} {unit})" if up else f"eased back to {lv.label}"))
+        facts["peak"] = ep.peak
+        if to >= rule.case_index:
+            ep.case = True
+        category = rule.category if ep.case else None
+        render = None
+        if category is not None and facts["change"] != "deescalated":
+            render = self._chart_renderer(rule, dev, t, value, unit, lv)
+        return self._alert(rule.name, dev, "open", t, lv.severity, msg, category, rule.name, facts, render)
+
+    def _level_close(self, rule: LevelRuleConfig, dev: SensorDeviceConfig, st: _LevelState, t: datetime,
+                     value: float | None, unit: str, reason: str = "receded") -> Alert:
+        ladder = self._ladders[rule.name]
+        ep = st.open
+        assert ep is not None
+        st.open = None
+        lv = ladder[ep.level]
+        facts = {"value": value, "unit": unit, "threshold": ladder[0].clear_at, "peak": ep.peak, "level": lv.name,
+                 "change": "cleared", "reason": reason, "duration_s": round(_seconds(t, ep.opened_at), 1)}
+        if reason == "offline":
+            msg = f"{self._who(dev)}: offline; water-level episode closed after peak {ep.peak:g} {unit}"
+        else:
+            msg = (f"{self._who(dev)}: water level {value:g} {unit} is below {ladder[0].clear_at:g} {unit}; "
+                   f"cleared after peak {ep.peak:g} {unit}")
+        return self._alert(rule.name, dev, "closed", t, lv.severity, msg, rule.category if ep.case else None,
+                           rule.name, facts)
+
+    def _chart_renderer(self, rule: LevelRuleConfig, dev: SensorDeviceConfig, t: datetime, value: float,
+                        unit: str, lv: Level):
+        """The evidence chart, drawn later and only for a new case: captures a copy of what it draws."""
+        series = self._series.get((dev.id, rule.field))
+        tz = t.tzinfo
+        points = [(minute_start(m, tz), v) for m, v in series.since(t, rule.chart_hours * 3600)] if series else []
+        lines = [ChartLine(s.label, s.at, s.severity) for s in self._ladders[rule.name]]
+        title = f"{dev.name or dev.id} 道路积水 水位（{unit}）"
+        label = f"{t.strftime('%H:%M')} {value:g} {unit} ≥ {lv.label}"
+
+        def render() -> tuple[Evidence, ...]:
+            png = render_level_chart(title=title, unit=unit, points=points, lines=lines, crossing=(t, value),
+                                     crossing_label=label)
+            return (Evidence("level-chart.png", "image/png", png),)
+
+        return render
 
     # -- rate of rise ------------------------------------------------------------------------
 
@@ -296,7 +572,7 @@ class SensorMonitor:
                                  "threshold": rule.rise_cm,
                                  "rate_per_h": round(rise / span * 3600, 1) if span > 0 else None}
         if st.open is None and rise >= rule.rise_cm:
-            st.open = _Open(rule.severity, t, value)
+            st.open = _Episode(0, t, value)
             msg = (f"{self._who(dev)}: water rose {rise:.1f} {unit} in {span:.0f} s "
                    f"(>= {rule.rise_cm:g} {unit} within {rule.window_s:g} s), now {value:g} {unit}")
             return [self._alert(rule.name, dev, "open", t, rule.severity, msg, rule.category, rule.name, facts)]
@@ -309,9 +585,18 @@ class SensorMonitor:
 
     # -- accumulated rainfall ----------------------------------------------------------------
 
+    def _rain_windows(self, rule: RainRuleConfig) -> list[float]:
+        return [th.window_s for th in rule.thresholds] + list(STANDARD_RAIN_WINDOWS)
+
+    def _rain_state(self, rule: RainRuleConfig, dev_id: str) -> _RainState:
+        st = self._rain.get((rule.name, dev_id))
+        if st is None:
+            st = self._rain[(rule.name, dev_id)] = _RainState(RollingSums(self._rain_windows(rule)))
+        return st
+
     def _rain_rule(self, rule: RainRuleConfig, dev: SensorDeviceConfig, reading: Reading,
                    value: float) -> list[Alert]:
-        st = self._rain.setdefault((rule.name, dev.id), _RainState())
+        st = self._rain_state(rule, dev.id)
         if rule.mode == "cumulative":
             prev, st.last_counter = st.last_counter, value
             if prev is None:
@@ -326,54 +611,161 @@ class SensorMonitor:
                 self.stats["negative_rain"] += 1
                 return []
             increment = value
-        st.increments.append((reading.time, increment))
+        st.sums.add(reading.time, increment)
         return self._rain_evaluate(rule, dev, st, reading.time, reading.units.get(rule.value_field, "mm"))
 
     def _rain_evaluate(self, rule: RainRuleConfig, dev: SensorDeviceConfig, st: _RainState, t: datetime,
                        unit: str) -> list[Alert]:
-        longest = max(th.window_s for th in rule.thresholds)
-        while st.increments and _seconds(t, st.increments[0][0]) >= longest:
-            st.increments.popleft()
-        # an increment reported at time ti covers the rain just before ti, so (t - w, t] is "within w"
-        totals = [sum(mm for ti, mm in st.increments if _seconds(t, ti) < th.window_s) for th in rule.thresholds]
-        reached = [th for th, total in zip(rule.thresholds, totals, strict=True) if total >= th.mm]
-        held = [th for th, total in zip(rule.thresholds, totals, strict=True) if total >= th.mm * rule.clear_ratio]
-        window_totals = {window_label(th.window_s): round(total, 2) for th, total in zip(rule.thresholds, totals,
-                                                                                          strict=True)}
+        st.sums.advance_to(t)
+        ladder = rule.thresholds
+        totals = [st.sums.total(k) for k in range(len(ladder))]
+        window_totals: dict[str, float] = {}
+        for k, w in enumerate(self._rain_windows(rule)):
+            window_totals.setdefault(window_label(w), round(st.sums.total(k), 2))
+        ep = st.open
+        current = ep.level if ep is not None else -1
+        reached = max((i for i, th in enumerate(ladder) if totals[i] >= th.mm), default=-1)
         facts: dict[str, Any] = {"unit": unit, "window_totals": window_totals}
-        top = max(reached, key=lambda th: severity_rank(th.severity), default=None)
-        if top is not None and (st.open is None or severity_rank(top.severity) > severity_rank(st.open.severity)):
-            previous = st.open
-            if previous is None:
-                st.open = _Open(top.severity, t, 0.0)
-            else:
-                facts["escalated_from"] = previous.severity
-                previous.severity = top.severity
-                facts["open_since"] = previous.opened_at.isoformat()
-            label = window_label(top.window_s)
-            facts.update(threshold=f"{label} >= {top.mm:g} {unit}", level=top.severity,
-                         value=window_totals[label])
-            msg = f"{self._who(dev)}: {window_totals[label]:g} {unit} of rain within {label} (>= {top.mm:g} {unit})"
-            return [self._alert(rule.name, dev, "open", t, top.severity, msg, rule.category, rule.name, facts)]
-        if st.open is None:
+        if reached > current:
+            return [self._rain_change(rule, dev, st, t, unit, reached, totals, facts)]
+        if ep is None:
             return []
-        if not held:
-            opened = st.open
-            st.open = None
-            facts.update(duration_s=round(_seconds(t, opened.opened_at), 1), level=opened.severity)
-            totals_text = ", ".join(f"{k} {v:g} {unit}" for k, v in window_totals.items())
-            msg = f"{self._who(dev)}: rain eased ({totals_text})"
-            return [self._alert(rule.name, dev, "closed", t, opened.severity, msg, rule.category, rule.name, facts)]
-        still = max(severity_rank(th.severity) for th in held)
-        if still < severity_rank(st.open.severity):
-            st.open.severity = SEVERITIES[still]  # silent step down: renewed heavy rain escalates again
-        return []
+        held = max((i for i in range(current + 1) if totals[i] >= ladder[i].mm * rule.clear_ratio), default=-1)
+        if held >= current:
+            return []
+        if held >= 0:
+            return [self._rain_change(rule, dev, st, t, unit, held, totals, facts)]
+        st.open = None
+        th = ladder[ep.level]
+        facts.update(duration_s=round(_seconds(t, ep.opened_at), 1), level=th.level_name, signal=th.signal,
+                     change="cleared")
+        totals_text = ", ".join(f"{k} {v:g} {unit}" for k, v in window_totals.items())
+        msg = f"{self._who(dev)}: rain eased ({totals_text})"
+        return [self._alert(rule.name, dev, "closed", t, th.severity, msg, rule.category, rule.name, facts)]
+
+    def _rain_change(self, rule: RainRuleConfig, dev: SensorDeviceConfig, st: _RainState, t: datetime, unit: str,
+                     to: int, totals: list[float], facts: dict[str, Any]) -> Alert:
+        ladder = rule.thresholds
+        th = ladder[to]
+        label = window_label(th.window_s)
+        ep = st.open
+        if ep is None:
+            st.open = _Episode(to, t, totals[to])
+            facts["change"] = "opened"
+        else:
+            up = to > ep.level
+            facts["change"] = "escalated" if up else "deescalated"
+            facts["escalated_from" if up else "deescalated_from"] = ladder[ep.level].level_name
+            facts["open_since"] = ep.opened_at.isoformat()
+            ep.level = to
+        facts.update(level=th.level_name, signal=th.signal, rank=to, threshold=f"{label} >= {th.mm:g} {unit}",
+                     window=label, value=totals[to])
+        name = f"{th.signal} ({th.level_name})" if th.signal else th.level_name
+        verb = "eased to" if facts["change"] == "deescalated" else "reached"
+        msg = f"{self._who(dev)}: {totals[to]:g} {unit} of rain within {label} — {verb} {name} (>= {th.mm:g} {unit})"
+        return self._alert(rule.name, dev, "open", t, th.severity, msg, rule.category, rule.name, facts)
 
     # -- alert building ----------------------------------------------------------------------
 
     def _alert(self, rule: str, dev: SensorDeviceConfig, state: str, time: datetime, severity: str, message: str,
-               category: str | None, place: str, facts: dict[str, Any]) -> Alert:
+               category: str | None, place: str, facts: dict[str, Any],
+               render: Callable[[], tuple[Evidence, ...]] | None = None) -> Alert:
         return Alert(rule=rule, subject_kind="sensor", subject_id=dev.id, state=state,  # type: ignore[arg-type]
                      time=time, source="sensor", severity=severity, message=message,  # type: ignore[arg-type]
                      category=category, place=place, lon=dev.lon, lat=dev.lat,
-                     facts={**facts, "address": dev.address, "device_name": dev.name})
+                     facts={**facts, "address": dev.address, "device_name": dev.name}, render_evidence=render)
+
+    # -- state across restarts ---------------------------------------------------------------
+
+    def export_state(self) -> dict[str, Any]:
+        """Everything a restarted monitor needs to carry on (JSON-able; times as epoch seconds): open
+        episodes, the level debounce clocks, rise histories, rain windows, last times and values, open
+        health conditions."""
+        def iso(t: datetime | None) -> float | None:  # epoch seconds: ten times cheaper than isoformat
+            return t.timestamp() if t is not None else None
+
+        def episode(ep: _Episode | None) -> dict[str, Any] | None:
+            return None if ep is None else {"level": ep.level, "opened_at": iso(ep.opened_at), "peak": ep.peak,
+                                            "case": ep.case}
+
+        return {
+            "version": STATE_VERSION,
+            "epoch": iso(self._epoch),
+            "last_time": {d: iso(t) for d, t in self._last_time.items()},
+            "offline": {d: iso(t) for d, t in self._offline.items()},
+            "same": [[d, f, v, iso(t)] for (d, f), (v, t) in self._same.items()],
+            "conditions": {"stuck": sorted(self._stuck), "flat": sorted(self._flat),
+                           "bad_range": sorted(self._bad_range), "low_battery": sorted(self._low_battery)},
+            "spikes": [[d, f, s.accepted, s.pending] for (d, f), s in self._spikes.items()],
+            "series": [[d, f, s.export()] for (d, f), s in self._series.items()],
+            "level": [{"rule": r, "device": d, "since": [iso(x) for x in st.since], "open": episode(st.open)}
+                      for (r, d), st in self._level.items()],
+            "rise": [{"rule": r, "device": d, "history": [[iso(t), v] for t, v in st.history],
+                      "open": episode(st.open)} for (r, d), st in self._rise.items()],
+            "rain": [{"rule": r, "device": d, "sums": st.sums.export(), "last_counter": st.last_counter,
+                      "open": episode(st.open)} for (r, d), st in self._rain.items()],
+        }
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        """Take over a state from `export_state` (of this or an earlier config). Entries of devices or
+        rules that are no longer configured are dropped and counted (`restore_dropped`); an episode of a
+        device that has gone silent meanwhile is closed by the offline check on the next tick."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"sensor rule state version {state.get('version')!r}; this gateway reads "
+                             f"{STATE_VERSION}")
+
+        def when(epoch: float | None) -> datetime | None:
+            return datetime.fromtimestamp(epoch, UTC) if epoch is not None else None
+
+        def episode(data: dict[str, Any] | None, levels: int) -> _Episode | None:
+            if data is None:
+                return None
+            return _Episode(min(int(data["level"]), levels - 1), when(data["opened_at"]),  # type: ignore[arg-type]
+                            float(data["peak"]), bool(data.get("case", False)))
+
+        known = self.devices
+        dropped = 0
+        self._epoch = when(state.get("epoch"))
+        self._last_time = {d: when(t) for d, t in state.get("last_time", {}).items() if d in known}  # type: ignore[misc]
+        self._offline = {d: when(t) for d, t in state.get("offline", {}).items() if d in known}  # type: ignore[misc]
+        self._same = {(d, f): (float(v), when(t)) for d, f, v, t in state.get("same", []) if d in known}  # type: ignore[misc]
+        conditions = state.get("conditions", {})
+        for name, target in (("stuck", self._stuck), ("flat", self._flat), ("bad_range", self._bad_range),
+                             ("low_battery", self._low_battery)):
+            target.clear()
+            target.update((d, f) for d, f in conditions.get(name, []) if d in known)
+        self._spikes = {(d, f): _Spike(float(a), None if p is None else float(p))
+                        for d, f, a, p in state.get("spikes", []) if d in known}
+        self._series = {(d, f): MinuteSeries.restore(self._series_span, pts)
+                        for d, f, pts in state.get("series", []) if d in known}
+        levels = {r.name: ids for r, ids in self._level_rules}
+        self._level = {}
+        for item in state.get("level", []):
+            rule, dev = item["rule"], item["device"]
+            if dev not in levels.get(rule, ()):
+                dropped += 1
+                continue
+            n = len(self._ladders[rule])
+            since = [when(x) for x in item["since"]][:n]
+            self._level[(rule, dev)] = _LevelState(since + [None] * (n - len(since)), episode(item["open"], n))
+        rises = {r.name: ids for r, ids in self._rise_rules}
+        self._rise = {}
+        for item in state.get("rise", []):
+            if item["device"] not in rises.get(item["rule"], ()):
+                dropped += 1
+                continue
+            history = deque((when(t), float(v)) for t, v in item["history"])
+            self._rise[(item["rule"], item["device"])] = _RiseState(history, episode(item["open"], 1))  # type: ignore[arg-type]
+        rains = {r.name: (r, ids) for r, ids in self._rain_rules}
+        self._rain = {}
+        for item in state.get("rain", []):
+            rule, ids = rains.get(item["rule"], (None, ()))
+            if rule is None or item["device"] not in ids:
+                dropped += 1
+                continue
+            counter = item.get("last_counter")
+            self._rain[(rule.name, item["device"])] = _RainState(
+                RollingSums.restore(self._rain_windows(rule), item["sums"]),
+                None if counter is None else float(counter), episode(item["open"], len(rule.thresholds)))
+        self.stats["restore_dropped"] += dropped
+

@@ -9,6 +9,7 @@ answer in one round trip (a stale nonce costs one more, as RFC 7616 intends).
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import secrets
 from concurrent.futures import ThreadPoolExecutor
@@ -151,7 +152,8 @@ class SnapshotClient:
         if auth is None:
             return {}
         if state.scheme == "basic" or auth.scheme == "basic":
-            return {"Authorization": aiohttp.BasicAuth(auth.username, auth.password).encode()}
+            token = base64.b64encode(f"{auth.username}:{auth.password}".encode()).decode("ascii")
+            return {"Authorization": f"Basic {token}"}
         if state.scheme == "digest" and state.challenge is not None:
             state.nc += 1
             uri = urlsplit(camera.url)

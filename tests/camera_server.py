@@ -34,6 +34,7 @@ class CameraFleet:
         self.pictures = pictures
         self.behaviour = dict(behaviour or {})
         self.assigned: dict[str, bytes] = {}  # camera id -> its own picture, overriding the default
+        self.sequences: dict[str, list[bytes]] = {}  # camera id -> pictures served in turn, one per visit
         self.requests: Counter[str] = Counter()
         self.served: Counter[str] = Counter()  # pictures actually handed out
         self.nonces: set[str] = set()
@@ -41,6 +42,9 @@ class CameraFleet:
         self.port = 0
 
     def picture_of(self, cam_id: str) -> bytes:
+        if cam_id in self.sequences:
+            seq = self.sequences[cam_id]
+            return seq[self.served[cam_id] % len(seq)]
         return self.assigned.get(cam_id) or self.pictures[zlib.crc32(cam_id.encode()) % len(self.pictures)]
 
     def url(self, cam_id: str) -> str:

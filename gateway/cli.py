@@ -71,8 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--speed", type=float, default=1.0, help="replay speed factor; 0 = as fast as answered")
     simulate.set_defaults(func=cmd_simulate)
 
-    bench = sub.add_parser("bench", help="run a benchmark from bench/ (outbox, video, vehicles)")
-    bench.add_argument("name", choices=["outbox", "video", "vehicles"])
+    bench = sub.add_parser("bench", help="run a benchmark from bench/ (outbox, video, vehicles, patrol)")
+    bench.add_argument("name", choices=["outbox", "video", "vehicles", "patrol"])
     bench.set_defaults(func=cmd_bench)
     return parser
 

@@ -238,4 +238,4 @@ def test_patrol_files_one_case_per_parked_vehicle_and_reports_dead_cameras(tmp_p
     # the healthy cameras kept their schedule: visited about as often as the key camera
     for cam in ("cam-a", "cam-b", "cam-c", "cam-d", "cam-digest"):
         assert fleet.served[cam] >= visits_of_campus - 2
-    assert stats["groups"]["key"]["cycle_s"] is not None and stats["groups"]["key"]["visits"] >= 6
+    assert stats["groups"]["key"]["revisit_s"] is not None and stats["groups"]["key"]["visits"] >= 6

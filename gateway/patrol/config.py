@@ -88,8 +88,8 @@ class PatrolConfig(StrictModel):
     credentials: dict[str, PatrolAuth] = Field(default_factory=dict, description="Named credentials, used by "
                                                "groups or by inventory rows (column `auth`).")
     concurrency: int = Field(32, ge=1, le=1024, description="Most picture fetches in flight at once.")
-    prefetch: int = Field(8, ge=1, le=256, description="Pictures fetched ahead of the inference workers (more "
-                          "when cameras answer slowly; fewer keeps visits short).")
+    prefetch: int | None = Field(None, ge=1, le=256, description="Pictures fetched ahead of the inference "
+                                 "workers; None: enough to cover one fetch time at the model's measured rate.")
     inference_workers: int | None = Field(None, ge=1, le=64, description="Inference workers shared by all "
                                           "groups, round-robin; None: one per CPU core.")
     timeout_s: float = Field(5.0, gt=0, description="A visit that has no picture after this long fails.")

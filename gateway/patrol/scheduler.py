@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import math
 import os
 import statistics
 import time
@@ -42,7 +43,8 @@ from gateway.patrol.snapshot import Picture, SnapshotClient, VisitFailed
 log = logging.getLogger(__name__)
 
 OFFLINE_RULE = "camera_offline"  # the continuous source's rule name, so both kinds of camera read alike
-SLOW_FETCH_S = 1.0  # a fetch running longer no longer holds back new visits (a dead camera must not)
+SLOW_FETCH_MIN_S = 0.5  # a fetch running longer than this and 4x the usual fetch time no longer holds
+#                         back new visits: a dead camera must not
 OUT_OF_HOURS_RECHECK_S = 60.0
 RECENT = 2000  # visit durations kept per group for the percentiles
 
@@ -78,7 +80,7 @@ class _Group:
     reasons: Counter[str] = field(default_factory=Counter)
     done_at: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))  # for visits per minute
     visit_ms: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT))
-    cycle_s: float | None = None  # moving average of the time between two visits of one camera
+    revisit_s: float | None = None  # moving average of the time between two visits of one camera
     late_s: float = 0.0  # moving average of how late visits start against their schedule
 
 
@@ -121,6 +123,8 @@ class PatrolScheduler:
         self._queue: FairQueue[_Job] = FairQueue()
         self._fetching: dict[int, float] = {}  # id(camera) -> fetch start (perf counter)
         self._waiting = 0  # pictures fetched, not yet analysed
+        self._fetch_s = 0.1  # moving average of a good fetch's duration
+        self._infer_s = 0.2  # moving average of one picture's analysis (decode, detect, rules)
         self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self.counters: Counter[str] = Counter()
@@ -146,9 +150,23 @@ class PatrolScheduler:
     def _may_start(self) -> bool:
         if len(self._fetching) >= self.config.concurrency:
             return False
+        prefetch = self.prefetch
+        if self._waiting >= prefetch:
+            return False
         now = time.perf_counter()
-        quick = sum(1 for t in self._fetching.values() if now - t < SLOW_FETCH_S)
-        return self._waiting + quick < self.config.prefetch
+        slow = min(self.config.timeout_s, max(SLOW_FETCH_MIN_S, 4 * self._fetch_s))
+        quick = sum(1 for t in self._fetching.values() if now - t < slow)
+        return self._waiting + quick < prefetch
+
+    @property
+    def prefetch(self) -> int:
+        """Pictures in the pipe ahead of the model: configured, or enough to cover one fetch time at the
+        model's rate (Little's law) plus one waiting per worker, so the model never idles and pictures
+        do not queue up for seconds."""
+        if self.config.prefetch is not None:
+            return self.config.prefetch
+        rate = self.workers / max(self._infer_s, 1e-3)
+        return self.workers + max(1, math.ceil(rate * self._fetch_s * 1.5))
 
     async def _dispatch(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -160,6 +178,7 @@ class PatrolScheduler:
                     self._reschedule(c, now + OUT_OF_HOURS_RECHECK_S)
                     continue
                 self.groups[c.cam.group].late_s += 0.05 * (now - due - self.groups[c.cam.group].late_s)
+                self._fetching[id(c)] = time.perf_counter()  # now, not when the task first runs: the gate counts it
                 task = asyncio.create_task(self._visit(c, due))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
@@ -180,13 +199,13 @@ class PatrolScheduler:
         heapq.heappush(self._heap, (due, self._seq, c))
 
     async def _visit(self, c: _Camera, due: float) -> None:
-        started = time.perf_counter()
         key = id(c)
-        self._fetching[key] = started
+        started = self._fetching[key]
         group = self.groups[c.cam.group]
         try:
             try:
                 picture = await self.client.fetch(c.cam)
+                self._fetch_s += 0.1 * (time.perf_counter() - started - self._fetch_s)
             finally:
                 del self._fetching[key]
                 self._changed.set()
@@ -212,7 +231,7 @@ class PatrolScheduler:
             group.visit_ms.append((time.perf_counter() - started) * 1000)
             if c.last_visit is not None:
                 gap = end - c.last_visit
-                group.cycle_s = gap if group.cycle_s is None else group.cycle_s + 0.05 * (gap - group.cycle_s)
+                group.revisit_s = gap if group.revisit_s is None else group.revisit_s + 0.05 * (gap - group.revisit_s)
             c.last_visit = end
             self._reschedule(c, max(due + c.interval_s, end))
 
@@ -222,6 +241,7 @@ class PatrolScheduler:
             job = await self._queue.get()
             if job.done.done():
                 continue
+            began = time.perf_counter()
             try:
                 alerts = await loop.run_in_executor(pool, self._analyse, job)
             except Exception as exc:  # noqa: BLE001 - handed to the visit, which counts it
@@ -230,6 +250,7 @@ class PatrolScheduler:
             else:
                 if not job.done.done():
                     job.done.set_result(alerts)
+            self._infer_s += 0.1 * (time.perf_counter() - began - self._infer_s)
 
     # ------------------------------------------------------------------ analysis (worker threads)
 
@@ -304,7 +325,9 @@ class PatrolScheduler:
             offline = [c.cam.id for c in self.cameras if c.cam.group == name and c.offline]
             groups[name] = {
                 "cameras": g.cameras, "interval_s": self.config.groups[name].interval_s,
-                "cycle_s": round(g.cycle_s, 1) if g.cycle_s is not None else None,
+                # the time one round over every camera of the group takes at the last minute's rate
+                "cycle_s": round(g.cameras * 60 / len(g.done_at), 1) if g.done_at else None,
+                "revisit_s": round(g.revisit_s, 1) if g.revisit_s is not None else None,
                 "visits_per_min": len(g.done_at), "visits": g.visits, "failures": g.failures,
                 "failure_reasons": dict(g.reasons), "offline": len(offline), "offline_cameras": offline[:50],
                 "late_s": round(g.late_s, 2),
@@ -312,6 +335,7 @@ class PatrolScheduler:
                 "visit_ms_p99": round(ms[min(len(ms) - 1, int(0.99 * len(ms)))], 1) if ms else None,
             }
         return {"cameras": len(self.cameras), "groups": groups, "fetching": len(self._fetching),
-                "waiting_for_inference": self._waiting, "inference_workers": self.workers,
+                "waiting_for_inference": self._waiting, "prefetch": self.prefetch,
+                "fetch_ms": round(self._fetch_s * 1000, 1), "analysis_ms": round(self._infer_s * 1000, 1), "inference_workers": self.workers,
                 "alerts": self.counters["alerts"], "evidence_bytes_kept": self.budget.used,
                 "evidence_pictures_refused": self.budget.refused}

@@ -124,3 +124,38 @@ def test_shard_is_the_same_in_another_process() -> None:
     there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            cwd=Path(__file__).resolve().parent.parent, env={"PYTHONHASHSEED": "123"})
     assert there.stdout.strip() == str(here)
+
+
+def test_deployment_config_with_patrol(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """video.patrol in a deployment YAML: secrets from the environment, the inventory relative to the
+    config file, problems of the inventory and of the presets' catalog keys as `path: sentence`."""
+    from gateway.config import load_config
+    from gateway.patrol.build import patrol_cameras, patrol_problems
+
+    monkeypatch.setenv("CAM_PASSWORD", "from-env")
+    model = Path(__file__).resolve().parent.parent / "models" / "yolov8n_int8.onnx"
+    write_csv(tmp_path / "cams.csv", 300)
+    (tmp_path / "site.yaml").write_text(f"""
+video:
+  detector: {{model: {model}}}
+  patrol:
+    inventory: cams.csv
+    presets:
+      street:
+        zones: [{{name: kerb, polygon: [[0, 0.5], [1, 0.5], [1, 1]]}}]
+        rules: [{{name: parking, kind: dwell, zone: kerb, min_seconds: 300, category: ilegal_parking}}]
+    groups: {{key: {{interval_s: 120, auth: hik}}, rest: {{interval_s: 600}}}}
+    credentials:
+      hik: {{username: admin, password: "${{CAM_PASSWORD}}"}}
+      dahua: {{scheme: digest, username: u, password: p}}
+    shard: {{index: 1, count: 2}}
+""", encoding="utf-8")
+    config = load_config(tmp_path / "site.yaml")
+    patrol = config.video.patrol
+    assert patrol is not None and patrol.credentials["hik"].password == "from-env"
+    assert patrol_problems(config) == ["video.patrol.presets.street.rules[0].category: 'ilegal_parking' is not in "
+                                       "the case catalog (did you mean 'illegal_parking'?)"]
+    mine = patrol_cameras(config)
+    assert 100 < len(mine) < 200 and all(shard_of(c.id, 2) == 1 for c in mine)
+    (tmp_path / "cams.csv").write_text("id,url,group\nx,http://h/x.jpg,key\nx,http://h/y.jpg,key\n", encoding="utf-8")
+    assert patrol_problems(config)[0].startswith("video.patrol.inventory: row 2 (line 3), column id:")

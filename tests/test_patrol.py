@@ -239,3 +239,37 @@ def test_patrol_files_one_case_per_parked_vehicle_and_reports_dead_cameras(tmp_p
     for cam in ("cam-a", "cam-b", "cam-c", "cam-d", "cam-digest"):
         assert fleet.served[cam] >= visits_of_campus - 2
     assert stats["groups"]["key"]["revisit_s"] is not None and stats["groups"]["key"]["visits"] >= 6
+
+
+def test_rtsp_cameras_are_patrolled_by_keyframe(detector, pictures, monkeypatch) -> None:
+    """An rtsp:// picture source goes through `grab_keyframe` (here the OpenCV grab reading the clip),
+    and its picture through the same rules as a snapshot."""
+    import gateway.patrol.snapshot as snapshot
+
+    grabbed: list[str] = []
+
+    def grab(url: str, timeout_s: float) -> np.ndarray:
+        grabbed.append(url)
+        return snapshot._opencv_keyframe(str(CLIP), timeout_s)
+
+    monkeypatch.setattr(snapshot, "grab_keyframe", grab)
+    cams = [PatrolCamera(id="rtsp-1", name="rtsp-1", url="rtsp://10.0.0.9:554/ch1", group="key", preset="street",
+                         auth=patrol_config().credentials["hik"])]
+    alerts: list[Alert] = []
+    m0 = time.monotonic()
+
+    async def main() -> PatrolScheduler:
+        patrol = PatrolScheduler(cams, patrol_config(), detector, alerts.append,
+                                 clock=lambda: T0.timestamp() + (time.monotonic() - m0) * 60)
+        stop = asyncio.Event()
+        task = asyncio.create_task(patrol.run(stop))
+        while time.monotonic() - m0 < 30 and not any(a.rule == "parking" for a in alerts):
+            await asyncio.sleep(0.2)
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        return patrol
+
+    patrol = asyncio.run(main())
+    assert grabbed[0] == f"rtsp://{USER}:s3cret%20pw@10.0.0.9:554/ch1"
+    assert patrol.stats()["groups"]["key"]["failures"] == 0
+    assert sorted(a.facts["object"] for a in alerts if a.rule == "parking") in (["car", "truck"], ["car", "car"])

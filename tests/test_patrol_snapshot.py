@@ -130,3 +130,27 @@ def test_dead_slow_broken_and_oversized_cameras() -> None:
         await with_fleet({"hang": "hang", "boom": "error"}, inner, timeout_s=0.5, max_bytes=len(big) - 1)
 
     asyncio.run(run())
+
+
+def test_keyframe_grab_and_a_dead_rtsp_camera() -> None:
+    """The OpenCV grab behind `grab_keyframe` takes the first frame and lets go (here from the test clip,
+    which FFmpeg opens like a stream); an RTSP camera that refuses the connection fails the visit."""
+    from pathlib import Path
+
+    from gateway.patrol.snapshot import _opencv_keyframe
+
+    clip = Path(__file__).resolve().parent / "fixtures" / "video" / "pedestrians_480x360_10fps.mp4"
+    assert _opencv_keyframe(str(clip), 2.0).shape == (360, 480, 3)
+
+    async def body() -> None:
+        client = SnapshotClient(timeout_s=3.0, connect_timeout_s=1.0, max_bytes=1_000_000, concurrency=2)
+        await client.start()
+        try:
+            dead = PatrolCamera(id="r", name="r", url="rtsp://127.0.0.1:9/stream", group="g", preset="p")
+            with pytest.raises(VisitFailed) as err:
+                await client.fetch(dead)
+            assert err.value.reason in ("refused", "timeout", "no_picture")
+        finally:
+            await client.close()
+
+    asyncio.run(body())

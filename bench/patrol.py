@@ -76,14 +76,15 @@ def cut_pictures(folder: Path) -> list[Path]:
     return paths
 
 
-def bare_rate(detector, images: list[np.ndarray], seconds: float) -> tuple[float, int]:
-    """Inferences per second of the bare model, one call after another, cycling over the pictures."""
+def bare_rate(detector, images: list[np.ndarray], seconds: float) -> tuple[float, int, float]:
+    """Inferences per second of the bare model, one call after another, cycling over the pictures;
+    and its CPU seconds per inference (all threads), which other load on the box moves much less."""
     detector.detect(images[0])  # warm
-    n, t0 = 0, time.perf_counter()
+    n, t0, cpu0 = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - t0 < seconds or n < len(images):
         detector.detect(images[n % len(images)])
         n += 1
-    return n / (time.perf_counter() - t0), n
+    return n / (time.perf_counter() - t0), n, (time.process_time() - cpu0) / n
 
 
 def write_inventory(path: Path, port: int, cameras: int) -> None:
@@ -166,9 +167,9 @@ def main() -> None:
             cameras = load_inventory(inventory, config)
             load_ms = (time.perf_counter() - t) * 1000
 
-            bare_before, n_before = bare_rate(detector, images, args.bare_seconds)
+            bare_before, n_before, cpu_before = bare_rate(detector, images, args.bare_seconds)
             result = asyncio.run(patrol_run(config, detector, cameras, args.warmup, args.seconds))
-            bare_after, n_after = bare_rate(detector, images, args.bare_seconds)
+            bare_after, n_after, cpu_after = bare_rate(detector, images, args.bare_seconds)
         finally:
             server.terminate()
             server.wait(10)
@@ -199,6 +200,11 @@ def main() -> None:
           f"visit p50 {pct(ms, 0.5):.0f} ms, p99 {pct(ms, 0.99):.0f} ms; alerts {result['alerts']}")
     print(f"             fetch {stats['fetch_ms']:.0f} ms (moving average); pictures waiting for the model at the end: "
           f"{stats['waiting_for_inference']}, fetches in flight: {stats['fetching']}")
+    cpu_bare = (cpu_before + cpu_after) / 2 * 1000
+    cpu_visit = result["cpu"] / max(total, 1) * 1000
+    print(f"CPU:         {cpu_bare:.0f} ms per bare inference vs {cpu_visit:.0f} ms per visit (fetch, decode, detect, "
+          f"rules): the patrol costs {cpu_visit / cpu_bare:.2f}x the model alone (less sensitive to other load "
+          "than the rates)")
     print(f"             a city's 8,736 cameras every {8736 / max(per_s, 1e-9) / 60:.1f} min at this rate")
     print(f"visits_per_min={per_s * 60:.0f} vs_bare={per_s / bare:.3f} p99_visit_ms={pct(ms, 0.99):.0f}")
 

@@ -327,6 +327,9 @@ class PatrolScheduler:
                 "cameras": g.cameras, "interval_s": self.config.groups[name].interval_s,
                 # the time one round over every camera of the group takes at the last minute's rate
                 "cycle_s": round(g.cameras * 60 / len(g.done_at), 1) if g.done_at else None,
+                # visits further apart than objects are remembered: no dwell or presence case can open
+                "behind_schedule": bool(g.done_at) and g.cameras * 60 / len(g.done_at)
+                > self.config.clear_after_visits * self.config.groups[name].interval_s,
                 "revisit_s": round(g.revisit_s, 1) if g.revisit_s is not None else None,
                 "visits_per_min": len(g.done_at), "visits": g.visits, "failures": g.failures,
                 "failure_reasons": dict(g.reasons), "offline": len(offline), "offline_cameras": offline[:50],

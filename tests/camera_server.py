@@ -15,6 +15,7 @@ import base64
 import hashlib
 import re
 import secrets
+import ssl
 import sys
 import zlib
 from collections import Counter
@@ -47,15 +48,15 @@ class CameraFleet:
             return seq[self.served[cam_id] % len(seq)]
         return self.assigned.get(cam_id) or self.pictures[zlib.crc32(cam_id.encode()) % len(self.pictures)]
 
-    def url(self, cam_id: str) -> str:
-        return f"http://127.0.0.1:{self.port}/cam/{cam_id}.jpg"
+    def url(self, cam_id: str, scheme: str = "http") -> str:
+        return f"{scheme}://127.0.0.1:{self.port}/cam/{cam_id}.jpg"
 
-    async def start(self, port: int = 0) -> None:
+    async def start(self, port: int = 0, ssl_context: ssl.SSLContext | None = None) -> None:
         app = web.Application()
         app.router.add_get("/cam/{cam}.jpg", self._snapshot)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port, backlog=1024)
+        site = web.TCPSite(self._runner, "127.0.0.1", port, backlog=1024, ssl_context=ssl_context)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 

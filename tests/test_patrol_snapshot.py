@@ -154,3 +154,38 @@ def test_keyframe_grab_and_a_dead_rtsp_camera() -> None:
             await client.close()
 
     asyncio.run(body())
+
+
+def test_https_camera_with_a_self_signed_certificate(tmp_path) -> None:
+    """Cameras serve https with their own certificate: refused by default, taken with verify_tls off."""
+    import ssl
+    import subprocess
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                    "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+
+    async def body() -> None:
+        fleet = CameraFleet([jpeg()])
+        await fleet.start(ssl_context=context)
+        camera = PatrolCamera(id="tls", name="tls", url=fleet.url("tls", "https"), group="g", preset="p")
+        try:
+            for verify in (True, False):
+                client = SnapshotClient(timeout_s=3.0, connect_timeout_s=1.0, max_bytes=1_000_000, concurrency=2,
+                                        verify_tls=verify)
+                await client.start()
+                try:
+                    if verify:
+                        with pytest.raises(VisitFailed) as err:
+                            await client.fetch(camera)
+                        assert err.value.reason == "tls" and "verify_tls: false" in str(err.value)
+                    else:
+                        assert (await client.fetch(camera)).jpeg == fleet.picture_of("tls")
+                finally:
+                    await client.close()
+        finally:
+            await fleet.stop()
+
+    asyncio.run(body())

@@ -94,6 +94,8 @@ class PatrolConfig(StrictModel):
                                           "groups, round-robin; None: one per CPU core.")
     timeout_s: float = Field(5.0, gt=0, description="A visit that has no picture after this long fails.")
     connect_timeout_s: float = Field(2.0, gt=0, description="TCP connect timeout of a visit.")
+    verify_tls: bool = Field(True, description="Check the certificates of https:// cameras; false for cameras "
+                             "with self-signed certificates on a closed camera network.")
     max_picture_bytes: int = Field(8_000_000, ge=1024, description="A larger picture fails the visit.")
     offline_after: int = Field(3, ge=1, description="Consecutive failed visits that report the camera offline "
                                "(a camera_offline alert; closed by the next good visit).")

@@ -106,7 +106,8 @@ class PatrolScheduler:
         self.workers = config.inference_workers or os.cpu_count() or 1
         self.input_size = int(getattr(detector, "size", 640))
         self.client = client or SnapshotClient(timeout_s=config.timeout_s, connect_timeout_s=config.connect_timeout_s,
-                                               max_bytes=config.max_picture_bytes, concurrency=config.concurrency)
+                                               max_bytes=config.max_picture_bytes, concurrency=config.concurrency,
+                                               verify_tls=config.verify_tls)
         self.budget = PictureBudget(config.evidence_memory_mb * 1024 * 1024)
         self.groups = {name: _Group() for name in config.groups}
         self.cameras: list[_Camera] = []
@@ -220,8 +221,10 @@ class PatrolScheduler:
         except VisitFailed as exc:
             self._failed(c, exc.reason, exc.detail)
         except Exception as exc:  # noqa: BLE001 - one camera's bad picture or bug must not end the patrol
-            log.exception("patrol camera %s: visit failed", c.cam.id)
-            self._failed(c, "error", f"{type(exc).__name__}: {exc}")
+            detail = f"{type(exc).__name__}: {exc}"
+            if c.last_error != f"error: {detail}":  # once per camera and kind of error, not every visit
+                log.exception("patrol camera %s: visit failed", c.cam.id)
+            self._failed(c, "error", detail)
         else:
             self._succeeded(c, alerts)
         finally:

@@ -92,7 +92,8 @@ class SnapshotClient:
     """Fetches pictures for all cameras of a box; `start()` before, `close()` after."""
 
     def __init__(self, *, timeout_s: float, connect_timeout_s: float, max_bytes: int, concurrency: int,
-                 rtsp_threads: int | None = None) -> None:
+                 verify_tls: bool = True, rtsp_threads: int | None = None) -> None:
+        self.verify_tls = verify_tls
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.max_bytes = max_bytes
@@ -105,7 +106,8 @@ class SnapshotClient:
 
     async def start(self) -> None:
         # force_close: a visit takes its picture and lets go; thousands of idle keep-alives help nobody
-        connector = aiohttp.TCPConnector(limit=self.concurrency, force_close=True, ttl_dns_cache=300)
+        connector = aiohttp.TCPConnector(limit=self.concurrency, force_close=True, ttl_dns_cache=300,
+                                         ssl=None if self.verify_tls else False)
         timeout = aiohttp.ClientTimeout(total=self.timeout_s, sock_connect=self.connect_timeout_s)
         self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
 
@@ -125,6 +127,8 @@ class SnapshotClient:
                 return Picture(jpeg=await self._http(camera))
         except TimeoutError as exc:
             raise VisitFailed("timeout", f"no picture within {self.timeout_s:g} s") from exc
+        except aiohttp.ClientSSLError as exc:
+            raise VisitFailed("tls", f"{exc} (a self-signed camera certificate needs verify_tls: false)") from exc
         except aiohttp.ClientConnectorError as exc:
             raise VisitFailed("refused", str(exc.os_error or exc)) from exc
         except aiohttp.ClientError as exc:

@@ -151,7 +151,8 @@ def patrol_config(**extra) -> PatrolConfig:
         "inventory": "unused.csv",
         "presets": {"street": {"zones": [{"name": "kerb", "polygon": kerb}],
                                "rules": [PARKING.model_dump() | {"min_seconds": 150}]}},
-        "groups": {"key": {"interval_s": 60}, "rest": {"interval_s": 60}},
+        "groups": {"key": {"interval_s": 60}, "rest": {"interval_s": 60},
+                   "night": {"interval_s": 60, "schedule": {"hours": ["22:00-06:00"]}}},  # T0 is 09:00 local
         "credentials": {"hik": {"username": USER, "password": PASSWORD}},
         "timeout_s": 0.5, "connect_timeout_s": 0.5, "offline_after": 2, "clear_after_visits": 2.5,
         "inference_workers": 2} | extra)
@@ -168,7 +169,7 @@ def test_patrol_files_one_case_per_parked_vehicle_and_reports_dead_cameras(tmp_p
     def clock() -> float:
         return T0.timestamp() + (time.monotonic() - m0) * speed
 
-    ids = ["campus-1", "cam-digest", "cam-a", "cam-b", "cam-c", "cam-d", "cam-locked", "cam-dead"]
+    ids = ["campus-1", "cam-digest", "cam-a", "cam-b", "cam-c", "cam-d", "cam-locked", "cam-dead", "cam-night"]
     outbox = Outbox(tmp_path / "outbox.sqlite3")
     desk = CaseDesk(catalog=Catalog.load(), grid=GridIndex.load(GRID), outbox=outbox,
                     evidence_dir=tmp_path / "evidence", state_path=tmp_path / "cases.sqlite3",
@@ -181,7 +182,8 @@ def test_patrol_files_one_case_per_parked_vehicle_and_reports_dead_cameras(tmp_p
 
     async def main() -> PatrolScheduler:
         await fleet.start()
-        cams = [PatrolCamera(id=i, name=i, url=fleet.url(i), group="key" if i == "campus-1" else "rest",
+        groups = {"campus-1": "key", "cam-night": "night"}
+        cams = [PatrolCamera(id=i, name=i, url=fleet.url(i), group=groups.get(i, "rest"),
                              preset="street", lon=116.392, lat=39.902,
                              auth=patrol_config().credentials["hik"] if i in ("cam-digest", "cam-locked") else None)
                 for i in ids]
@@ -238,6 +240,7 @@ def test_patrol_files_one_case_per_parked_vehicle_and_reports_dead_cameras(tmp_p
     # the healthy cameras kept their schedule: visited about as often as the key camera
     for cam in ("cam-a", "cam-b", "cam-c", "cam-d", "cam-digest"):
         assert fleet.served[cam] >= visits_of_campus - 2
+    assert fleet.requests["cam-night"] == 0 and stats["groups"]["night"]["visits"] == 0  # out of its hours
     assert stats["groups"]["key"]["revisit_s"] is not None and stats["groups"]["key"]["visits"] >= 6
 
 

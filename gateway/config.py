@@ -25,6 +25,7 @@ from core.schema import FieldError, StrictModel, TimeZoneName, repeated
 from detectors.sensor.config import SensorsConfig
 from detectors.vehicle.config import FleetConfig
 from detectors.video.config import CameraConfig, DetectorConfig
+from gateway.patrol.config import PatrolConfig
 from gateway.sinks.central_config import CentralConfig
 from gateway.sinks.sink_config import MqttConfig, TimeSeriesConfig
 from gateway.sources.ingest_config import HttpIngestConfig, ModbusDeviceConfig
@@ -142,6 +143,8 @@ class MqttSourceConfig(StrictModel):
 class VideoConfig(StrictModel):
     detector: DetectorConfig = Field(default_factory=DetectorConfig, description="Object detector for all cameras.")
     cameras: list[CameraConfig] = Field(default_factory=list, description="Cameras and their rules.")
+    patrol: PatrolConfig | None = Field(None, description="Patrol mode (轮巡): visit an inventory of cameras in "
+                                        "turn, one picture per visit; None: off.")
 
 
 class VehiclesConfig(StrictModel):

@@ -16,6 +16,8 @@ from core.schema import repeated
 from gateway.catalog import Catalog, CatalogError
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.geo import GridError, GridIndex
+from gateway.patrol.build import patrol_share
+from gateway.patrol.inventory import InventoryError, PatrolCamera
 from gateway.profiles import DeviceProfile, ProfileError, load_profiles
 from gateway.sources.ingest_config import check_ingest
 
@@ -30,6 +32,7 @@ class Deployment:
     catalog: Catalog
     grid: GridIndex
     profiles: dict[str, DeviceProfile] = field(default_factory=dict)  # only when a section uses them
+    patrol_cameras: list[PatrolCamera] = field(default_factory=list)  # this box's share of video.patrol
 
 
 def load_deployment(path: str | Path) -> Deployment:
@@ -38,13 +41,14 @@ def load_deployment(path: str | Path) -> Deployment:
     catalog = _catalog(config, problems)
     grid = _grid(config, problems)
     profiles = _profiles(config, problems)
+    patrol_cameras = _patrol_cameras(config, problems)
     if catalog is not None:
         problems += _category_problems(config, catalog)
     problems += _file_problems(config)
     if problems:
         raise ConfigError(str(path), problems)
     assert catalog is not None and grid is not None
-    return Deployment(config, catalog, grid, profiles)
+    return Deployment(config, catalog, grid, profiles, patrol_cameras)
 
 
 def _catalog(config: GatewayConfig, problems: list[str]) -> Catalog | None:
@@ -85,6 +89,16 @@ def _profiles(config: GatewayConfig, problems: list[str]) -> dict[str, DevicePro
     return profiles
 
 
+def _patrol_cameras(config: GatewayConfig, problems: list[str]) -> list[PatrolCamera]:
+    if config.video.patrol is None:
+        return []
+    try:
+        return patrol_share(config)
+    except InventoryError as exc:
+        problems += [f"video.patrol.inventory: {p}" for p in exc.problems]
+        return []
+
+
 def _category_problems(config: GatewayConfig, catalog: Catalog) -> list[str]:
     problems: list[str] = []
 
@@ -99,6 +113,11 @@ def _category_problems(config: GatewayConfig, catalog: Catalog) -> list[str]:
             check(f"video.cameras[{i}].rules[{j}].category", rule.category)
             for label, key in rule.class_categories.items():
                 check(f"video.cameras[{i}].rules[{j}].class_categories.{label}", key)
+    for name, preset in (config.video.patrol.presets.items() if config.video.patrol else ()):
+        for j, rule in enumerate(preset.rules):
+            check(f"video.patrol.presets.{name}.rules[{j}].category", rule.category)
+            for label, key in rule.class_categories.items():
+                check(f"video.patrol.presets.{name}.rules[{j}].class_categories.{label}", key)
     for name, rule in config.vehicles.fleet.rules:
         check(f"vehicles.fleet.rules.{name}.category", rule.category)
     for section in ("level_rules", "rise_rules", "rain_rules"):
@@ -116,7 +135,7 @@ def _file_problems(config: GatewayConfig) -> list[str]:
             problems.append(f"video.cameras[{i}].name: camera name {camera.name!r} is used more than once")
         if "://" not in camera.url and not config.path(camera.url).exists():
             problems.append(f"video.cameras[{i}].url: video file {config.path(camera.url)} does not exist")
-    if config.video.cameras:
+    if config.video.cameras or config.video.patrol:
         model = config.path(config.video.detector.model)
         if not model.exists():
             problems.append(f"video.detector.model: model file {model} does not exist")

@@ -142,7 +142,7 @@ def _health_states(graph: Graph):
 
 def _add_video(graph: Graph) -> None:
     config = graph.deployment.config
-    if not config.video.cameras:
+    if not (config.video.cameras or config.video.patrol):
         return
     from detectors.video.backends import load_detector
     from detectors.video.pipeline import CameraPipeline
@@ -163,6 +163,10 @@ def _add_video(graph: Graph) -> None:
                              flush=pipeline.flush, idle_flush_s=camera.evidence.clip_post_s + 5.0)
         source = CameraSource(camera, worker.offer, bus.submit_threadsafe)
         graph.add("sources", CameraChannel(source, worker, pipeline))
+    if config.video.patrol:
+        from gateway.patrol.build import build_patrol
+
+        graph.add("sources", build_patrol(config, graph.deployment.patrol_cameras, detector, bus.submit))
 
 
 def _add_vehicle_sources(graph: Graph) -> None:

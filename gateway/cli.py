@@ -384,9 +384,10 @@ def cmd_user_add(args: argparse.Namespace) -> int:
 
     target = args.users_file
     if target is None and args.config is not None:
-        config = _load(args.config)
-        if config is None:
+        deployment = _load(args.config)
+        if deployment is None:
             return EXIT_CONFIG
+        config = deployment.config
         target = config.path(config.web.users_file) if config.web.users_file else None
     try:
         user_line(args.name, args.role, "$argon2id$")  # a bad name fails before the password is asked

@@ -66,7 +66,7 @@ class Runner:
         device health, task states and the newest alerts."""
         graph = self.graph
         config = graph.deployment.config
-        components = {c.name: _stats(c) for c in graph.components}
+        components = {c.name: c.stats() for c in graph.components}
         cameras = {name.removeprefix("camera:"): stats for name, stats in components.items()
                    if name.startswith("camera:")}
         return {
@@ -85,11 +85,6 @@ class Runner:
 
 def _runner(component: Any, stop: asyncio.Event):
     return lambda: component.run(stop)
-
-
-def _stats(component: Any) -> dict[str, Any]:
-    stats = component.stats
-    return stats() if callable(stats) else dict(stats)
 
 
 def _recent(a: Any) -> dict[str, Any]:

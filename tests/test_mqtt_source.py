@@ -16,6 +16,7 @@ from gateway.profiles import load_profiles
 from gateway.sinks.sink_config import MqttConfig
 from gateway.sources.mqtt import MqttSource
 from gateway.supervisor import Supervisor
+from gateway.throttle import LogThrottle
 
 WAIT = 20.0
 PROFILES = load_profiles(REPO / "device_profiles")
@@ -166,9 +167,7 @@ def test_needs_a_profile():
 
 
 def test_a_flood_of_made_up_device_ids_takes_bounded_memory_and_one_log_line(monkeypatch, caplog):
-    from gateway.sources import intake
-
-    monkeypatch.setattr(intake.Throttle, "MAX_KEYS", 3)
+    monkeypatch.setattr(LogThrottle, "MAX_KEYS", 3)
     source = MqttSource(cfg(1883), PROFILES.values(), lambda obs: None, known_devices={})
     caplog.clear()  # the start-up warning about shared topic filters
     with caplog.at_level(logging.WARNING, logger="gateway.sources.mqtt"):

@@ -277,12 +277,6 @@ class CameraSource:
                 if self._stop.is_set():
                     break
                 seconds = packet_seconds(packet)
-                if self.is_file and seconds is not None:
-                    if pace_origin is None or seconds < pace_origin[1]:
-                        pace_origin = (self.clock(), seconds)
-                    delay = pace_origin[0] + seconds - pace_origin[1] - self.clock()
-                    if delay > 0 and self._stop.wait(delay):
-                        break
                 if packet.is_keyframe:
                     intervals.keyframe(seconds)
                     self._counters["keyframe_interval_s"] = intervals.interval_s
@@ -300,6 +294,15 @@ class CameraSource:
                 if packet.size:
                     index += 1
                 for frame in self._decode(packet):
+                    # a file plays at real time, paced by presentation times: packets come in decode
+                    # order (B-frames), and pacing on them would hand frames on in bursts
+                    shown = frame.time
+                    if self.is_file and shown is not None:
+                        if pace_origin is None or shown < pace_origin[1]:
+                            pace_origin = (self.clock(), shown)
+                        delay = pace_origin[0] + shown - pace_origin[1] - self.clock()
+                        if delay > 0 and self._stop.wait(delay):
+                            return decoded > 0, ""
                     self._publish(Frame(self.name, max(0, index - 1), datetime.now(UTC), to_bgr(frame)))
                     decoded += 1
         except (av.error.FFmpegError, OSError) as exc:

@@ -18,45 +18,20 @@ from __future__ import annotations
 import collections
 import inspect
 import logging
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from core.model import Position, Reading
 from gateway.profiles import CounterTracker, DecodeResult, DeviceProfile, PayloadError
+from gateway.throttle import LogThrottle
 
-__all__ = ["Intake", "Observation", "OnObservation", "Throttle"]
+__all__ = ["Intake", "Observation", "OnObservation"]
 
 log = logging.getLogger(__name__)
 
 Observation = Reading | Position
 OnObservation = Callable[[Observation], Awaitable[None] | None]
 UNKNOWN_KEY = "(unknown devices)"
-
-
-class Throttle:
-    """Allows one log line per key per interval and counts what it held back."""
-
-    MAX_KEYS = 10_000  # device ids come from the network: bound the memory they can take
-
-    def __init__(self, interval_s: float) -> None:
-        self.interval_s = interval_s
-        self._last: dict[str, float] = {}
-        self._held: collections.Counter[str] = collections.Counter()
-
-    def allow(self, key: str) -> tuple[bool, int]:
-        now = time.monotonic()
-        if len(self._last) >= self.MAX_KEYS and key not in self._last:
-            self._last = {k: t for k, t in self._last.items() if now - t < self.interval_s}
-            self._held = collections.Counter({k: n for k, n in self._held.items() if k in self._last})
-            if len(self._last) >= self.MAX_KEYS:
-                key = "(many devices)"
-        last = self._last.get(key)
-        if last is not None and now - last < self.interval_s:
-            self._held[key] += 1
-            return False, 0
-        self._last[key] = now
-        return True, self._held.pop(key, 0)
 
 
 class Intake:
@@ -67,7 +42,7 @@ class Intake:
         self.known_devices = known_devices  # None: every device is accepted (up to max_devices)
         self.max_devices = max_devices
         self.log = logger or log
-        self.throttle = Throttle(log_interval_s)
+        self.throttle = LogThrottle(log_interval_s)
         self.counters = CounterTracker(max_devices)
         self._accepted: set[str] = set()
         self.stats: dict[str, int] = {
@@ -164,12 +139,9 @@ class Intake:
 
     # -- bookkeeping -----------------------------------------------------------------------------
     def problem(self, device: str) -> None:
-        if device not in self.device_problems and len(self.device_problems) >= Throttle.MAX_KEYS:
+        if device not in self.device_problems and len(self.device_problems) >= LogThrottle.MAX_KEYS:
             device = "(other devices)"  # bounded: a flood of made-up ids cannot grow this without end
         self.device_problems[device] += 1
 
     def warn(self, key: str, msg: str, *args: Any) -> None:
-        allowed, held = self.throttle.allow(key)
-        if allowed:
-            suffix = f" (+{held} similar since the last report)" if held else ""
-            self.log.warning(msg + suffix, *args)
+        self.throttle.log(self.log, logging.WARNING, key, msg, *args)

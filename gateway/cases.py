@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import shutil
 import sqlite3
 import threading
@@ -35,6 +34,7 @@ from gateway.catalog import Catalog
 from gateway.geo import GridIndex
 from gateway.ids import case_id as new_case_id
 from gateway.outbox import CaseEvent, OutboxFull
+from gateway.storage import write_durably
 
 log = logging.getLogger(__name__)
 
@@ -262,18 +262,3 @@ class CaseDesk:
         write_durably(path, evidence.data)
         return {"name": path.name, "media_type": evidence.media_type,
                 "sha256": hashlib.sha256(evidence.data).hexdigest(), "path": str(path), "size": str(len(evidence.data))}
-
-
-def write_durably(path: Path, data: bytes) -> None:
-    """Write, fsync and atomically rename, so a power cut leaves either the whole file or none."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

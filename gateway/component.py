@@ -30,6 +30,16 @@ class Listens(Protocol):
     async def listen(self) -> None: ...
 
 
+async def serve_until(listener: Any, stop: asyncio.Event) -> None:
+    """The `run` of a part that listens: open its port (unless `listen` already did), serve until
+    `stop`, then close it (`listener.stop()`)."""
+    await listener.listen()
+    try:
+        await stop.wait()
+    finally:
+        await listener.stop()
+
+
 # Shutdown order: sources stop producing, then queued alerts become cases, then the sinks flush,
 # and the status page goes last so the shutdown can be watched. Start-up runs in reverse.
 STAGES: tuple[str, ...] = ("sources", "alerts", "sinks", "web")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 from detectors.sensor.monitor import SensorMonitor
 from gateway.aio import wait_or_stop
 from gateway.alerts import AlertBus
+from gateway.storage import write_durably
 
 log = logging.getLogger(__name__)
 
@@ -81,23 +81,9 @@ class RuleStateStore:
             await asyncio.sleep(SETTLE_POLL_S)
         text = json.dumps(self.monitor.export_state(), separators=(",", ":"))  # on the loop: a consistent cut
         try:
-            await asyncio.to_thread(write_atomically, self.path, text)
+            await asyncio.to_thread(write_durably, self.path, text.encode())
         except OSError as exc:
             self.counters["errors"] += 1
             log.error("could not save sensor rule state to %s: %s", self.path, exc)
             return
         self.counters.update(saves=self.counters["saves"] + 1, bytes=len(text), last_save=time.time())
-
-
-def write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # the rename itself survives a power cut
-    finally:
-        os.close(fd)

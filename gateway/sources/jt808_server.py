@@ -32,6 +32,7 @@ from typing import Any
 
 from core.model import Position
 from detectors.vehicle.identity import TerminalDirectory, terminal_key
+from gateway.component import serve_until
 from gateway.protocols import jt808
 from gateway.throttle import LogThrottle, throttle_resource_errors
 
@@ -191,11 +192,7 @@ class Jt808Server:
             await self.start()
 
     async def run(self, stop: asyncio.Event) -> None:
-        await self.listen()
-        try:
-            await stop.wait()
-        finally:
-            await self.stop()
+        await serve_until(self, stop)
 
     async def stop(self) -> None:
         """Stop listening and close every open connection."""

@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.component import serve_until
 from gateway.config import WebConfig, is_loopback
 from gateway.outbox import Outbox
 from gateway.web.app import build_app
@@ -107,11 +108,7 @@ class ConsoleServer:
             await self.start()
 
     async def run(self, stop: asyncio.Event) -> None:
-        await self.listen()
-        try:
-            await stop.wait()
-        finally:
-            await self.stop()
+        await serve_until(self, stop)
 
     async def stop(self) -> None:
         if self._runner is not None:

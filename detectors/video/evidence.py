@@ -35,11 +35,10 @@ def _label(img: np.ndarray, text: str, x: int, y: int, bg: tuple[int, int, int],
     draw_label_bgr(img, text, x, y, bg, TEXT_COLOUR, max(12, round(24 * scale)))
 
 
-def render_snapshot(image: np.ndarray, det: Detection, zone_polygon: Sequence[Sequence[float]] | None,
-                    label: str, track_id: int | None, when: datetime, camera_name: str,
-                    quality: int = 85, line: Sequence[Sequence[float]] | None = None) -> bytes:
-    """JPEG of the frame with the zone outline (yellow, 3 px), the object's box with its label and
-    track id, and the camera name and timestamp in the top-left corner."""
+def _with_zone(image: np.ndarray, zone_polygon: Sequence[Sequence[float]] | None,
+               line: Sequence[Sequence[float]] | None) -> tuple[np.ndarray, float]:
+    """A copy of the frame with the zone outline (yellow, 3 px) or the counting line drawn, and the
+    label scale that suits its size."""
     img = image.copy()
     h, w = img.shape[:2]
     scale = max(0.5, min(w, h) / 1000)
@@ -49,6 +48,15 @@ def render_snapshot(image: np.ndarray, det: Detection, zone_polygon: Sequence[Se
     if line is not None:
         (ax, ay), (bx, by) = line
         cv2.arrowedLine(img, (round(ax), round(ay)), (round(bx), round(by)), ZONE_COLOUR, 3, tipLength=0.03)
+    return img, scale
+
+
+def render_snapshot(image: np.ndarray, det: Detection, zone_polygon: Sequence[Sequence[float]] | None,
+                    label: str, track_id: int | None, when: datetime, camera_name: str,
+                    quality: int = 85, line: Sequence[Sequence[float]] | None = None) -> bytes:
+    """JPEG of the frame with the zone outline (yellow, 3 px), the object's box with its label and
+    track id, and the camera name and timestamp in the top-left corner."""
+    img, scale = _with_zone(image, zone_polygon, line)
     x1, y1, x2, y2 = (round(v) for v in det.box)
     cv2.rectangle(img, (x1, y1), (x2, y2), BOX_COLOUR, max(2, round(scale * 3)))
     text = f"{label} #{track_id}" if track_id is not None else label
@@ -65,15 +73,7 @@ def render_cleared(image: np.ndarray, zone_polygon: Sequence[Sequence[float]] | 
                    line: Sequence[Sequence[float]] | None = None) -> bytes:
     """JPEG of the frame in which a case cleared (automatic verification, 自动核查): the zone outline,
     a thin green outline where the object last was, and the camera name, time and "cleared"."""
-    img = image.copy()
-    h, w = img.shape[:2]
-    scale = max(0.5, min(w, h) / 1000)
-    if zone_polygon is not None and len(zone_polygon) >= 3:
-        pts = np.round(np.asarray(zone_polygon, dtype=np.float64)).astype(np.int32).reshape(-1, 1, 2)
-        cv2.polylines(img, [pts], isClosed=True, color=ZONE_COLOUR, thickness=3, lineType=cv2.LINE_8)
-    if line is not None:
-        (ax, ay), (bx, by) = line
-        cv2.arrowedLine(img, (round(ax), round(ay)), (round(bx), round(by)), ZONE_COLOUR, 3, tipLength=0.03)
+    img, scale = _with_zone(image, zone_polygon, line)
     if former_box is not None:
         x1, y1, x2, y2 = (round(v) for v in former_box)
         cv2.rectangle(img, (x1, y1), (x2, y2), CLEARED_COLOUR, max(1, round(scale * 2)))

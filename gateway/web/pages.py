@@ -451,6 +451,9 @@ def case_page(viewer: Viewer, rec: CaseRecord, dead_letters: list[DeadLetter],
     parts = [title]
     if notice:
         parts.append(f'<p class="notice" role="status">{e(notice)}</p>')
+    review = _section("Review", _review(viewer, rec), "review")
+    if rec.status == "held":  # the decision the operator came for, above the evidence
+        parts.append(review)
     parts += [
         _section("Evidence", _evidence(rec.case_id, c.get("evidence") or [], clips or {})),
         _section("Case", generic(summary)),
@@ -458,8 +461,9 @@ def case_page(viewer: Viewer, rec: CaseRecord, dead_letters: list[DeadLetter],
         _section("Location", generic(c.get("location") or {})),
         _section("Subject", generic(c.get("subject") or {})),
         _section("Delivery", generic(delivery) + _retry_form(viewer, rec)),
-        _section("Review", _review(viewer, rec), "review"),
     ]
+    if rec.status != "held":
+        parts.append(review)
     known = {"case_id", "source", "category", "rule", "severity", "detected_at", "location", "subject",
              "evidence", "facts", "message"}
     others = {k: v for k, v in c.items() if k not in known}

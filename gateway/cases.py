@@ -118,7 +118,7 @@ class CaseDesk:
     def withdraw(self, case_id: str, reason: str, by: str) -> CaseEvent | None:
         """An operator rejected the case (the console calls this): a ``withdrawn`` event goes to the
         central platform and later alerts of the condition are only counted; None if the case is
-        unknown or already withdrawn."""
+        unknown or already withdrawn, or was held for review (then it is rejected: never sent)."""
         with self._lock:
             return self.outbox.withdraw(case_id, reason, by)
 

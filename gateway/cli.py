@@ -17,7 +17,7 @@ from pathlib import Path
 from gateway.config import ConfigError, GatewayConfig
 from gateway.deployment import Deployment, load_deployment
 from gateway.logs import setup_logging
-from gateway.outbox import STATUSES
+from gateway.outbox import STATUSES, ReviewError
 
 log = logging.getLogger("citygate")
 
@@ -366,6 +366,9 @@ def cmd_cases_withdraw(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     by = args.by or f"cli:{getpass.getuser()}"
     with outbox:
+        record = outbox.get(args.case_id)
+        if record is not None and record.status == "held":  # never sent: withdrawing it is rejecting it
+            return _reject(outbox, args.case_id, args.reason, by)
         try:
             event = outbox.withdraw(args.case_id, args.reason, by)
         except ValueError as exc:
@@ -382,8 +385,6 @@ def cmd_cases_withdraw(args: argparse.Namespace) -> int:
 
 
 def cmd_cases_confirm(args: argparse.Namespace) -> int:
-    from gateway.outbox import ReviewError
-
     outbox = _outbox(args)
     if outbox is None:
         return EXIT_CONFIG
@@ -403,25 +404,26 @@ def cmd_cases_confirm(args: argparse.Namespace) -> int:
 
 
 def cmd_cases_reject(args: argparse.Namespace) -> int:
-    from gateway.outbox import ReviewError
-
     outbox = _outbox(args)
     if outbox is None:
         return EXIT_CONFIG
-    by = args.by or f"cli:{getpass.getuser()}"
     with outbox:
-        try:
-            done = outbox.reject(args.case_id, args.reason, by)
-        except (ReviewError, ValueError) as exc:
-            print(f"case {args.case_id}: {exc}", file=sys.stderr)
-            return EXIT_FAILED
+        return _reject(outbox, args.case_id, args.reason, args.by or f"cli:{getpass.getuser()}")
+
+
+def _reject(outbox, case_id: str, reason: str, by: str) -> int:
+    try:
+        done = outbox.reject(case_id, reason, by)
+    except (ReviewError, ValueError) as exc:
+        print(f"case {case_id}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     if done is None:
-        print(f"no case {args.case_id}", file=sys.stderr)
+        print(f"no case {case_id}", file=sys.stderr)
         return EXIT_FAILED
     status, event = done
     how = (f"withdrawn (event {event.event_id}; a running gateway sends it at its next poll)" if event is not None
            else "never sent" if status == "rejected" else f"already withdrawn, {status}")
-    print(f"case {args.case_id} rejected by {by}: {how}")
+    print(f"case {case_id} rejected by {by}: {how}")
     return EXIT_OK
 
 

@@ -284,8 +284,12 @@ def test_cli_confirms_and_rejects_held_cases(tmp_path, capsys):
     assert main(["cases", "--config", str(config), "reject", "c-2", "--reason", "duplicate", "--by", "otto"]) == 0
     assert "never sent" in capsys.readouterr().out
     assert main(["cases", "--config", str(config), "reject", "c-2", "--reason", "again"]) == 1
+    with Outbox(tmp_path / "data" / "cases.sqlite3") as ob:
+        ob.enqueue(case("c-3", now), held=True)
+    assert main(["cases", "--config", str(config), "withdraw", "c-3", "--reason", "dup", "--by", "ada"]) == 0
+    assert "never sent" in capsys.readouterr().out  # withdrawing a held case rejects it
     assert main(["cases", "--config", str(config), "precision", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["forbidden_zone"]["7"]["precision"] == 0.5
+    assert json.loads(capsys.readouterr().out)["forbidden_zone"]["7"]["reviewed"] == 3
 
 
 def test_a_review_entry_naming_no_rule_is_a_config_error(tmp_path):

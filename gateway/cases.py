@@ -11,6 +11,10 @@ in the same transaction as the event that changes them. A close of the condition
 emits ``updated`` (reopened); a repeat at a higher severity ``updated`` (escalated); a plain repeat
 while open ``updated`` (recurrence). A withdrawn case sends nothing more: repeats are only counted.
 
+Review before dispatch: a new case of a rule in review mode (`cases.review`, `gateway/review.py`) is
+committed ``held``: the delivery worker does not send it, nor its later events, until an operator
+confirms it; a rejected one is never sent (gateway/outbox.py `confirm`, `reject`).
+
 Dedup: one open case per (rule, subject, place, grid cell, tracked object). While that case is
 open, or within `cooldown_s` after its condition cleared, another opening alert for the same key
 is a recurrence of the existing case, not a new case. The dedup state lives in a small SQLite
@@ -34,6 +38,7 @@ from gateway.catalog import Catalog
 from gateway.geo import GridIndex
 from gateway.ids import case_id as new_case_id
 from gateway.outbox import CaseEvent, OutboxFull
+from gateway.review import ReviewPolicy
 from gateway.storage import write_durably
 
 log = logging.getLogger(__name__)
@@ -41,7 +46,7 @@ log = logging.getLogger(__name__)
 
 class CaseOutbox(Protocol):
     def has_room(self, n: int = 1) -> bool: ...
-    def enqueue(self, case: Case) -> bool: ...
+    def enqueue(self, case: Case, *, held: bool = False) -> bool: ...
     def add_event(self, case_id: str, kind: str, at: datetime, body: dict, *, state: str | None = None,
                   severity: str | None = None, recurrence_facts: dict | None = None,
                   recurrence: bool = False) -> CaseEvent | None: ...
@@ -71,7 +76,8 @@ class CaseOutcome:
 
 class CaseDesk:
     def __init__(self, *, catalog: Catalog, grid: GridIndex, outbox: CaseOutbox, evidence_dir: Path,
-                 state_path: Path, gateway_id: str, timezone: tzinfo, cooldown_s: float = 600.0) -> None:
+                 state_path: Path, gateway_id: str, timezone: tzinfo, cooldown_s: float = 600.0,
+                 review: ReviewPolicy | None = None) -> None:
         self.catalog = catalog
         self.grid = grid
         self.outbox = outbox
@@ -79,8 +85,10 @@ class CaseDesk:
         self.gateway_id = gateway_id
         self.timezone = timezone
         self.cooldown = timedelta(seconds=cooldown_s)
+        self.review = review or ReviewPolicy()
         self.stats = {"cases": 0, "recurrences": 0, "closed": 0, "unknown_category": 0, "evidence_errors": 0,
-                      "escalations": 0, "reopened": 0, "refused_full": 0, "withdrawn_recurrences": 0}
+                      "escalations": 0, "reopened": 0, "refused_full": 0, "withdrawn_recurrences": 0,
+                      "held": 0}
         self._lock = threading.Lock()
         # The alert whose outbox commit succeeded but whose dedup-state write failed (a full disk):
         # when the bus retries that same alert, the commit is not repeated (no duplicate case or event).
@@ -110,7 +118,7 @@ class CaseDesk:
     def withdraw(self, case_id: str, reason: str, by: str) -> CaseEvent | None:
         """An operator rejected the case (the console calls this): a ``withdrawn`` event goes to the
         central platform and later alerts of the condition are only counted; None if the case is
-        unknown or already withdrawn."""
+        unknown or already withdrawn, or was held for review (then it is rejected: never sent)."""
         with self._lock:
             return self.outbox.withdraw(case_id, reason, by)
 
@@ -183,7 +191,8 @@ class CaseDesk:
         folder = self._folder(cid, alert.time)
         try:
             case = self._build(cid, alert, cell)
-            self.outbox.enqueue(case)  # durable before anyone else hears of it
+            held = self.review.holds(alert.rule)
+            self.outbox.enqueue(case, held=held)  # durable before anyone else hears of it
         except OutboxFull:
             shutil.rmtree(folder, ignore_errors=True)
             self.stats["refused_full"] += 1
@@ -191,6 +200,7 @@ class CaseDesk:
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)  # no orphan evidence of a case that was not filed
             raise
+        self.stats["held"] += held
         return CaseOutcome("new", case.case_id, case)
 
     def _recur(self, case_id: str, opened: datetime, alert: Alert) -> CaseOutcome:

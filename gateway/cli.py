@@ -17,6 +17,7 @@ from pathlib import Path
 from gateway.config import ConfigError, GatewayConfig
 from gateway.deployment import Deployment, load_deployment
 from gateway.logs import setup_logging
+from gateway.outbox import STATUSES, ReviewError
 
 log = logging.getLogger("citygate")
 
@@ -62,11 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("file", type=Path)
     replay.set_defaults(func=cmd_replay)
 
-    cases = sub.add_parser("cases", help="the local case store: list, show, retry, withdraw")
+    cases = sub.add_parser("cases", help="the local case store: list, show, retry, withdraw, confirm, reject,"
+                           " precision, export-dataset")
     cases.add_argument("--config", type=Path, default=Path("configs/demo.yaml"))
     cases_sub = cases.add_subparsers(dest="action", required=True)
     lst = cases_sub.add_parser("list", help="recent cases")
-    lst.add_argument("--status", choices=["pending", "delivered", "dead", "stored"])
+    lst.add_argument("--status", choices=list(STATUSES), help="held: waiting for an operator's review")
     lst.add_argument("--limit", type=_positive, default=50, help="show the newest N cases (default 50)")
     lst.add_argument("--json", action="store_true",
                      help='print {"cases": [...], "total": N, "left_out": M}: M matching cases were not shown')
@@ -84,6 +86,26 @@ def build_parser() -> argparse.ArgumentParser:
     withdraw.add_argument("--reason", required=True, help="why (sent to the central platform)")
     withdraw.add_argument("--by", help="who withdraws it (default: cli:<login name>)")
     withdraw.set_defaults(func=cmd_cases_withdraw)
+    confirm = cases_sub.add_parser("confirm", help="review before dispatch: confirm a case (a held one is sent)")
+    confirm.add_argument("case_id")
+    confirm.add_argument("--reason", default="", help="a note kept with the review")
+    confirm.add_argument("--by", help="who reviews it (default: cli:<login name>)")
+    confirm.set_defaults(func=cmd_cases_confirm)
+    reject = cases_sub.add_parser("reject", help="review before dispatch: reject a case (a held one is never sent,"
+                                  " one already sent is withdrawn)")
+    reject.add_argument("case_id")
+    reject.add_argument("--reason", required=True, help="why it is not a case")
+    reject.add_argument("--by", help="who reviews it (default: cli:<login name>)")
+    reject.set_defaults(func=cmd_cases_reject)
+    prec = cases_sub.add_parser("precision", help="each rule's precision (confirmed / reviewed), 7 and 30 days")
+    prec.add_argument("--json", action="store_true")
+    prec.set_defaults(func=cmd_cases_precision)
+    export = cases_sub.add_parser("export-dataset", help="reviewed video cases as YOLO images and labels in"
+                                  " confirmed/ and rejected/, with classes.txt")
+    export.add_argument("dir", type=Path)
+    export.add_argument("--since", type=_since, help="reviewed at or after: ISO 8601 date or time (no zone: the"
+                        " site's), or Nd for the last N days")
+    export.set_defaults(func=cmd_cases_export_dataset)
 
     simulate = sub.add_parser("simulate", help="a JT/T 808 terminal driving a recorded track into a gateway")
     simulate.add_argument("track", type=Path, help="CSV track: time,device,lon,lat[,speed_kmh,course,status,alarm]")
@@ -106,6 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("name", choices=["outbox", "video", "vehicles", "patrol"])
     bench.set_defaults(func=cmd_bench)
     return parser
+
+
+def _since(text: str):
+    """`--since`: '7d' (the last 7 days) or an ISO 8601 date / time (naive: resolved with the config)."""
+    from datetime import UTC, datetime, timedelta
+
+    if text[:-1].isdigit() and text.endswith("d"):
+        return datetime.now(UTC) - timedelta(days=int(text[:-1]))
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an ISO 8601 date or time, or Nd, got {text!r}") from None
 
 
 def _positive(text: str) -> int:
@@ -251,8 +285,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _outbox(args: argparse.Namespace):
-    deployment = _load(args.config)
+def _outbox(args: argparse.Namespace, deployment: Deployment | None = None):
+    deployment = deployment or _load(args.config)
     if deployment is None:
         return None
     config = deployment.config
@@ -332,6 +366,9 @@ def cmd_cases_withdraw(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     by = args.by or f"cli:{getpass.getuser()}"
     with outbox:
+        record = outbox.get(args.case_id)
+        if record is not None and record.status == "held":  # never sent: withdrawing it is rejecting it
+            return _reject(outbox, args.case_id, args.reason, by)
         try:
             event = outbox.withdraw(args.case_id, args.reason, by)
         except ValueError as exc:
@@ -344,6 +381,99 @@ def cmd_cases_withdraw(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     print(f"case {args.case_id} withdrawn by {by} (event {event.event_id}); a running gateway sends it to the"
           " central platform at its next poll")
+    return EXIT_OK
+
+
+def cmd_cases_confirm(args: argparse.Namespace) -> int:
+    outbox = _outbox(args)
+    if outbox is None:
+        return EXIT_CONFIG
+    by = args.by or f"cli:{getpass.getuser()}"
+    with outbox:
+        try:
+            status = outbox.confirm(args.case_id, by, args.reason)
+        except ReviewError as exc:
+            print(str(exc), file=sys.stderr)
+            return EXIT_FAILED
+    if status is None:
+        print(f"no case {args.case_id}", file=sys.stderr)
+        return EXIT_FAILED
+    tail = "; a running gateway sends it at its next poll" if status == "pending" else ""
+    print(f"case {args.case_id} confirmed by {by}, now {status}{tail}")
+    return EXIT_OK
+
+
+def cmd_cases_reject(args: argparse.Namespace) -> int:
+    outbox = _outbox(args)
+    if outbox is None:
+        return EXIT_CONFIG
+    with outbox:
+        return _reject(outbox, args.case_id, args.reason, args.by or f"cli:{getpass.getuser()}")
+
+
+def _reject(outbox, case_id: str, reason: str, by: str) -> int:
+    try:
+        done = outbox.reject(case_id, reason, by)
+    except (ReviewError, ValueError) as exc:
+        print(f"case {case_id}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if done is None:
+        print(f"no case {case_id}", file=sys.stderr)
+        return EXIT_FAILED
+    status, event = done
+    how = (f"withdrawn (event {event.event_id}; a running gateway sends it at its next poll)" if event is not None
+           else "never sent" if status == "rejected" else f"already withdrawn, {status}")
+    print(f"case {case_id} rejected by {by}: {how}")
+    return EXIT_OK
+
+
+def cmd_cases_precision(args: argparse.Namespace) -> int:
+    import time
+
+    from gateway.review import WINDOWS_DAYS, precision
+
+    deployment = _load(args.config)
+    outbox = _outbox(args, deployment) if deployment is not None else None
+    if outbox is None:
+        return EXIT_CONFIG
+    now = time.time()
+    with outbox:
+        counts = {days: outbox.review_counts(now - days * 86400) for days in WINDOWS_DAYS}
+    review = deployment.config.cases.review.rules
+    table = precision(counts, [r for r, mode in review.items() if mode == "review"])
+    if args.json:
+        print(json.dumps({rule: {str(d): p.to_json() for d, p in per.items()} for rule, per in table.items()},
+                         ensure_ascii=False, indent=1))
+        return EXIT_OK
+    print(f"{'rule':<28}" + "".join(f"{f'{d} d confirmed/reviewed':>26}{'precision':>11}" for d in WINDOWS_DAYS))
+    for rule, per in table.items():
+        cells = "".join(f"{f'{p.confirmed}/{p.reviewed}':>26}"
+                        f"{'-' if p.precision is None else f'{p.precision:.0%}':>11}" for p in per.values())
+        print(f"{rule:<28}{cells}")
+    return EXIT_OK
+
+
+def cmd_cases_export_dataset(args: argparse.Namespace) -> int:
+    from gateway.dataset import export_dataset
+
+    deployment = _load(args.config)
+    outbox = _outbox(args, deployment) if deployment is not None else None
+    if outbox is None:
+        return EXIT_CONFIG
+    since = args.since
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=deployment.config.tz)
+    with outbox:
+        records = outbox.reviewed(since, source="video")
+    try:
+        report = export_dataset(records, deployment.config.evidence_path, args.dir)
+    except OSError as exc:
+        print(f"{args.dir}: cannot write the data set: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    done = ", ".join(f"{n} {split}" for split, n in sorted(report.exported.items())) or "no case"
+    print(f"{args.dir}: {done}; {len(report.classes)} classes ({', '.join(report.classes)})")
+    for reason, n in sorted(report.skipped.items()):
+        print(f"  skipped {n}: {reason}")
     return EXIT_OK
 
 

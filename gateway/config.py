@@ -42,6 +42,20 @@ class ConfigError(Exception):
 
 # -- sections the runtime owns ---------------------------------------------------------------------
 
+DispatchMode = Literal["auto", "review"]
+
+
+class ReviewConfig(StrictModel):
+    """Review before dispatch: which rules' cases wait for an operator before the central platform
+    hears of them. A held case is committed like any other (never lost) but sent only once an
+    operator confirms it in the console or with `citygate cases confirm`; a rejected one never is."""
+
+    default: DispatchMode = Field("auto", description="Mode of every rule not named in rules: auto (sent at "
+                                  "once) or review (held until an operator confirms or rejects it).")
+    rules: dict[str, DispatchMode] = Field(default_factory=dict, description="Mode per rule name (the alert's "
+                                           "rule, e.g. a camera rule's name), overriding default.")
+
+
 class CasesConfig(StrictModel):
     catalog_files: list[str] = Field(default_factory=list, description="A city's own catalog YAML files, "
                                      "extending or overriding the shipped GB/T 30428 catalog.")
@@ -51,6 +65,8 @@ class CasesConfig(StrictModel):
                               "counts as a recurrence of it, not as a new case.")
     max_outbox: int = Field(100_000, ge=10, description="Most undelivered cases kept; an alert is raised at 80 %.")
     evidence_dir: str = Field("evidence", description="Folder for evidence files, relative to data_dir.")
+    review: ReviewConfig = Field(default_factory=ReviewConfig, description="Review before dispatch, per rule: "
+                                 "auto or review.")
 
 
 class EvidenceRetentionConfig(StrictModel):

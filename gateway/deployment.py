@@ -19,6 +19,7 @@ from gateway.geo import GridError, GridIndex
 from gateway.patrol.build import patrol_share
 from gateway.patrol.inventory import InventoryError, PatrolCamera
 from gateway.profiles import DeviceProfile, ProfileError, load_profiles
+from gateway.review import review_problems
 from gateway.sources.ingest_config import check_ingest
 
 
@@ -45,6 +46,7 @@ def load_deployment(path: str | Path) -> Deployment:
     if catalog is not None:
         problems += _category_problems(config, catalog)
     problems += _file_problems(config)
+    problems += review_problems(config)
     if problems:
         raise ConfigError(str(path), problems)
     assert catalog is not None and grid is not None

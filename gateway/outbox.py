@@ -10,9 +10,19 @@ Statuses:
 - ``delivered`` acknowledged by the central platform;
 - ``dead``      permanently rejected (4xx other than 408/429); see ``dead_letters``;
 - ``stored``    kept locally only, because the deployment has no central platform
-                (``Outbox(..., deliver=False)``); `retry()` turns one into ``pending``.
+                (``Outbox(..., deliver=False)``); `retry()` turns one into ``pending``;
+- ``held``      waiting for an operator's review (its rule is in review mode, `cases.review`): never
+                handed to the delivery worker; `confirm()` turns it into ``pending`` (or ``stored``);
+- ``rejected``  an operator rejected it before the central platform heard of it: never sent.
 
-Bounds: enqueue raises `OutboxFull` when ``max_cases`` cases are pending (`has_room()` asks first,
+Review before dispatch: `confirm()` and `reject()` record the operator's decision (``review``,
+``reviewed_by``, ``reviewed_at``, ``review_reason``) on the case row. A held case's events wait
+behind it like any event behind an undelivered case; rejecting it rejects them too and sets its
+state to withdrawn (later alerts are only counted). Rejecting a case the platform may already have
+(pending or delivered) commits a ``withdrawn`` event instead. `review_counts()` feeds each rule's
+precision (confirmed / reviewed).
+
+Bounds: enqueue raises `OutboxFull` when ``max_cases`` cases are pending or held (`has_room()` asks first,
 so the case desk refuses a case before it writes evidence; the caller alerts);
 `is_near_full()` says when 80 % is reached. Delivered and stored cases are kept for the status
 page and pruned beyond the newest ``keep_done`` (with their events); pending and dead cases and
@@ -53,7 +63,9 @@ from typing import Any
 
 from core.model import Case, require_aware
 
-STATUSES: tuple[str, ...] = ("pending", "delivered", "dead", "stored")
+STATUSES: tuple[str, ...] = ("pending", "delivered", "dead", "stored", "held", "rejected")
+REVIEWS: tuple[str, ...] = ("confirmed", "rejected")
+MAX_REASON = 500  # characters of an operator's reason kept
 CASE_STATES: tuple[str, ...] = ("open", "cleared", "withdrawn")
 EVENT_KINDS: tuple[str, ...] = ("opened", "updated", "cleared", "withdrawn")
 MAX_DEAD_BODY = 64 * 1024  # bytes of a rejection's response body kept in the dead-letter table
@@ -114,7 +126,7 @@ CREATE TABLE IF NOT EXISTS outbox_counts (
 # Columns added since the first schema: a store written by an older gateway is upgraded in place.
 _ADDED_COLUMNS = {
     "cases": {"state": "TEXT NOT NULL DEFAULT 'open'", "severity": "TEXT", "last_seq": "INTEGER NOT NULL DEFAULT 1",
-              "reply": "TEXT"},
+              "reply": "TEXT", "review": "TEXT", "reviewed_at": "REAL", "reviewed_by": "TEXT", "review_reason": "TEXT"},
     "dead_letters": {"event_id": "TEXT"},
 }
 
@@ -132,7 +144,11 @@ BEGIN {drop} {bump} END;
 
 
 class OutboxFull(Exception):
-    """Raised by `Outbox.enqueue` when ``max_cases`` cases are already pending."""
+    """Raised by `Outbox.enqueue` when ``max_cases`` cases are already pending or held."""
+
+
+class ReviewError(Exception):
+    """A confirm or reject that the case's review state does not allow; the message says why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +210,7 @@ class CaseRecord:
     state: str = "open"  # open | cleared | withdrawn
     severity: str | None = None  # now (an escalation raises it above the case JSON's)
     reply: str | None = None
+    review: dict[str, Any] | None = None  # {decision, by, at, reason} once an operator reviewed it
 
     def to_case(self) -> Case:
         return Case.from_json(self.case)
@@ -208,7 +225,8 @@ class CaseRecord:
                 "last_error": self.last_error, "created_at": iso(self.created_at),
                 "updated_at": iso(self.updated_at), "next_attempt_at": iso(self.next_attempt_at),
                 "delivered_at": iso(self.delivered_at), "last_recurrence_at": iso(self.last_recurrence_at),
-                "state": self.state, "current_severity": self.severity or self.case.get("severity")}
+                "state": self.state, "current_severity": self.severity or self.case.get("severity"),
+                "review": self.review}
 
 
 def _dt(epoch: float | None) -> datetime | None:
@@ -263,23 +281,27 @@ class Outbox:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def enqueue(self, case: Case, now: datetime | float | None = None) -> bool:
-        """Commit `case` durably; False if its case_id is already present (idempotent)."""
-        return self.enqueue_many([case], now)[0]
+    def enqueue(self, case: Case, now: datetime | float | None = None, *, held: bool = False) -> bool:
+        """Commit `case` durably (``held``: waiting for an operator's review); False if its case_id
+        is already present (idempotent)."""
+        return self.enqueue_many([case], now, held=held)[0]
 
-    def enqueue_many(self, cases: Iterable[Case], now: datetime | float | None = None) -> list[bool]:
+    def enqueue_many(self, cases: Iterable[Case], now: datetime | float | None = None, *,
+                     held: bool = False) -> list[bool]:
         """Commit several cases in one transaction (one fsync); one bool per case as in `enqueue`."""
         cases = list(cases)
         t = _epoch(now)
-        rows = [(c.case_id, t, json.dumps(c.to_json(), ensure_ascii=False), self._initial, t, t, c.severity)
+        status = "held" if held else self._initial
+        rows = [(c.case_id, t, json.dumps(c.to_json(), ensure_ascii=False), status, t, t, c.severity)
                 for c in cases]
         with self._lock:
             added = []
             with self._tx():
                 if self.deliver:
-                    pending = self._count(self._db, "cases", "pending")
+                    pending = self._count(self._db, "cases", "pending") + self._count(self._db, "cases", "held")
                     if pending + len(rows) > self.max_cases:
-                        raise OutboxFull(f"outbox {self.path} is full: {pending} of {self.max_cases} cases pending")
+                        raise OutboxFull(f"outbox {self.path} is full: {pending} of {self.max_cases} cases"
+                                         " pending or held")
                 for row in rows:
                     cur = self._db.execute(
                         "INSERT OR IGNORE INTO cases (case_id, created_at, json, status, next_attempt_at,"
@@ -298,43 +320,109 @@ class Outbox:
             raise ValueError(f"unknown case event kind {kind!r}; expected one of {', '.join(EVENT_KINDS[1:])}")
         if state is not None and state not in CASE_STATES:
             raise ValueError(f"unknown case state {state!r}; expected one of {', '.join(CASE_STATES)}")
+        with self._lock, self._tx():
+            return self._add_event(case_id, kind, at, body, state=state, severity=severity,
+                                   recurrence_facts=recurrence_facts, recurrence=recurrence)
+
+    def _add_event(self, case_id: str, kind: str, at: datetime, body: dict[str, Any], *,
+                   state: str | None = None, severity: str | None = None,
+                   recurrence_facts: dict[str, Any] | None = None, recurrence: bool = False) -> CaseEvent | None:
+        """`add_event` inside the caller's lock and transaction."""
         t_at = _epoch(at)
         now = time.time()
-        with self._lock, self._tx():
-            row = self._db.execute("SELECT last_seq, status FROM cases WHERE case_id = ?", (case_id,)).fetchone()
-            if row is None:
-                return None
-            seq = row[0] + 1
-            ready = self._delivered(case_id, seq - 1, row[1])
-            eid = event_id(case_id, seq)
-            payload = {"event_id": eid, "case_id": case_id, "seq": seq, "kind": kind,
-                       "at": at.isoformat(), **body}
-            if state is not None:
-                payload.setdefault("state", state)
-            js = json.dumps(payload, ensure_ascii=False)
-            self._db.execute(
-                "INSERT INTO events (event_id, case_id, seq, kind, created_at, json, status, next_attempt_at,"
-                " updated_at, ready) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (eid, case_id, seq, kind, now, js, self._initial, now, now, int(ready)))
-            facts_json = None if recurrence_facts is None else json.dumps(recurrence_facts, ensure_ascii=False)
-            self._db.execute(
-                "UPDATE cases SET last_seq = ?, state = COALESCE(?, state), severity = COALESCE(?, severity),"
-                " recurrences = recurrences + ?, last_recurrence_at = CASE WHEN ? THEN ? ELSE last_recurrence_at END,"
-                " recurrence_facts = CASE WHEN ? THEN COALESCE(?, recurrence_facts) ELSE recurrence_facts END,"
-                " updated_at = ? WHERE case_id = ?",
-                (seq, state, severity, int(recurrence), recurrence, t_at, recurrence, facts_json, now, case_id))
-        return CaseEvent(eid, case_id, seq, kind, self._initial, _dt(now), 0, None, None, None, payload)
+        row = self._db.execute("SELECT last_seq, status FROM cases WHERE case_id = ?", (case_id,)).fetchone()
+        if row is None:
+            return None
+        status = "rejected" if row[1] == "rejected" else self._initial  # a rejected case sends nothing
+        seq = row[0] + 1
+        ready = self._delivered(case_id, seq - 1, row[1])
+        eid = event_id(case_id, seq)
+        payload = {"event_id": eid, "case_id": case_id, "seq": seq, "kind": kind,
+                   "at": at.isoformat(), **body}
+        if state is not None:
+            payload.setdefault("state", state)
+        js = json.dumps(payload, ensure_ascii=False)
+        self._db.execute(
+            "INSERT INTO events (event_id, case_id, seq, kind, created_at, json, status, next_attempt_at,"
+            " updated_at, ready) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (eid, case_id, seq, kind, now, js, status, now, now, int(ready)))
+        facts_json = None if recurrence_facts is None else json.dumps(recurrence_facts, ensure_ascii=False)
+        self._db.execute(
+            "UPDATE cases SET last_seq = ?, state = COALESCE(?, state), severity = COALESCE(?, severity),"
+            " recurrences = recurrences + ?, last_recurrence_at = CASE WHEN ? THEN ? ELSE last_recurrence_at END,"
+            " recurrence_facts = CASE WHEN ? THEN COALESCE(?, recurrence_facts) ELSE recurrence_facts END,"
+            " updated_at = ? WHERE case_id = ?",
+            (seq, state, severity, int(recurrence), recurrence, t_at, recurrence, facts_json, now, case_id))
+        return CaseEvent(eid, case_id, seq, kind, status, _dt(now), 0, None, None, None, payload)
 
     def withdraw(self, case_id: str, reason: str, by: str, at: datetime | None = None) -> CaseEvent | None:
         """An operator rejected the case: commit a ``withdrawn`` event; None if the case is unknown or
-        already withdrawn. Callable from any process that opens the store (the CLI, the console)."""
+        already withdrawn, or if it was held for review (it becomes ``rejected``: never sent). Callable from any process that opens the store (the CLI, the console)."""
         if not reason.strip():
             raise ValueError("a withdrawal needs a reason")
-        state = self.case_state(case_id)
-        if state is None or state[0] == "withdrawn":
+        with self._lock, self._tx():
+            row = self._db.execute("SELECT status, state FROM cases WHERE case_id = ?", (case_id,)).fetchone()
+            if row is None or row[1] == "withdrawn":
+                return None
+            return self._withdraw(case_id, row[0], reason, by, at or datetime.now(UTC))
+
+    def _withdraw(self, case_id: str, status: str, reason: str, by: str, at: datetime) -> CaseEvent | None:
+        """In the caller's transaction: a held case (the platform never heard of it) is rejected here
+        and its events with it; any other gets a withdrawn event (pending: perhaps in flight)."""
+        if status == "held":
+            t = time.time()
+            self._db.execute("UPDATE cases SET status = 'rejected', state = 'withdrawn', updated_at = ?"
+                             " WHERE case_id = ?", (t, case_id))
+            self._db.execute("UPDATE events SET status = 'rejected', updated_at = ? WHERE case_id = ?"
+                             " AND status != 'delivered'", (t, case_id))
             return None
-        return self.add_event(case_id, "withdrawn", at or datetime.now(UTC),
-                              {"reason": reason, "by": by}, state="withdrawn")
+        return self._add_event(case_id, "withdrawn", at, {"reason": reason, "by": by}, state="withdrawn")
+
+    def confirm(self, case_id: str, by: str, reason: str = "", at: datetime | None = None) -> str | None:
+        """An operator confirmed the case: a held one becomes due now (``pending``, or ``stored``
+        without a central platform), any other is only marked confirmed (its rule's precision).
+        Returns the case's status, None if unknown; ReviewError if it was already reviewed."""
+        t = _epoch(at)
+        with self._lock, self._tx():
+            row = self._db.execute("SELECT status, review, reviewed_by FROM cases WHERE case_id = ?",
+                                   (case_id,)).fetchone()
+            if row is None:
+                return None
+            status, review, reviewed_by = row
+            if review is not None:
+                raise ReviewError(f"case {case_id} was already {review} by {reviewed_by}")
+            if status == "held":
+                status = self._initial
+                self._db.execute("UPDATE cases SET status = ?, next_attempt_at = ? WHERE case_id = ?",
+                                 (status, t, case_id))
+            self._record_review(case_id, "confirmed", by, reason, t)
+            return status
+
+    def reject(self, case_id: str, reason: str, by: str, at: datetime | None = None) -> tuple[str, CaseEvent | None] | None:
+        """An operator rejected the case (not a real problem): a held one becomes ``rejected`` and is
+        never sent; any other (delivered, or pending: perhaps in flight) is withdrawn through a
+        ``withdrawn`` event. Returns (status, that event or None), None if the
+        case is unknown; ReviewError if it was already rejected; ValueError without a reason."""
+        if not reason.strip():
+            raise ValueError("a rejection needs a reason")
+        when = at or datetime.now(UTC)
+        with self._lock, self._tx():
+            row = self._db.execute("SELECT status, state, review, reviewed_by FROM cases WHERE case_id = ?",
+                                   (case_id,)).fetchone()
+            if row is None:
+                return None
+            status, state, review, reviewed_by = row
+            if review == "rejected":
+                raise ReviewError(f"case {case_id} was already rejected by {reviewed_by}")
+            event = None if state == "withdrawn" else self._withdraw(case_id, status, reason, by, when)
+            self._record_review(case_id, "rejected", by, reason, when.timestamp())
+            new = self._db.execute("SELECT status FROM cases WHERE case_id = ?", (case_id,)).fetchone()[0]
+            return new, event
+
+    def _record_review(self, case_id: str, decision: str, by: str, reason: str, t: float) -> None:
+        self._db.execute("UPDATE cases SET review = ?, reviewed_by = ?, reviewed_at = ?, review_reason = ?,"
+                         " updated_at = ? WHERE case_id = ?",
+                         (decision, by[:200], t, reason.strip()[:MAX_REASON] or None, time.time(), case_id))
 
     def mark_delivered(self, case_id: str, now: datetime | float | None = None) -> None:
         self.mark_delivered_many([case_id], now)
@@ -400,12 +488,13 @@ class Outbox:
 
     def retry(self, case_id: str) -> bool:
         """Make a dead, stored or pending case (and its dead or stored events), or one event by its
-        id, due now; False if unknown or nothing is left to deliver."""
+        id, due now; False if unknown or nothing is left to deliver. A held case waits for `confirm`
+        and a rejected one is never sent: retry leaves both alone."""
         t = time.time()
         table, col = self._table_of(case_id)
         with self._lock, self._tx():
             row = self._db.execute(f"SELECT status FROM {table} WHERE {col} = ?", (case_id,)).fetchone()
-            if row is None:
+            if row is None or row[0] in ("held", "rejected"):
                 return False
             changed = 0
             if row[0] != "delivered":
@@ -415,14 +504,14 @@ class Outbox:
             if table == "cases":  # the case's undelivered events follow it
                 changed += self._db.execute(
                     "UPDATE events SET status = 'pending', next_attempt_at = ?, updated_at = ?"
-                    " WHERE case_id = ? AND status != 'delivered'", (t, t, case_id)).rowcount
+                    " WHERE case_id = ? AND status NOT IN ('delivered', 'rejected')", (t, t, case_id)).rowcount
             return changed > 0
 
     # -- reading ---------------------------------------------------------------------------
 
     def has_room(self, n: int = 1) -> bool:
         """Whether `n` more cases fit (always, for a store without delivery); a cheap read."""
-        return not self.deliver or self._read_count("cases", "pending") + n <= self.max_cases
+        return not self.deliver or self._undelivered() + n <= self.max_cases
 
     def due(self, now: datetime | float | None = None, limit: int = 50) -> list[OutboxItem]:
         """Pending cases whose next attempt is due, oldest due first."""
@@ -505,6 +594,31 @@ class Outbox:
             ).fetchall()
         return [DeadLetter(_dt(at), code, body) for at, code, body in rows]
 
+    def review_counts(self, since: datetime | float) -> dict[str, tuple[int, int]]:
+        """(confirmed, rejected) per rule of the cases reviewed at or after `since` (the rule
+        precision's numbers); through the reviewed_at index, on the read connection."""
+        with self._read_lock:
+            rows = self._reader.execute(
+                "SELECT json_extract(json, '$.rule'), SUM(review = 'confirmed'), SUM(review = 'rejected')"
+                " FROM cases WHERE reviewed_at IS NOT NULL AND reviewed_at >= ? GROUP BY 1",
+                (_epoch(since),)).fetchall()
+        return {str(rule): (int(c), int(r)) for rule, c, r in rows}
+
+    def reviewed(self, since: datetime | float | None = None, *, source: str | None = None,
+                 limit: int = 100_000) -> list[CaseRecord]:
+        """Cases an operator confirmed or rejected (at or after `since`), oldest review first."""
+        terms, args = ["c.reviewed_at IS NOT NULL"], []
+        if since is not None:
+            terms.append("c.reviewed_at >= ?")
+            args.append(_epoch(since))
+        if source is not None:
+            terms.append("json_extract(c.json, '$.source') = ?")
+            args.append(source)
+        with self._lock:
+            rows = self._db.execute(_SELECT + " WHERE " + " AND ".join(terms) + " ORDER BY c.reviewed_at LIMIT ?",
+                                    (*args, limit)).fetchall()
+        return [_record(r) for r in rows]
+
     def counts(self) -> dict[str, int]:
         """Number of cases per status (every status present, zero if none); reads the counters
         table, never the cases, and never waits for a commit."""
@@ -515,8 +629,8 @@ class Outbox:
         return self._counts("events")
 
     def fill_ratio(self) -> float:
-        """Pending cases as a fraction of ``max_cases``."""
-        return self._read_count("cases", "pending") / self.max_cases
+        """Pending and held cases as a fraction of ``max_cases``."""
+        return self._undelivered() / self.max_cases
 
     def is_near_full(self, threshold: float = 0.8) -> bool:
         return self.fill_ratio() >= threshold
@@ -557,6 +671,9 @@ class Outbox:
         out.update(dict(rows))
         return out
 
+    def _undelivered(self) -> int:
+        return self._read_count("cases", "pending") + self._read_count("cases", "held")
+
     def _read_count(self, table: str, status: str) -> int:
         with self._read_lock:
             return self._count(self._reader, table, status)
@@ -591,6 +708,8 @@ class Outbox:
                 for statement in _count_triggers(table).split("END;"):
                     if statement.strip():
                         self._db.execute(statement + "END;")
+            self._db.execute("CREATE INDEX IF NOT EXISTS cases_reviewed ON cases (reviewed_at)"
+                             " WHERE reviewed_at IS NOT NULL")
 
     def _tx(self) -> _Transaction:
         return _Transaction(self._db)
@@ -599,7 +718,7 @@ class Outbox:
         """Called with the lock held."""
         self._done_since_prune = 0
         with self._tx():
-            for status in ("delivered", "stored"):
+            for status in ("delivered", "stored", "rejected"):
                 self._db.execute(
                     "DELETE FROM cases WHERE status = ? AND case_id NOT IN (SELECT case_id"
                     " FROM cases WHERE status = ? ORDER BY COALESCE(delivered_at, created_at) DESC LIMIT ?)"
@@ -614,6 +733,7 @@ class Outbox:
 _SELECT = (
     "SELECT c.case_id, c.status, c.created_at, c.updated_at, c.attempts, c.next_attempt_at, c.last_error,"
     " c.delivered_at, c.recurrences, c.last_recurrence_at, c.json, c.state, c.severity, c.reply,"
+    " c.review, c.reviewed_by, c.reviewed_at, c.review_reason,"
     " (SELECT d.at FROM dead_letters d WHERE d.case_id = c.case_id AND d.event_id IS NULL"
     " ORDER BY d.at DESC, d.id DESC LIMIT 1),"
     " (SELECT d.status_code FROM dead_letters d WHERE d.case_id = c.case_id AND d.event_id IS NULL"
@@ -626,7 +746,7 @@ _SELECT = (
 
 def _record(row: tuple) -> CaseRecord:
     (cid, status, created, updated, attempts, next_at, err, delivered, rec, rec_at, js, state, severity, reply,
-     d_at, d_code, d_body) = row
+     review, reviewed_by, reviewed_at, review_reason, d_at, d_code, d_body) = row
     return CaseRecord(
         case_id=cid,
         status=status,
@@ -643,6 +763,8 @@ def _record(row: tuple) -> CaseRecord:
         state=state,
         severity=severity,
         reply=reply,
+        review=None if review is None else {"decision": review, "by": reviewed_by,
+                                            "at": _dt(reviewed_at).isoformat(), "reason": review_reason},
     )
 
 

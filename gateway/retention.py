@@ -38,7 +38,7 @@ from gateway.storage import DiskUsage, disk_usage
 
 log = logging.getLogger(__name__)
 
-DELETABLE = ("delivered", "stored")
+DELETABLE = ("delivered", "stored", "rejected")
 UNKNOWN_GRACE_S = 86400.0  # a folder no outbox row names is left alone for a day
 _CHUNK = 500  # case ids per status query (below SQLite's bound-parameter limit)
 

@@ -21,6 +21,7 @@ from gateway.component import STAGES, Component
 from gateway.deployment import Deployment
 from gateway.outbox import Outbox
 from gateway.retention import RetentionJanitor
+from gateway.review import ReviewPolicy
 from gateway.routing import OutboxAlarm, Router
 from gateway.rule_state import RuleStateStore
 from gateway.sinks.timeseries import TimeSeriesSink
@@ -72,7 +73,8 @@ def build_graph(deployment: Deployment) -> Graph:
     outbox = Outbox(data / "cases.sqlite3", max_cases=config.cases.max_outbox, deliver=bool(config.central.url))
     desk = CaseDesk(catalog=deployment.catalog, grid=deployment.grid, outbox=outbox,
                     evidence_dir=config.evidence_path, state_path=data / "case_state.sqlite3",
-                    gateway_id=config.id, timezone=config.tz, cooldown_s=config.cases.cooldown_s)
+                    gateway_id=config.id, timezone=config.tz, cooldown_s=config.cases.cooldown_s,
+                    review=ReviewPolicy.from_config(config.cases.review))
     bus = AlertBus(desk)
     timeseries = TimeSeriesSink(config.timeseries, data)
 
@@ -127,7 +129,8 @@ def build_graph(deployment: Deployment) -> Graph:
         graph.add("web", ConsoleServer(outbox, lambda: graph.snapshot(), evidence_root=config.evidence_path,
                                        host=web.host, port=web.port, web_config=web, timezone=config.tz,
                                        users_file=config.path(web.users_file) if web.users_file else None,
-                                       gateway_config=config))
+                                       gateway_config=config,
+                                       notify_central=central.notify if central else None))
     return graph
 
 

@@ -150,12 +150,12 @@ def test_counters_follow_every_change_without_scanning(tmp_path):
         assert not ob.has_room() and ob.fill_ratio() == 1.0
         ob.mark_delivered("c-0")
         ob.mark_dead("c-1", 422, "no")
-        assert ob.counts() == {"pending": 1, "delivered": 1, "dead": 1, "stored": 0}
+        assert ob.counts() == {"pending": 1, "delivered": 1, "dead": 1, "stored": 0, "held": 0, "rejected": 0}
         assert ob.has_room(2) and not ob.has_room(3)
     with Outbox(path, max_cases=3) as other:  # another process (the CLI) retries a case
         assert other.retry("c-1")
     with Outbox(path, max_cases=3) as ob:
-        assert ob.counts() == {"pending": 2, "delivered": 1, "dead": 0, "stored": 0}
+        assert ob.counts() == {"pending": 2, "delivered": 1, "dead": 0, "stored": 0, "held": 0, "rejected": 0}
 
 
 def test_an_old_store_is_upgraded_in_place(tmp_path):

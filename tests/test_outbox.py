@@ -22,7 +22,7 @@ def outbox(tmp_path):
 def test_enqueue_is_idempotent(outbox):
     assert outbox.enqueue(make_case("c-1")) is True
     assert outbox.enqueue(make_case("c-1")) is False
-    assert outbox.counts() == {"pending": 1, "delivered": 0, "dead": 0, "stored": 0}
+    assert outbox.counts() == {"pending": 1, "delivered": 0, "dead": 0, "stored": 0, "held": 0, "rejected": 0}
     assert [i.case_id for i in outbox.due()] == ["c-1"]
 
 

@@ -61,4 +61,4 @@ def test_no_case_is_lost_when_the_worker_is_killed(tmp_path):
     assert not missing, f"seed {seed}: {len(missing)} cases lost, e.g. {sorted(missing)[:5]}"
     assert kills >= 3, f"seed {seed}: only {kills} kills hit a running worker"
     with Outbox(db) as ob:
-        assert ob.counts() == {"pending": 0, "delivered": N, "dead": 0, "stored": 0}
+        assert ob.counts() == {"pending": 0, "delivered": N, "dead": 0, "stored": 0, "held": 0, "rejected": 0}

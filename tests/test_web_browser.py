@@ -1,7 +1,9 @@
 """A real browser (Debian's headless Chromium, driven through chromium-driver) uses the console of a
 gateway that has processed replayed vehicle tracks and sensor series plus a video case filed by
 the case desk from real frames: log in, see the cases with their thumbnails, open a case whose
-snapshot and clip frames load, open a vehicle case with its map, send a stored case again.
+snapshot and clip frames load, send it again while the platform is down, open a vehicle case held
+for review with its map and confirm it (it then reaches the local receiver), reject another held
+case (never sent).
 
 Screenshots go to $CITYGATE_TEST_ARTIFACTS (default: test-artifacts/ in the checkout)."""
 
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import cv2
 import pytest
+from central_receiver import CentralReceiver
 
 from core.model import Alert, Detection, Evidence
 from detectors.video.evidence import ClipBuffer, crop, render_snapshot
@@ -32,11 +35,14 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 
-def config_file(tmp_path: Path) -> Path:
+def config_file(tmp_path: Path, central_url: str) -> Path:
     path = tmp_path / "site.yaml"
     path.write_text(textwrap.dedent(f"""
         site: browser
         data_dir: data
+        central: {{url: '{central_url}', poll_s: 0.2, backoff_initial_s: 0.2, backoff_max_s: 1}}
+        cases:
+          review: {{rules: {{overspeed: review, unregistered_vehicle: review}}}}
         web:
           host: 127.0.0.1
           port: 0
@@ -88,7 +94,7 @@ def parking_alert() -> Alert:
                  message="car parked 312 s in kerb", facts={"dwell_s": 312, "object": "car"}, evidence=evidence)
 
 
-def browse(base: str, case_id: str) -> dict:
+def browse(base: str, case_id: str, platform_up) -> dict:
     """The browser session (blocking: runs in a thread while the gateway serves)."""
     from selenium import webdriver
     from selenium.webdriver.common.by import By
@@ -133,19 +139,39 @@ def browse(base: str, case_id: str) -> dict:
         seen["case_text"] = driver.find_element(By.TAG_NAME, "main").text
         driver.execute_script("window.scrollTo(0, 0)")
         driver.save_screenshot(str(ARTIFACTS / "03-video-case.png"))
-
-        driver.get(base + "/cases?source=vehicle&q=map.png")  # text search: cases with a map
-        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "table.cases")))
-        driver.find_element(By.CSS_SELECTOR, "table.cases tr.case a[href^='/cases/']").click()
-        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "img.evidence")))
-        seen["map"] = loaded("img.evidence")
-        driver.save_screenshot(str(ARTIFACTS / "04-vehicle-case.png"))
-        # an operator sends a stored case to the platform: the form asks first, carries its CSRF token
+        # the platform is down: an operator sends the case again; the form asks first, carries its CSRF token
         driver.find_element(By.CSS_SELECTOR, "form[action$='/retry'] button").click()
         wait.until(ec.alert_is_present()).accept()
         wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, ".notice")))
         seen["retried_url"] = driver.current_url
         driver.save_screenshot(str(ARTIFACTS / "05-retried.png"))
+        platform_up()
+
+        driver.get(base + "/cases?status=held&source=vehicle&q=map.png")  # held for review, with a map
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "table.cases")))
+        driver.find_element(By.CSS_SELECTOR, "table.cases tr.case a[href^='/cases/']").click()
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "img.evidence")))
+        seen["map"] = loaded("img.evidence")
+        seen["held_text"] = driver.find_element(By.TAG_NAME, "main").text
+        driver.save_screenshot(str(ARTIFACTS / "04-vehicle-case.png"))
+        seen["confirmed"] = driver.current_url.rsplit("/", 1)[1]
+        driver.find_element(By.CSS_SELECTOR, "form[action$='/confirm'] button").click()
+        wait.until(ec.url_contains("?reviewed=confirmed"))
+        seen["confirmed_text"] = driver.find_element(By.TAG_NAME, "main").text
+        driver.save_screenshot(str(ARTIFACTS / "09-confirmed.png"))
+        # the other held case is rejected from the To review list, with a reason
+        driver.get(base + "/review")
+        seen["review_text"] = driver.find_element(By.TAG_NAME, "main").text
+        driver.save_screenshot(str(ARTIFACTS / "11-review.png"))
+        driver.find_element(By.CSS_SELECTOR, "#held table.cases tr.case a[href^='/cases/']").click()
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "form[action$='/reject']")))
+        seen["rejected"] = driver.current_url.rsplit("/", 1)[1]
+        driver.find_element(By.CSS_SELECTOR, "form[action$='/reject'] input[name=reason]").send_keys("误报：环卫车")
+        driver.find_element(By.CSS_SELECTOR, "form[action$='/reject'] button").click()
+        wait.until(ec.alert_is_present()).accept()
+        wait.until(ec.url_contains("?reviewed=rejected"))
+        seen["rejected_text"] = driver.find_element(By.TAG_NAME, "main").text
+        driver.save_screenshot(str(ARTIFACTS / "10-rejected.png"))
 
         driver.get(base + "/devices")
         seen["devices_text"] = driver.find_element(By.TAG_NAME, "main").text
@@ -168,7 +194,9 @@ def browse(base: str, case_id: str) -> dict:
 @pytest.mark.slow
 async def test_an_operator_uses_the_console_in_a_real_browser(tmp_path):
     assert Path(CHROMIUM).exists() and Path(DRIVER).exists(), "install chromium and chromium-driver (scripts/test.sh)"
-    gateway = Gateway(load_deployment(config_file(tmp_path)))
+    rx = CentralReceiver().start()
+    rx.set_status(503)  # the platform is down until the browser has sent the video case again
+    gateway = Gateway(load_deployment(config_file(tmp_path, rx.url)))
     await gateway.start()
     try:
         gateway.bus.submit(parking_alert())
@@ -176,9 +204,21 @@ async def test_an_operator_uses_the_console_in_a_real_browser(tmp_path):
             while gateway.desk.stats["cases"] < 4:
                 await asyncio.sleep(0.05)
         [video] = [r for r in gateway.outbox.list(limit=100) if r.case["source"] == "video"]
-        seen = await asyncio.to_thread(browse, f"http://127.0.0.1:{gateway.component('web').port}", video.case_id)
+        seen = await asyncio.to_thread(browse, f"http://127.0.0.1:{gateway.component('web').port}", video.case_id,
+                                       lambda: rx.set_status(200))
+        async with asyncio.timeout(60):  # the confirmed case reaches the platform
+            while seen["confirmed"] not in rx.accepted_ids() or video.case_id not in rx.accepted_ids():
+                await asyncio.sleep(0.05)
+        rejected = gateway.outbox.get(seen["rejected"])
     finally:
         assert await gateway.shutdown()
+        rx.stop()
+
+    assert seen["rejected"] != seen["confirmed"] and seen["rejected"] not in rx.accepted_ids()
+    assert rejected.status == "rejected" and rejected.review["reason"] == "误报：环卫车"
+    assert "Held for review" in seen["held_text"] and "Confirmed." in seen["confirmed_text"]
+    assert "Rule precision" in seen["review_text"] and "100%" in seen["review_text"]  # 1 of 1 confirmed
+    assert "Rejected." in seen["rejected_text"] and "误报：环卫车" in seen["rejected_text"]
 
     assert seen["after_login_url"].endswith("/cases")
     assert seen["thumbs"] and all(w > 0 for w in seen["thumbs"])  # every thumbnail loaded
@@ -186,7 +226,7 @@ async def test_an_operator_uses_the_console_in_a_real_browser(tmp_path):
     assert seen["evidence_alts"][:2] == ["snapshot.jpg", "crop.jpg"]
     assert all(w > 0 for w in seen["evidence"]) and seen["evidence"][0] == 480  # the snapshot, full size
     assert seen["clip_frame"] == [480]
-    assert "dwell_s" in seen["case_text"] and "stored" in seen["case_text"]
+    assert "dwell_s" in seen["case_text"] and "pending" in seen["case_text"]
     assert seen["map"] and all(w > 0 for w in seen["map"])
     assert seen["retried_url"].endswith("?retried=1")
     assert "Device health" in seen["devices_text"] and "positions" in seen["devices_text"]
@@ -197,5 +237,6 @@ async def test_an_operator_uses_the_console_in_a_real_browser(tmp_path):
         assert layer in seen["map_legend"]
     assert seen["map_shapes"] > 10 and {"核心区渣土车禁行区", "东部车场"} <= set(seen["map_labels"])
     assert seen["log"] == []  # no script errors, nothing refused by the Content-Security-Policy
-    for name in ("01-login", "02-cases", "03-video-case", "04-vehicle-case", "05-retried", "06-devices", "08-map"):
+    for name in ("01-login", "02-cases", "03-video-case", "04-vehicle-case", "05-retried", "06-devices", "08-map",
+                 "09-confirmed", "10-rejected", "11-review"):
         assert (ARTIFACTS / f"{name}.png").stat().st_size > 5000

@@ -1,7 +1,8 @@
 """The JSON API (`/api/...`) and its OpenAPI document (`/api/openapi.json`).
 
 Every route needs a session cookie or `Authorization: Bearer <token>` (web.tokens); a change
-(retry) needs the operator role, and from a browser session also the `X-CSRF-Token` header.
+(retry, confirm, reject) needs the operator role, and from a browser session also the
+`X-CSRF-Token` header.
 Store reads run in a thread: they are SQLite calls.
 """
 
@@ -15,6 +16,8 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.outbox import ReviewError
+from gateway.review import WINDOWS_DAYS, precision
 from gateway.web import maps
 from gateway.web.access import principal, requires
 from gateway.web.queries import CaseQuery, QueryError
@@ -80,6 +83,78 @@ async def retry(request: web.Request) -> web.Response:
     return _json({"case_id": case_id, "status": "pending"})
 
 
+MAX_REASON_FORM = 2000  # characters of a reason read from a request; the store keeps 500
+
+
+async def reason_of(request: web.Request) -> str:
+    """The `reason` of a JSON body or a form (pages and API alike); '' if none."""
+    if request.content_type == "application/json":
+        try:
+            body = await request.json()
+        except ValueError:
+            return ""
+        value = body.get("reason") if isinstance(body, dict) else None
+    else:
+        value = (await request.post()).get("reason")
+    return value.strip()[:MAX_REASON_FORM] if isinstance(value, str) else ""
+
+
+async def review_case(request: web.Request, case_id: str, decision: str, reason: str) -> tuple[int, dict]:
+    """Confirm or reject a case for the pages and the API: (HTTP status, JSON body). A confirmed
+    held case and a rejection's withdrawn event wake the delivery worker at once."""
+    console = request.app[CONSOLE]
+    who = principal(request).name
+    try:
+        if decision == "confirmed":
+            status = await asyncio.to_thread(console.outbox.confirm, case_id, who, reason)
+            event = None
+        else:
+            if not reason:
+                return 400, {"error": "a rejection needs a reason"}
+            done = await asyncio.to_thread(console.outbox.reject, case_id, reason, who)
+            status, event = done if done is not None else (None, None)
+    except ReviewError as exc:
+        return 409, {"error": str(exc)}
+    if status is None:
+        return 404, {"error": f"no case {case_id!r}"}
+    console.stats[f"reviews_{decision}"] += 1
+    log.info("console: %s %s case %s (%s)", who, decision, case_id, reason or "no reason given")
+    if console.notify_central is not None and (status == "pending" or event is not None):
+        console.notify_central()
+    body = {"case_id": case_id, "review": decision, "status": status}
+    if event is not None:
+        body["event_id"] = event.event_id
+    return 200, body
+
+
+@requires("operator")
+async def confirm(request: web.Request) -> web.Response:
+    code, body = await review_case(request, request.match_info["case_id"], "confirmed", await reason_of(request))
+    return _json(body, code)
+
+
+@requires("operator")
+async def reject(request: web.Request) -> web.Response:
+    code, body = await review_case(request, request.match_info["case_id"], "rejected", await reason_of(request))
+    return _json(body, code)
+
+
+def rule_precision(console, now: float) -> dict[str, dict[int, Any]]:
+    """Each rule's precision over 7 and 30 days (a thread: SQLite); rules in review mode are listed
+    even before their first review."""
+    counts = {days: console.outbox.review_counts(now - days * 86400) for days in WINDOWS_DAYS}
+    held_rules = ()
+    if console.config is not None:
+        held_rules = [r for r, mode in console.config.cases.review.rules.items() if mode == "review"]
+    return precision(counts, held_rules)
+
+
+async def review_precision(request: web.Request) -> web.Response:
+    table = await asyncio.to_thread(rule_precision, request.app[CONSOLE], time.time())
+    return _json({"windows_days": list(WINDOWS_DAYS),
+                  "rules": {rule: {str(d): p.to_json() for d, p in per.items()} for rule, per in table.items()}})
+
+
 async def devices(request: web.Request) -> web.Response:
     snap, error = request.app[CONSOLE].snapshot()
     if error is not None:
@@ -132,6 +207,9 @@ ROUTES = [
     ("GET", "/api/cases", cases),
     ("GET", "/api/cases/{case_id}", case),
     ("POST", "/api/cases/{case_id}/retry", retry),
+    ("POST", "/api/cases/{case_id}/confirm", confirm),
+    ("POST", "/api/cases/{case_id}/reject", reject),
+    ("GET", "/api/review/precision", review_precision),
     ("GET", "/api/devices", devices),
     ("GET", "/api/me", me),
     ("GET", "/api/users", users),
@@ -146,6 +224,18 @@ def _error(description: str) -> dict:
 
 _CASE_ID = {"name": "case_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _AUTH_ERRORS = {"401": _error("No or unknown credentials."), "403": _error("Role too low, or CSRF token missing.")}
+
+
+_CSRF = {"name": "X-CSRF-Token", "in": "header", "required": False, "schema": {"type": "string"},
+         "description": "Required with a session cookie."}
+_REASON_BODY = {"required": False, "content": {
+    "application/json": {"schema": {"type": "object", "properties": {"reason": {"type": "string"}}}},
+    "application/x-www-form-urlencoded": {"schema": {"type": "object", "properties": {"reason": {"type": "string"}}}}}}
+
+
+def _result(description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": {
+        "$ref": "#/components/schemas/ReviewResult"}}}}
 
 
 def _q(name: str, description: str, schema: dict | None = None) -> dict:
@@ -165,6 +255,19 @@ OPENAPI: dict[str, Any] = {
                             "session": {"type": "apiKey", "in": "cookie", "name": "citygate_session"}},
         "schemas": {
             "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+            "Review": {"type": "object", "description": "An operator's decision on the case.",
+                       "properties": {"decision": {"enum": ["confirmed", "rejected"]}, "by": {"type": "string"},
+                                      "at": {"type": "string", "format": "date-time"},
+                                      "reason": {"type": ["string", "null"]}}},
+            "ReviewResult": {"type": "object", "required": ["case_id", "review", "status"],
+                             "properties": {"case_id": {"type": "string"},
+                                            "review": {"enum": ["confirmed", "rejected"]},
+                                            "status": {"type": "string", "description": "The case's status now."},
+                                            "event_id": {"type": "string", "description": "The withdrawn event "
+                                                         "of a rejected case the platform already had."}}},
+            "Precision": {"type": "object", "properties": {
+                "confirmed": {"type": "integer"}, "rejected": {"type": "integer"}, "reviewed": {"type": "integer"},
+                "precision": {"type": ["number", "null"], "description": "confirmed / reviewed"}}},
             "Case": {"type": "object", "description": "The case JSON sent to the central platform, plus its "
                      "delivery state in the local store.",
                      "required": ["case_id", "status"],
@@ -172,7 +275,10 @@ OPENAPI: dict[str, Any] = {
                                     "rule": {"type": "string"}, "category": {"type": "object"},
                                     "location": {"type": "object"}, "subject": {"type": "object"},
                                     "facts": {"type": "object"}, "evidence": {"type": "array", "items": {"type": "object"}},
-                                    "status": {"enum": ["pending", "delivered", "dead", "stored"]},
+                                    "status": {"enum": ["pending", "delivered", "dead", "stored", "held",
+                                                        "rejected"]},
+                                    "state": {"enum": ["open", "cleared", "withdrawn"]},
+                                    "review": {"oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/Review"}]},
                                     "attempts": {"type": "integer"}, "recurrences": {"type": "integer"},
                                     "last_error": {"type": ["string", "null"]},
                                     "created_at": {"type": "string", "format": "date-time"},
@@ -185,7 +291,7 @@ OPENAPI: dict[str, Any] = {
                                     "schema": {"type": "object"}}}}, "500": _error("snapshot failed"), **_AUTH_ERRORS}}},
         "/api/cases": {"get": {
             "summary": "Cases, newest first, filtered.",
-            "parameters": [_q("status", "pending | delivered | dead | stored"), _q("source", "video | vehicle | sensor"),
+            "parameters": [_q("status", "pending | delivered | dead | stored | held | rejected"), _q("source", "video | vehicle | sensor"),
                            _q("category", "catalog key, code or name"), _q("rule", "rule name"),
                            _q("grid", "unit-grid code prefix"), _q("street", "part of the street name"),
                            _q("since", "filed at or after (ISO 8601; no zone = the site's)", {"type": "string", "format": "date-time"}),
@@ -209,6 +315,27 @@ OPENAPI: dict[str, Any] = {
                                       "schema": {"type": "string"}, "description": "Required with a session cookie."}],
             "responses": {"200": {"description": "Due for delivery", "content": {"application/json": {"schema": {
                 "type": "object"}}}}, "409": _error("unknown or already delivered"), **_AUTH_ERRORS}}},
+        "/api/cases/{case_id}/confirm": {"post": {
+            "summary": "Confirm a case: a held one is sent now; any other is marked confirmed. Role: operator.",
+            "parameters": [_CASE_ID, _CSRF],
+            "requestBody": _REASON_BODY,
+            "responses": {"200": _result("Confirmed"), "404": _error("unknown case"),
+                          "409": _error("already reviewed"), **_AUTH_ERRORS}}},
+        "/api/cases/{case_id}/reject": {"post": {
+            "summary": "Reject a case with a reason: a held one is never sent; one the platform already has is "
+                       "withdrawn (a withdrawn event). Role: operator.",
+            "parameters": [_CASE_ID, _CSRF],
+            "requestBody": {**_REASON_BODY, "required": True},
+            "responses": {"200": _result("Rejected"), "400": _error("no reason given"),
+                          "404": _error("unknown case"), "409": _error("already rejected"), **_AUTH_ERRORS}}},
+        "/api/review/precision": {"get": {
+            "summary": "Each rule's precision (confirmed / reviewed) over the last 7 and 30 days.",
+            "responses": {"200": {"description": "Per rule, per window in days", "content": {"application/json": {
+                "schema": {"type": "object", "properties": {
+                    "windows_days": {"type": "array", "items": {"type": "integer"}},
+                    "rules": {"type": "object", "additionalProperties": {
+                        "type": "object", "additionalProperties": {"$ref": "#/components/schemas/Precision"}}}}}}}},
+                **_AUTH_ERRORS}}},
         "/api/devices": {"get": {"summary": "Cameras, vehicles, sensors and receivers as the runtime reports them.",
                                  "responses": {"200": {"description": "Devices", "content": {"application/json": {
                                      "schema": {"type": "object"}}}}, **_AUTH_ERRORS}}},

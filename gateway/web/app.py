@@ -6,6 +6,8 @@ Routes (everything but /healthz, /login and /static/ needs a session or a Bearer
     /cases?status&source&category&rule&grid&street&since&until&q&limit&offset
     /cases/<case_id>                    one case: evidence (snapshot, crop, map, clip), facts, delivery
     POST /cases/<case_id>/retry         send again (operator; form with CSRF token)
+    POST /cases/<case_id>/confirm|reject  review before dispatch (operator; form with CSRF token, reason)
+    /review                             cases held for review, each rule's precision (7 and 30 days)
     /devices                            cameras, vehicles, sensors
     /evidence/<case_id>/<name>          an evidence file the case lists (?size=thumb: a small JPEG)
     /evidence/<case_id>/<name>/frames/<i>.jpg   frame i of an MJPEG clip
@@ -26,6 +28,7 @@ from pathlib import Path
 from aiohttp import web
 from PIL import Image
 
+from gateway.review import WINDOWS_DAYS
 from gateway.web import access, api, metrics, pages
 from gateway.web.access import public, requires, viewer
 from gateway.web.clips import ClipError
@@ -35,6 +38,7 @@ from gateway.web.state import CONSOLE, Console, log
 
 STATIC = Path(__file__).resolve().parent / "static"
 PAGE_CASES = 20  # newest cases on the overview
+REVIEW_ROWS = 100  # held cases on /review; the rest through /cases?status=held
 THUMB_SIZE = (192, 108)
 _THUMBS = 256  # thumbnails kept in memory (about 6 KB each)
 MAX_BODY = 64 * 1024  # forms are small; anything bigger is refused with 413
@@ -102,8 +106,42 @@ async def case_page(request: web.Request) -> web.Response:
     rec, letters, clips = await asyncio.to_thread(read)
     if rec is None:
         return _html(f"<!DOCTYPE html><p>No case {pages.e(case_id)}.</p>", 404)
-    notice = "The case is due for delivery again." if request.query.get("retried") else None
+    notice = ("The case is due for delivery again." if request.query.get("retried")
+              else _REVIEWED.get(request.query.get("reviewed", "")))
     return _html(pages.case_page(viewer(request), rec, letters, clips, notice))
+
+
+_REVIEWED = {"confirmed": "Confirmed.", "rejected": "Rejected."}
+
+
+async def _review_form(request: web.Request, decision: str) -> web.Response:
+    case_id = request.match_info["case_id"]
+    code, body = await api.review_case(request, case_id, decision, await api.reason_of(request))
+    if code != 200:
+        return _html(f"<!DOCTYPE html><p>Case {pages.e(case_id)}: {pages.e(body['error'])}</p>"
+                     f'<p><a href="{pages.e(pages.case_url(case_id))}">back to the case</a></p>', code)
+    raise web.HTTPSeeOther(pages.case_url(case_id) + "?reviewed=" + decision)
+
+
+@requires("operator")
+async def case_confirm(request: web.Request) -> web.Response:
+    return await _review_form(request, "confirmed")
+
+
+@requires("operator")
+async def case_reject(request: web.Request) -> web.Response:
+    return await _review_form(request, "rejected")
+
+
+async def review_page(request: web.Request) -> web.Response:
+    console = request.app[CONSOLE]
+
+    def read():
+        total, held = console.search.search(CaseQuery(status="held", limit=REVIEW_ROWS))
+        return total, held, api.rule_precision(console, time.time())
+
+    total, held, table = await asyncio.to_thread(read)
+    return _html(pages.review_page(viewer(request), total, held, table, WINDOWS_DAYS))
 
 
 @requires("operator")
@@ -225,6 +263,9 @@ def build_app(console: Console) -> web.Application:
     r.add_get("/cases", cases_page)
     r.add_get("/cases/{case_id}", case_page)
     r.add_post("/cases/{case_id}/retry", case_retry)
+    r.add_post("/cases/{case_id}/confirm", case_confirm)
+    r.add_post("/cases/{case_id}/reject", case_reject)
+    r.add_get("/review", review_page)
     r.add_get("/devices", devices_page)
     r.add_get("/map", map_page)
     r.add_get("/evidence/{case_id}/{name}", evidence)

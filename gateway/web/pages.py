@@ -27,7 +27,7 @@ MAX_DEPTH = 4  # nesting of generic tables; deeper values are shown as text
 
 # Sections of the snapshot with a place of their own on the overview.
 _HANDLED = ("site", "gateway_id", "started_at", "uptime_s", "outbox", "cameras", "recent_alerts", "devices")
-_OUTBOX_SHOWN = ("pending", "delivered", "dead", "stored", "fill_ratio")
+_OUTBOX_SHOWN = ("pending", "delivered", "dead", "stored", "held", "rejected", "fill_ratio")
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +155,8 @@ def _doc(title: str, body: str, viewer: Viewer | None, refresh: bool = False) ->
         nav = ""
     else:
         nav = (f'<h1><a href="/">citygate · {e(viewer.site)}</a></h1>'
-               '<nav><a href="/">Overview</a><a href="/cases">Cases</a><a href="/devices">Devices</a><a href="/map">Map</a>'
+               '<nav><a href="/">Overview</a><a href="/cases">Cases</a><a href="/review">To review</a>'
+               '<a href="/devices">Devices</a><a href="/map">Map</a>'
                '<a href="/api/openapi.json">API</a></nav>'
                f'<form class="logout" method="post" action="/logout"><input type="hidden" name="csrf" '
                f'value="{e(viewer.csrf)}"><span>{e(viewer.name)} ({e(viewer.role)})</span> '
@@ -450,6 +451,9 @@ def case_page(viewer: Viewer, rec: CaseRecord, dead_letters: list[DeadLetter],
     parts = [title]
     if notice:
         parts.append(f'<p class="notice" role="status">{e(notice)}</p>')
+    review = _section("Review", _review(viewer, rec), "review")
+    if rec.status == "held":  # the decision the operator came for, above the evidence
+        parts.append(review)
     parts += [
         _section("Evidence", _evidence(rec.case_id, c.get("evidence") or [], clips or {})),
         _section("Case", generic(summary)),
@@ -458,6 +462,8 @@ def case_page(viewer: Viewer, rec: CaseRecord, dead_letters: list[DeadLetter],
         _section("Subject", generic(c.get("subject") or {})),
         _section("Delivery", generic(delivery) + _retry_form(viewer, rec)),
     ]
+    if rec.status != "held":
+        parts.append(review)
     known = {"case_id", "source", "category", "rule", "severity", "detected_at", "location", "subject",
              "evidence", "facts", "message"}
     others = {k: v for k, v in c.items() if k not in known}
@@ -470,8 +476,66 @@ def case_page(viewer: Viewer, rec: CaseRecord, dead_letters: list[DeadLetter],
     return _doc(f"case {rec.case_id}", "".join(parts), viewer)
 
 
+def _review(viewer: Viewer, rec: CaseRecord) -> str:
+    """The operator's decision, and the forms to make it: confirm (a held case is sent) and reject
+    with a reason (a held case is never sent; one already sent is withdrawn)."""
+    parts = []
+    if rec.status == "held":
+        parts.append('<p class="notice">Held for review: the central platform hears of this case only once '
+                     "an operator confirms it.</p>")
+    if rec.review:
+        r = rec.review
+        parts.append(f'<p>{_badge(r.get("decision"))} by {e(r.get("by"))} at {e(fmt_time(r.get("at")))}'
+                     + (f" · {e(r.get('reason'))}" if r.get("reason") else "") + "</p>")
+    decision = (rec.review or {}).get("decision")
+    if decision == "rejected":
+        return "".join(parts)
+    if not viewer.may("operator"):
+        parts.append('<p class="muted">An operator can confirm or reject this case.</p>')
+        return "".join(parts)
+    url = e(case_url(rec.case_id))
+    csrf = f'<input type="hidden" name="csrf" value="{e(viewer.csrf)}">'
+    if decision is None:
+        send = "Confirm and send" if rec.status == "held" else "Confirm"
+        parts.append(f'<form class="review" method="post" action="{url}/confirm">{csrf}'
+                     '<input name="reason" placeholder="note (optional)" maxlength="500">'
+                     f'<button type="submit" name="confirm">{e(send)}</button></form>')
+    what = "never sent" if rec.status == "held" else "withdrawn from the central platform"
+    parts.append(f'<form class="review" method="post" action="{url}/reject" data-confirm="Reject this case? '
+                 f'It will be {e(what)}.">{csrf}'
+                 '<input name="reason" placeholder="why it is not a case" required maxlength="500">'
+                 '<button type="submit" name="reject">Reject</button></form>')
+    return "".join(parts)
+
+
+def review_page(viewer: Viewer, total: int, held: list[CaseRecord],
+                table: Mapping[str, Mapping[int, Any]], windows: Iterable[int]) -> str:
+    """Cases held for review, then each rule's precision (confirmed / reviewed) per window."""
+    windows = list(windows)
+    more = f'<p><a href="/cases?status=held">all {total} held cases »</a></p>' if total > len(held) else ""
+    parts = [_section(f"To review ({total})", cases_table(held) + more, "held")]
+    if table:
+        head = "<tr><th>rule</th>" + "".join(f"<th>{d} days: confirmed / reviewed</th><th>precision</th>"
+                                             for d in windows) + "</tr>"
+        rows = []
+        for rule, per in table.items():
+            cells = ""
+            for d in windows:
+                p = per.get(d)
+                value = None if p is None else p.precision
+                shown = '<span class="muted">—</span>' if value is None else f"{value:.0%}"
+                cells += (f'<td class="num">{0 if p is None else p.confirmed} / {0 if p is None else p.reviewed}</td>'
+                          f'<td class="num">{shown}</td>')
+            rows.append(f'<tr><td><a href="/cases?{e(urlencode({"rule": rule}))}">{e(rule)}</a></td>{cells}</tr>')
+        body = f'<table class="precision">{head}{"".join(rows)}</table>'
+    else:
+        body = '<p class="muted">No case has been reviewed yet.</p>'
+    parts.append(_section("Rule precision", body, "precision"))
+    return _doc(f"citygate {viewer.site} review", "".join(parts), viewer)
+
+
 def _retry_form(viewer: Viewer, rec: CaseRecord) -> str:
-    if rec.status == "delivered":
+    if rec.status in ("delivered", "held", "rejected"):
         return ""
     if not viewer.may("operator"):
         return '<p class="muted">An operator can send this case again.</p>'

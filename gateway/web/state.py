@@ -42,6 +42,7 @@ class Console:
     map_tiles: str | None = None
     map_attribution: str = ""
     static_layers: dict | None = None  # built on first use (the grid may be large)
+    notify_central: Callable[[], None] | None = None  # wakes the delivery worker (a confirmed case)
 
     def snapshot(self) -> tuple[dict[str, Any], str | None]:
         """The runtime's snapshot, or ({}, why) when it fails. Called on the loop: the runtime's state
@@ -55,8 +56,6 @@ class Console:
             self.stats["errors"] += 1
             log.exception("console: snapshot() failed")
             return {}, f"snapshot() failed: {type(exc).__name__}: {exc}"
-
-
 
     def site_name(self) -> str:
         if self.site is None:

@@ -50,6 +50,7 @@ class ConsoleServer:
         users_file: Path | None = None,
         timezone: tzinfo | None = None,
         gateway_config: Any = None,
+        commands: Any = None,
     ) -> None:
         cfg = web_config or (gateway_config.web if gateway_config is not None else WebConfig())
         if not is_loopback(host) and not (cfg.users or cfg.tokens or users_file):
@@ -62,7 +63,8 @@ class ConsoleServer:
             search=CaseSearch(outbox.path), accounts=accounts, sessions=Sessions(cfg.session_ttl_s),
             by_address=RateLimiter(2 * cfg.login_attempts, cfg.login_window_s),
             by_user=RateLimiter(cfg.login_attempts, cfg.login_window_s),
-            timezone=timezone or datetime.now().astimezone().tzinfo, secure_cookies=cfg.secure_cookies)
+            timezone=timezone or datetime.now().astimezone().tzinfo, secure_cookies=cfg.secure_cookies,
+            commands=commands)
         if gateway_config is not None:
             self._add_map_sources(gateway_config)
         self.app = build_app(self.console)

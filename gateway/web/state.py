@@ -42,6 +42,7 @@ class Console:
     map_tiles: str | None = None
     map_attribution: str = ""
     static_layers: dict | None = None  # built on first use (the grid may be large)
+    commands: Any = None  # the JT/T 808 server (its `command` / `commands_of`), when it runs
 
     def snapshot(self) -> tuple[dict[str, Any], str | None]:
         """The runtime's snapshot, or ({}, why) when it fails. Called on the loop: the runtime's state

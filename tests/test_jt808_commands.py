@@ -330,3 +330,45 @@ async def test_the_api_and_the_cli_send_commands_and_show_their_results(tmp_path
         # without a token the CLI says what it needs
         monkeypatch.delenv("CITYGATE_TOKEN")
         assert await asyncio.to_thread(main, ["command", "--config", config, VEHICLE, "query"]) == 2
+
+
+async def test_the_simulator_answers_commands_queued_while_it_was_offline(tmp_path):
+    """`citygate simulate` as the terminal: the driver text of an overspeed and the commands queued
+    before it connected are printed and answered; the track is still acknowledged in full."""
+    from gateway.simulator import load_track, simulate
+
+    port = free_port()
+    path = tmp_path / "site.yaml"
+    path.write_text(textwrap.dedent(f"""
+        site: sim
+        data_dir: data
+        web: {{enabled: false}}
+        vehicles:
+          jt808: {{enabled: true, host: 127.0.0.1, port: {port}, accept_unknown: false}}
+          fleet:
+            vehicles: [{{id: mixer-01, type: mixer, terminal: "013912340002", speed_limit_kmh: 50}}]
+            rules:
+              overspeed: {{driver_text: 请减速行驶}}
+        """), encoding="utf-8")
+    gateway = Gateway(load_deployment(path))
+    await gateway.start()
+    try:
+        server = gateway.component("jt808")
+        server.command("mixer-01", "params", {"params": {"default_report_interval_s": 5}})
+        server.command("mixer-01", "text", {"text": "早上好"})
+        track = load_track(Path(__file__).resolve().parent.parent / "configs" / "data" / "tracks" / "mixer-01.csv")
+        said: list[str] = []
+        assert await simulate("127.0.0.1", port, track, speed=0, say=said.append) == len(track)
+        assert "platform sets parameters: default_report_interval_s=5" in said
+        assert "platform text for the driver: 早上好" in said
+        # the overspeed opens while the track is sent; its text reaches the terminal if it is still
+        # connected, else it waits for the next authentication
+        await until(lambda: any(c.origin == "rule:overspeed" for c in server.commands_of("mixer-01")), timeout=30)
+        commands = server.commands_of("mixer-01")
+        assert [(c.kind, c.state) for c in commands if c.origin == "api"] == [
+            ("text", "acknowledged"), ("params", "acknowledged")]
+        [rule] = [c for c in commands if c.origin == "rule:overspeed"]
+        assert rule.args["text"] == "请减速行驶"
+        assert rule.state == "queued" or "platform text for the driver: 请减速行驶" in said
+    finally:
+        assert await gateway.shutdown()

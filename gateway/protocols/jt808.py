@@ -11,6 +11,12 @@ the two checks holds; additional items that run past the body keep the basic pos
 register body and a 2019 auth body in the 2013 layout are read as far as they go. Each such
 leniency is named in `Message.problems` (and, for a location's extras, in `extras["malformed"]`).
 
+Platform commands: `encode_text_body` (0x8300; the 2019 layout adds a type byte), 0x8201 position query
+(empty body; the terminal answers 0x0201 = reply serial + location body), `encode_params_body` (0x8103,
+typed by `PARAMETERS`), `encode_retransmit_body` (0x8003: the first packet's serial and the missing
+packet numbers; the count is a BYTE in 2013, a WORD in 2019). `decode` parses these too, and the
+terminal's 0x0001 answer into reply serial, reply id and result.
+
 Wire layout (after unescaping 0x7d 0x02 -> 0x7e and 0x7d 0x01 -> 0x7d):
 
     msg_id WORD | attr WORD | [version BYTE] | terminal BCD[6 or 10] | serial WORD

@@ -1,7 +1,9 @@
 """The JSON API (`/api/...`) and its OpenAPI document (`/api/openapi.json`).
 
 Every route needs a session cookie or `Authorization: Bearer <token>` (web.tokens); a change
-(retry) needs the operator role, and from a browser session also the `X-CSRF-Token` header.
+(retry, a vehicle command) needs the operator role, and from a browser session also the `X-CSRF-Token`
+header. Vehicle commands (`/api/vehicles/{id}/commands`, operator role to send and to read) go to the
+JT/T 808 server's `command` / `commands_of`.
 Store reads run in a thread: they are SQLite calls.
 """
 

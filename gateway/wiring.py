@@ -188,7 +188,8 @@ def _add_vehicle_sources(graph: Graph) -> None:
             unknown_per_address_per_min=jt.unknown_per_address_per_min, log_interval_s=jt.log_interval_s,
             command_ttl_s=jt.command_ttl_s, command_reply_timeout_s=jt.command_reply_timeout_s,
             max_commands=jt.max_commands, max_queued_commands=jt.max_queued_commands,
-            packet_timeout_s=jt.packet_timeout_s, packet_retries=jt.packet_retries))
+            packet_timeout_s=jt.packet_timeout_s, packet_retries=jt.packet_retries,
+            state_path=config.data_path / "jt808_commands.json"))
         from gateway.sources.jt808_commands import DriverTexts
 
         # a vehicle rule with a driver_text that opens sends it to the vehicle's display

@@ -160,6 +160,37 @@ async def test_an_expired_command_is_never_sent_and_an_unanswered_one_fails():
             await c.close()
 
 
+async def test_queued_commands_survive_a_restart_and_an_unanswered_one_is_failed(tmp_path):
+    state = tmp_path / "jt808_commands.json"
+    async with running(state_path=state) as (server, _):
+        c = await login(server.port)
+        try:
+            unanswered = server.command(VEHICLE, "query")
+            await c.expect(0x8201)
+        finally:
+            await c.close()
+        await until(lambda: server.stats()["authenticated_connections"] == 0)
+        waiting = server.command(VEHICLE, "text", {"text": WARNING})
+        assert waiting.state == "queued"
+    async with running(state_path=state) as (server, _):
+        assert server.commands.get(unanswered.id).state == "failed"
+        assert "restarted" in server.commands.get(unanswered.id).reason
+        c = await login(server.port)
+        try:
+            got = await c.expect(0x8300)
+            assert got.body[1:].decode("gbk") == WARNING
+            await c.send(ref.terminal_reply(PHONE, 2, got.serial, 0x8300, 0))
+            await until(lambda: server.commands.get(waiting.id).state == "acknowledged")
+            fresh = server.command(VEHICLE, "query")
+            assert fresh.id not in (unanswered.id, waiting.id)
+        finally:
+            await c.close()
+    state.write_text("{not json", encoding="utf-8")
+    async with running(state_path=state) as (server, _):  # a broken file is moved aside, not fatal
+        assert server.commands.stats()["tracked"] == 0
+    assert (tmp_path / "jt808_commands.json.bad").exists()
+
+
 async def test_commands_that_cannot_be_taken_are_refused_with_a_reason():
     async with running(max_queued_commands=2) as (server, _):
         with pytest.raises(CommandRefused) as unknown:

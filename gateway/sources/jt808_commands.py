@@ -9,7 +9,9 @@ no answer within `reply_timeout_s` makes it `failed`. States: queued -> sent -> 
 or queued -> expired.
 
 `CommandBook` only keeps this state (bounded: a few queued per terminal, a fixed number in all, the
-oldest finished forgotten first); the JT/T 808 server does the sending. Times are epoch seconds passed
+oldest finished forgotten first); the JT/T 808 server does the sending, and saves `export()` to the
+data directory after each change, so queued commands survive a restart (one sent but unanswered when
+the gateway stopped is marked failed on restore: its answer can no longer be matched). Times are epoch seconds passed
 in by the caller. `DriverTexts` turns an opening vehicle alert whose rule has a `driver_text` into a
 text command: the rule config holds only the text, the rules stay pure.
 """
@@ -84,6 +86,26 @@ class Command:
     def finished(self) -> bool:
         return self.state in ("acknowledged", "failed", "expired")
 
+    def to_state(self) -> dict[str, Any]:
+        """Everything needed to restore it (`Command.from_state`)."""
+        return {"id": self.id, "vehicle": self.vehicle, "key": self.key, "kind": self.kind, "args": self.args,
+                "origin": self.origin, "created_at": self.created_at, "expires_at": self.expires_at,
+                "state": self.state, "serial": self.serial, "sent_at": self.sent_at, "done_at": self.done_at,
+                "result": self.result, "reason": self.reason, "position": self.position,
+                "params": [[k, v] for k, v in self.params.items()]}
+
+    @classmethod
+    def from_state(cls, d: Mapping[str, Any]) -> Command:
+        kind = d["kind"]
+        if kind not in _MSG_IDS:
+            raise ValueError(f"unknown command kind {kind!r}")
+        return cls(id=str(d["id"]), vehicle=str(d["vehicle"]), key=str(d["key"]), kind=kind, msg_id=_MSG_IDS[kind],
+                   args=dict(d["args"]), origin=str(d["origin"]), created_at=float(d["created_at"]),
+                   expires_at=float(d["expires_at"]), state=d["state"], serial=d.get("serial"),
+                   sent_at=d.get("sent_at"), done_at=d.get("done_at"), result=d.get("result"),
+                   reason=d.get("reason"), position=d.get("position"),
+                   params={int(k): v for k, v in d.get("params", [])})
+
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "vehicle": self.vehicle, "terminal": self.key, "kind": self.kind,
                 "msg_id": f"0x{self.msg_id:04x}", "args": self.args, "origin": self.origin, "state": self.state,
@@ -134,6 +156,7 @@ class CommandBook:
         self._queued: dict[str, collections.deque[Command]] = {}
         self._sent: dict[tuple[str, int], Command] = {}
         self._ids = itertools.count(1)
+        self.version = 0  # bumped by every change: the server saves when it moved
         self.counters = collections.Counter({k: 0 for k in (
             "submitted", "refused", "sent", "acknowledged", "failed", "expired", "unmatched_replies")})
 
@@ -156,6 +179,7 @@ class CommandBook:
         self._commands[cmd.id] = cmd
         self._queued.setdefault(key, collections.deque()).append(cmd)
         self.counters["submitted"] += 1
+        self.version += 1
         return cmd
 
     def _forget_finished(self) -> bool:
@@ -170,6 +194,7 @@ class CommandBook:
         queue = self._queued.pop(key, None)
         if not queue:
             return []
+        self.version += 1
         live = []
         for cmd in queue:
             if now >= cmd.expires_at:
@@ -182,6 +207,7 @@ class CommandBook:
         """Commands that could not be written (the connection was closing) wait again, first in line."""
         for cmd in reversed(cmds):
             self._queued.setdefault(cmd.key, collections.deque()).appendleft(cmd)
+        self.version += 1
 
     def sent(self, cmd: Command, serial: int, now: float) -> None:
         old = self._sent.pop((cmd.key, serial), None)
@@ -190,6 +216,7 @@ class CommandBook:
         cmd.state, cmd.serial, cmd.sent_at = "sent", serial, now
         self._sent[(cmd.key, serial)] = cmd
         self.counters["sent"] += 1
+        self.version += 1
 
     def answered(self, key: str, serial: int, msg_id: int, now: float, *, result: int = jt808.RESULT_OK,
                  position: Position | None = None) -> Command | None:
@@ -224,6 +251,27 @@ class CommandBook:
     def _finish(self, cmd: Command, state: CommandState, now: float, reason: str | None = None) -> None:
         cmd.state, cmd.done_at, cmd.reason = state, now, reason
         self.counters[state] += 1
+        self.version += 1
+
+    def export(self, finished: int = 200) -> list[dict[str, Any]]:
+        """The commands to save, oldest first: every pending one and the newest `finished` others."""
+        done = [c for c in self._commands.values() if c.finished][-finished:] if finished else []
+        keep = {c.id for c in done}
+        return [c.to_state() for c in self._commands.values() if not c.finished or c.id in keep]
+
+    def restore(self, saved: list[Mapping[str, Any]], now: float) -> None:
+        """Take back `export()`ed commands (ValueError/KeyError/TypeError on a malformed entry). A command
+        that was sent but not answered is failed: the serial its answer would carry is gone."""
+        for d in saved:
+            cmd = Command.from_state(d)
+            if cmd.state == "sent":
+                cmd.state, cmd.done_at, cmd.reason = "failed", now, "the gateway restarted before the terminal answered"
+            elif cmd.state == "queued":
+                self._queued.setdefault(cmd.key, collections.deque()).append(cmd)
+            self._commands[cmd.id] = cmd
+        numbers = [int(c.removeprefix("c")) for c in self._commands if c.removeprefix("c").isdigit()]
+        self._ids = itertools.count(max(numbers, default=0) + 1)
+        self.version += 1
 
     def get(self, command_id: str) -> Command | None:
         return self._commands.get(command_id)

@@ -29,11 +29,13 @@ import asyncio
 import collections
 import contextlib
 import inspect
+import json
 import logging
 import resource
 import secrets
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from core.model import Position
@@ -41,6 +43,7 @@ from detectors.vehicle.identity import TerminalDirectory, terminal_key
 from gateway.component import serve_until
 from gateway.protocols import jt808
 from gateway.sources.jt808_commands import Command, CommandBook, CommandRefused
+from gateway.storage import write_durably
 from gateway.throttle import LogThrottle, throttle_resource_errors
 
 log = logging.getLogger(__name__)
@@ -122,6 +125,7 @@ class Jt808Server:
         max_queued_commands: int = 32,
         packet_timeout_s: float = 10,
         packet_retries: int = 2,
+        state_path: Path | None = None,
     ) -> None:
         self.host = host
         self._port = port
@@ -149,6 +153,9 @@ class Jt808Server:
         self.commands = CommandBook(ttl_s=command_ttl_s, reply_timeout_s=command_reply_timeout_s,
                                     max_commands=max_commands, max_queued_per_terminal=max_queued_commands)
         self._online: dict[str, _Connection] = {}  # terminal key -> the connection it authenticated on last
+        self.state_path = state_path  # where the commands are saved (None: memory only)
+        self._saved_version = 0
+        self._saver: asyncio.Task | None = None
         self.throttle = LogThrottle(log_interval_s)
         self.counters: dict[str, int] = {
             "connections": 0,
@@ -174,6 +181,7 @@ class Jt808Server:
             "callback_errors": 0,
             "retransmit_requests": 0,  # 0x8003 sent for subpackages that stopped coming
             "incomplete_messages": 0,  # subpackaged messages given up after the retransmit requests
+            "command_save_errors": 0,
         }
         self._issued: collections.OrderedDict[str, str] = collections.OrderedDict()  # key -> code
         self._server: asyncio.Server | None = None
@@ -192,6 +200,7 @@ class Jt808Server:
 
     def stats(self) -> dict[str, Any]:
         self.commands.sweep(time.time())
+        self._save_commands()
         return {**self.counters, "commands": self.commands.stats()}
 
     @property
@@ -202,6 +211,7 @@ class Jt808Server:
         return self._port
 
     async def start(self) -> None:
+        self._load_commands()
         throttle_resource_errors(asyncio.get_running_loop(), self.throttle.interval_s)
         self._server = await asyncio.start_server(self._accept, self.host, self._port, backlog=self.backlog)
         log.info("JT/T 808 server listening on %s:%d (at most %d connections, %d per address)",
@@ -229,6 +239,52 @@ class Jt808Server:
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
+        self._save_commands()
+        if self._saver is not None:
+            await self._saver
+
+    # -------------------------------------------------------------- command state on disk
+
+    def _load_commands(self) -> None:
+        """Take back the commands saved by the last run. An unreadable file is moved aside (`.bad`):
+        it must not keep the server from starting."""
+        path = self.state_path
+        if path is None or not path.exists() or self.commands.version:
+            return
+        try:
+            self.commands.restore(json.loads(path.read_text(encoding="utf-8"))["commands"], time.time())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            bad = path.with_name(path.name + ".bad")
+            log.error("JT/T 808 command state %s unreadable (%s); moved to %s", path, exc, bad)
+            with contextlib.suppress(OSError):
+                path.replace(bad)
+            return
+        self._saved_version = self.commands.version
+        log.info("JT/T 808: %d command(s) restored from %s", self.commands.stats()["tracked"], path)
+
+    def _save_commands(self) -> None:
+        """Save the commands soon after they changed: one writer at a time, off the loop, the last state wins."""
+        if self.state_path is None or self.commands.version == self._saved_version:
+            return
+        if self._saver is None or self._saver.done():
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # stats() read outside the loop: the next change on it saves
+                return
+            self._saver = loop.create_task(self._save_loop())
+
+    async def _save_loop(self) -> None:
+        assert self.state_path is not None
+        while self.commands.version != self._saved_version:
+            version = self.commands.version
+            data = json.dumps({"commands": self.commands.export()}, ensure_ascii=False).encode()  # on the loop
+            try:
+                await asyncio.to_thread(write_durably, self.state_path, data)
+            except OSError as exc:
+                self.counters["command_save_errors"] += 1
+                self.warn("command-save", "JT/T 808 could not save commands to %s: %s", self.state_path, exc)
+                return
+            self._saved_version = version
 
     # -------------------------------------------------------------- admission
 
@@ -286,6 +342,7 @@ class Jt808Server:
         assert conn.key is not None
         self._online[conn.key] = conn
         self._deliver(conn.key)
+        self._save_commands()
 
     # -------------------------------------------------------------- platform commands
 
@@ -313,12 +370,14 @@ class Jt808Server:
         self.commands.sweep(now)
         cmd = self.commands.add(key, vehicle, kind, args or {}, now, origin)
         self._deliver(key)
+        self._save_commands()
         return cmd
 
     def commands_of(self, target: str) -> list[Command]:
         """A vehicle's commands, newest first."""
         _, vehicle = self.resolve(target)
         self.commands.sweep(time.time())
+        self._save_commands()
         return self.commands.of(vehicle)
 
     def _deliver(self, key: str) -> None:
@@ -654,12 +713,14 @@ class _Connection:
             if f.get("reply_id") not in (jt808.MSG_PLATFORM_REPLY, jt808.MSG_REGISTER_REPLY, jt808.MSG_RETRANSMIT):
                 server.commands.answered(self.key or "", f["reply_serial"], f["reply_id"], time.time(),
                                          result=f["result"])
+                server._save_commands()
         elif mid == jt808.MSG_POSITION_REPLY:  # answer to a position query: a fix like any other
             for position in msg.positions:
                 server.counters["positions"] += 1
                 position = position._replace(device=self.device)
                 server.commands.answered(self.key or "", msg.fields["reply_serial"], jt808.MSG_POSITION_QUERY,
                                          time.time(), position=position)
+                server._save_commands()
                 await server._call(server.on_position, position)
         else:
             reply(jt808.RESULT_UNSUPPORTED)

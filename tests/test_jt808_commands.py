@@ -200,6 +200,8 @@ async def test_commands_that_cannot_be_taken_are_refused_with_a_reason():
             server.command(VEHICLE, "params", {"params": {"reporting": 5}})
         with pytest.raises(CommandRefused, match="must be 0 to 65535"):
             server.command(VEHICLE, "params", {"params": {"fence_radius_m": 70000}})
+        with pytest.raises(CommandRefused, match="whole number"):
+            server.command(VEHICLE, "params", {"params": {"default_report_interval_s": 2.5}})
         with pytest.raises(CommandRefused, match="non-empty 'text'"):
             server.command(VEHICLE, "text", {"text": " "})
         server.command(VEHICLE, "query")
@@ -207,7 +209,7 @@ async def test_commands_that_cannot_be_taken_are_refused_with_a_reason():
         with pytest.raises(CommandRefused) as full:
             server.command(VEHICLE, "query")
         assert full.value.status == 429
-        assert server.stats()["commands"]["refused"] == 5
+        assert server.stats()["commands"]["refused"] == 6
 
 
 async def test_missing_subpackages_are_asked_for_again_and_the_message_completes():

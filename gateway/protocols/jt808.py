@@ -858,6 +858,8 @@ def encode_params_body(params: Mapping[int, int | str]) -> bytes:
                 raise ValueError(f"{name}: {len(raw)} bytes exceed 255")
         else:
             size = _PARAM_SIZE[kind]
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(f"{name} must be a whole number, got {value!r}")
             try:
                 number = int(value)
             except (TypeError, ValueError):

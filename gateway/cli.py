@@ -1,4 +1,4 @@
-"""`citygate run|check|replay|cases|simulate|user|bench`: the command line of the gateway."""
+"""`citygate run|check|replay|cases|simulate|user|command|bench`: the command line of the gateway."""
 
 from __future__ import annotations
 
@@ -123,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--config", type=Path, help="config whose web.users_file receives the user")
     add.add_argument("--users-file", type=Path, help="users file to write (instead of the config's)")
     add.set_defaults(func=cmd_user_add)
+
+    from gateway.cli_command import add_parser as add_command_parser
+
+    add_command_parser(sub)
 
     bench = sub.add_parser("bench", help="run a benchmark from bench/ (outbox, video, vehicles, patrol)")
     bench.add_argument("name", choices=["outbox", "video", "vehicles", "patrol"])

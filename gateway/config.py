@@ -121,6 +121,18 @@ class Jt808Config(StrictModel):
                                                "fleet allowed per source address and minute (with accept_unknown).")
     log_interval_s: float = Field(60.0, gt=0, description="A repeated connection problem (refusals, failed "
                                   "authentications, accept errors) is logged once per this many seconds.")
+    command_ttl_s: float = Field(3600.0, gt=0, description="A platform command (driver text, position query, "
+                                 "parameters) for a terminal that is not connected waits this long for it to "
+                                 "authenticate again; then it expires unsent.")
+    command_reply_timeout_s: float = Field(60.0, gt=0, description="A sent command without the terminal's answer "
+                                           "(0x0001 / 0x0201) after this many seconds has failed.")
+    max_commands: int = Field(10_000, ge=1, description="Commands whose state is kept in memory (the oldest "
+                              "finished are forgotten first; when all are pending a new one is refused).")
+    max_queued_commands: int = Field(32, ge=1, description="Commands that may wait for one terminal.")
+    packet_timeout_s: float = Field(10.0, gt=0, description="When the subpackages of a long message stop coming "
+                                    "for this long, ask the terminal for the missing ones (0x8003).")
+    packet_retries: int = Field(2, ge=0, description="Retransmit requests per message before its subpackages "
+                                "are dropped.")
 
 
 class ReplayFeed(StrictModel):

@@ -1,7 +1,9 @@
 """A JT/T 808 terminal simulator: registers, authenticates and reports a recorded track over TCP.
 
 For engineers bringing up a gateway: `citygate simulate --port 6808 configs/data/tracks/muck-01.csv`
-drives the truck in the file through the real protocol and prints what the platform answers.
+drives the truck in the file through the real protocol and prints what the platform answers. Platform
+commands that arrive meanwhile (`citygate command`: driver text, position query, parameters) are
+printed and answered as a terminal would: 0x0001 success, or 0x0201 with the last position sent.
 Recorded times are shifted so that no fix is dated in the future when it is sent (the gateway drops
 those), with the recording's spacing kept: at real time the first fix is "now"; faster replays start
 that much further in the past.
@@ -22,22 +24,47 @@ from gateway.protocols.tracks_csv import parse_positions_csv
 class Terminal:
     """One simulated terminal on one TCP connection."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, terminal: str) -> None:
-        self.reader, self.writer, self.terminal = reader, writer, terminal
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, terminal: str,
+                 say: Callable[[str], None] = print) -> None:
+        self.reader, self.writer, self.terminal, self.say = reader, writer, terminal, say
         self.serial = 0
+        self.last: Position | None = None  # the last position sent: the answer to a position query
         self._buffer = b""
 
-    async def request(self, msg_id: int, body: bytes = b"", timeout: float = 10.0) -> jt808.Message:
-        """Send one message and wait for the platform's reply to it."""
+    def _next_serial(self) -> int:
         self.serial = (self.serial + 1) & 0xFFFF
-        self.writer.write(jt808.encode(msg_id, self.terminal, self.serial, body))
+        return self.serial
+
+    def _answer(self, command: jt808.Message) -> None:
+        """Answer a platform command the way a terminal does."""
+        mid, f = command.msg_id, command.fields
+        if mid == jt808.MSG_POSITION_QUERY and self.last is not None:
+            self.say("platform asks for the position: answered")
+            body = command.serial.to_bytes(2, "big") + jt808.encode_location_body(self.last)
+            self.writer.write(jt808.encode(jt808.MSG_POSITION_REPLY, self.terminal, self._next_serial(), body))
+            return
+        if mid == jt808.MSG_TEXT:
+            self.say(f"platform text for the driver: {f['text']}")
+        elif mid == jt808.MSG_SET_PARAMS:
+            self.say("platform sets parameters: " + ", ".join(f"{jt808.parameter_name(k)}={v}"
+                                                               for k, v in f["params"].items()))
+        else:
+            self.say(f"platform command {mid:#06x}")
+        body = jt808.encode_terminal_reply_body(command.serial, mid, jt808.RESULT_OK)
+        self.writer.write(jt808.encode(jt808.MSG_TERMINAL_REPLY, self.terminal, self._next_serial(), body))
+
+    async def request(self, msg_id: int, body: bytes = b"", timeout: float = 10.0) -> jt808.Message:
+        """Send one message and wait for the platform's reply to it (answering commands that come first)."""
+        self.writer.write(jt808.encode(msg_id, self.terminal, self._next_serial(), body))
         await self.writer.drain()
         while True:
             frames, self._buffer = jt808.split_frames(self._buffer)
-            if frames:
-                reply = jt808.decode(frames[0])
-                self._buffer = b"".join(frames[1:]) + self._buffer
-                return reply
+            while frames:
+                reply = jt808.decode(frames.pop(0))
+                if reply.msg_id in (jt808.MSG_PLATFORM_REPLY, jt808.MSG_REGISTER_REPLY):
+                    self._buffer = b"".join(frames) + self._buffer
+                    return reply
+                self._answer(reply)
             chunk = await asyncio.wait_for(self.reader.read(4096), timeout)
             if not chunk:
                 raise ConnectionError("the platform closed the connection")
@@ -51,7 +78,7 @@ async def simulate(host: str, port: int, track: list[Position], *, terminal: str
         raise ValueError("the track has no positions")
     terminal = terminal or track[0].device
     reader, writer = await asyncio.open_connection(host, port)
-    sim = Terminal(reader, writer, terminal)
+    sim = Terminal(reader, writer, terminal, say)
     try:
         reply = await sim.request(jt808.MSG_REGISTER, jt808.encode_register_body(terminal_id=terminal[-7:],
                                                                                   plate="SIM"))
@@ -74,6 +101,7 @@ async def simulate(host: str, port: int, track: list[Position], *, terminal: str
                 due = started + (pos.time - first).total_seconds() / speed
                 await asyncio.sleep(max(0.0, due - asyncio.get_running_loop().time()))
             live = pos._replace(time=(pos.time + offset).astimezone(jt808.CST), device=terminal)
+            sim.last = live
             reply = await sim.request(jt808.MSG_LOCATION, jt808.encode_location_body(live))
             acknowledged += reply.fields.get("result") == 0
         say(f"{acknowledged}/{len(track)} locations acknowledged")

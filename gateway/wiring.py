@@ -129,7 +129,7 @@ def build_graph(deployment: Deployment) -> Graph:
         graph.add("web", ConsoleServer(outbox, lambda: graph.snapshot(), evidence_root=config.evidence_path,
                                        host=web.host, port=web.port, web_config=web, timezone=config.tz,
                                        users_file=config.path(web.users_file) if web.users_file else None,
-                                       gateway_config=config,
+                                       gateway_config=config, commands=graph.find("jt808"),
                                        notify_central=central.notify if central else None))
     return graph
 
@@ -188,7 +188,17 @@ def _add_vehicle_sources(graph: Graph) -> None:
             auth_timeout_s=jt.auth_timeout_s, max_auth_failures=jt.max_auth_failures,
             max_connections=jt.max_connections, max_connections_per_address=jt.max_connections_per_address,
             max_pending_packet_bytes=jt.max_pending_packet_bytes, unknown_per_connection=jt.unknown_per_connection,
-            unknown_per_address_per_min=jt.unknown_per_address_per_min, log_interval_s=jt.log_interval_s))
+            unknown_per_address_per_min=jt.unknown_per_address_per_min, log_interval_s=jt.log_interval_s,
+            command_ttl_s=jt.command_ttl_s, command_reply_timeout_s=jt.command_reply_timeout_s,
+            max_commands=jt.max_commands, max_queued_commands=jt.max_queued_commands,
+            packet_timeout_s=jt.packet_timeout_s, packet_retries=jt.packet_retries,
+            state_path=config.data_path / "jt808_commands.json"))
+        from gateway.sources.jt808_commands import DriverTexts
+
+        # a vehicle rule with a driver_text that opens sends it to the vehicle's display
+        texts = DriverTexts.from_rules(config.vehicles.fleet.rules, graph.find("jt808").command)
+        if texts.texts:
+            graph.bus.listeners.append(texts.after_alert)
     from gateway.sources.nmea_source import NmeaSource
 
     for feed in config.vehicles.nmea:

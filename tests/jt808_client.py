@@ -143,6 +143,56 @@ def register_reply(phone: str, serial: int, answer_serial: int, result: int, cod
     return frame(0x8100, phone, serial, body, **kw)
 
 
+def terminal_reply(phone: str, serial: int, answer_serial: int, answer_id: int, result: int, **kw) -> bytes:
+    """The 0x0001 frame a terminal sends to answer a platform command."""
+    return frame(0x0001, phone, serial, word(answer_serial) + word(answer_id) + bytes([result]), **kw)
+
+
+def position_reply(phone: str, serial: int, answer_serial: int, location: bytes, **kw) -> bytes:
+    """The 0x0201 frame a terminal sends to answer a position query (0x8201)."""
+    return frame(0x0201, phone, serial, word(answer_serial) + location, **kw)
+
+
+class Parsed:
+    """A platform frame read back field by field: msg_id, phone, serial, version (None: 2013 header),
+    packet (total, index) or None, body."""
+
+    def __init__(self, raw: bytes) -> None:
+        assert raw[0] == 0x7E and raw[-1] == 0x7E, raw.hex()
+        data = bytearray()
+        i, inner = 0, raw[1:-1]
+        while i < len(inner):  # unescape byte by byte
+            if inner[i] == 0x7D:
+                data.append({0x01: 0x7D, 0x02: 0x7E}[inner[i + 1]])
+                i += 2
+            else:
+                data.append(inner[i])
+                i += 1
+        assert checksum(bytes(data[:-1])) == data[-1], "checksum"
+        self.msg_id = (data[0] << 8) | data[1]
+        props = (data[2] << 8) | data[3]
+        at = 4
+        if props & 0x4000:
+            self.version: int | None = data[at]
+            at += 1
+            size = 10
+        else:
+            self.version, size = None, 6
+        self.phone = data[at : at + size].hex()
+        at += size
+        self.serial = (data[at] << 8) | data[at + 1]
+        at += 2
+        self.packet = None
+        if props & 0x2000:
+            self.packet = ((data[at] << 8) | data[at + 1], (data[at + 2] << 8) | data[at + 3])
+            at += 4
+        self.body = bytes(data[at:-1])
+        assert len(self.body) == props & 0x3FF, "body length"
+
+    def words(self, start: int, count: int) -> list[int]:
+        return [(self.body[start + 2 * k] << 8) | self.body[start + 2 * k + 1] for k in range(count)]
+
+
 # ------------------------------------------------------------------ TCP client
 
 
@@ -175,6 +225,12 @@ class Client:
             if not chunk:
                 raise ConnectionError("server closed the connection")
             self._pending += chunk
+
+    async def expect(self, msg_id: int, timeout: float = 5.0) -> Parsed:
+        """The next frame from the server, which must be `msg_id`."""
+        got = Parsed(await self.reply(timeout))
+        assert got.msg_id == msg_id, f"expected {msg_id:#06x}, got {got.msg_id:#06x}"
+        return got
 
     async def closed_by_peer(self, timeout: float = 5.0) -> bool:
         """True once the server has closed (EOF or reset), reading and discarding anything else."""

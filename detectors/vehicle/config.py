@@ -178,6 +178,26 @@ class _Rule(StrictModel):
     name: str = Field(description="Rule name put on alerts (Alert.rule).")
     severity: Severity = Field("warning", description=f"Alert severity: {', '.join(SEVERITIES)}.")
     category: str | None = Field(None, description="Case catalog key; empty = alert only, no case.")
+    driver_text: str | None = Field(
+        None, description="Text sent to the vehicle's display (JT/T 808 0x8300, shown and read aloud) when this "
+        'rule opens, e.g. "您已驶入渣土车禁行区，请立即驶离"; empty = none.'
+    )
+
+    @field_validator("driver_text")
+    @classmethod
+    def _driver_text(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v.strip():
+            raise ValueError("driver_text must not be blank (leave it out for no text)")
+        try:
+            size = len(v.encode("gbk"))
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"driver_text: {v[exc.start:exc.end]!r} cannot be written in GBK, the terminals' "
+                             "character set") from None
+        if size > 1000:
+            raise ValueError(f"driver_text is {size} GBK bytes; a terminal takes at most 1000")
+        return v
 
 
 class ForbiddenZoneRule(_Rule):

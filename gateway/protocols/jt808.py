@@ -11,6 +11,12 @@ the two checks holds; additional items that run past the body keep the basic pos
 register body and a 2019 auth body in the 2013 layout are read as far as they go. Each such
 leniency is named in `Message.problems` (and, for a location's extras, in `extras["malformed"]`).
 
+Platform commands: `encode_text_body` (0x8300; the 2019 layout adds a type byte), 0x8201 position query
+(empty body; the terminal answers 0x0201 = reply serial + location body), `encode_params_body` (0x8103,
+typed by `PARAMETERS`), `encode_retransmit_body` (0x8003: the first packet's serial and the missing
+packet numbers; the count is a BYTE in 2013, a WORD in 2019). `decode` parses these too, and the
+terminal's 0x0001 answer into reply serial, reply id and result.
+
 Wire layout (after unescaping 0x7d 0x02 -> 0x7e and 0x7d 0x01 -> 0x7d):
 
     msg_id WORD | attr WORD | [version BYTE] | terminal BCD[6 or 10] | serial WORD
@@ -39,10 +45,15 @@ MSG_UNREGISTER = 0x0003
 MSG_REGISTER = 0x0100
 MSG_AUTH = 0x0102
 MSG_LOCATION = 0x0200
+MSG_POSITION_REPLY = 0x0201
 MSG_LOCATION_BATCH = 0x0704
 # Platform -> terminal
 MSG_PLATFORM_REPLY = 0x8001
+MSG_RETRANSMIT = 0x8003
 MSG_REGISTER_REPLY = 0x8100
+MSG_SET_PARAMS = 0x8103
+MSG_POSITION_QUERY = 0x8201
+MSG_TEXT = 0x8300
 
 # 0x8001 / 0x0001 result codes
 RESULT_OK = 0
@@ -56,6 +67,16 @@ REGISTER_VEHICLE_TAKEN = 1
 REGISTER_NO_VEHICLE = 2
 REGISTER_TERMINAL_TAKEN = 3
 REGISTER_NO_TERMINAL = 4
+
+# 0x8300 text flags. 2013: bit 0 emergency, 2 display, 3 read aloud (TTS), 4 advertising screen,
+# 5 CAN fault code. 2019: bits 0-1 1 service / 2 emergency / 3 notification, 2 display, 3 TTS; the
+# 2019 body adds a type byte (1 notification, 2 service) after the flags.
+TEXT_EMERGENCY = 1 << 0
+TEXT_DISPLAY = 1 << 2
+TEXT_TTS = 1 << 3
+TEXT_TYPE_NOTIFICATION = 1
+TEXT_TYPE_SERVICE = 2
+MAX_TEXT_BYTES = 1000  # GBK bytes of one 0x8300 text: its body must fit one frame (1023) with flags
 
 # Status bits of a 0x0200 body
 STATUS_FIX = 1 << 1
@@ -416,8 +437,60 @@ def _parse_register_reply(msg: Message) -> None:
     }
 
 
+def _parse_position_reply(msg: Message) -> None:
+    (reply_serial,) = _U16.unpack_from(msg.body)
+    msg.fields = {"reply_serial": reply_serial}
+    msg.positions = [parse_location(msg.body[2:], msg.terminal)]
+
+
+def _parse_text(msg: Message) -> None:
+    body = msg.body
+    if msg.version >= 1:  # 2019: flags, type, text
+        msg.fields = {"flags": body[0], "type": body[1], "text": _text(body[2:])}
+    else:
+        msg.fields = {"flags": body[0], "type": None, "text": _text(body[1:])}
+
+
+def _parse_set_params(msg: Message) -> None:
+    body = msg.body
+    count = body[0]
+    params: dict[int, int | str] = {}
+    offset = 1
+    for i in range(count):
+        if offset + 5 > len(body):
+            raise DecodeError(f"0x8103: parameter {i + 1} of {count} missing")
+        param, size = _PARAM_HEAD.unpack_from(body, offset)
+        offset += 5
+        value = body[offset : offset + size]
+        if len(value) != size:
+            raise DecodeError(f"0x8103: parameter {param:#06x} length {size} past the body end")
+        offset += size
+        params[param] = _param_value(param, value)
+    if offset != len(body):
+        raise DecodeError(f"0x8103: {len(body) - offset} bytes after its {count} parameters")
+    msg.fields = {"params": params}
+
+
+def _parse_retransmit(msg: Message) -> None:
+    body = msg.body
+    (original,) = _U16.unpack_from(body)
+    if msg.version >= 1:  # 2019 widened the count to a WORD
+        (count,) = _U16.unpack_from(body, 2)
+        offset = 4
+    else:
+        count, offset = body[2], 3
+    if len(body) != offset + 2 * count:
+        raise DecodeError(f"0x8003: {count} packet ids need {offset + 2 * count} bytes, body has {len(body)}")
+    ids = [_U16.unpack_from(body, offset + 2 * k)[0] for k in range(count)]
+    msg.fields = {"original_serial": original, "packet_ids": ids}
+
+
 _BODY_PARSERS = {
     MSG_LOCATION: _parse_location_msg,
+    MSG_POSITION_REPLY: _parse_position_reply,
+    MSG_TEXT: _parse_text,
+    MSG_SET_PARAMS: _parse_set_params,
+    MSG_RETRANSMIT: _parse_retransmit,
     MSG_LOCATION_BATCH: _parse_batch,
     MSG_REGISTER: _parse_register,
     MSG_AUTH: _parse_auth,
@@ -688,6 +761,134 @@ def encode_auth_body(auth_code: str, imei: str = "", software_version: str = "",
     return bytes((len(code),)) + code + _fixed(imei, 15) + _fixed(software_version, 20)
 
 
+# ---------------------------------------------------------------- platform commands
+
+
+def encode_text_body(
+    text: str, flags: int = TEXT_DISPLAY | TEXT_TTS, version: int = 0, text_type: int = TEXT_TYPE_NOTIFICATION
+) -> bytes:
+    """A 0x8300 body: flags and GBK text; the 2019 layout (version >= 1) has a type byte between them."""
+    raw = text.encode("gbk")  # UnicodeEncodeError (a ValueError) names the character
+    if not raw:
+        raise ValueError("a driver text must not be empty")
+    if len(raw) > MAX_TEXT_BYTES:
+        raise ValueError(f"text of {len(raw)} GBK bytes exceeds {MAX_TEXT_BYTES}")
+    head = bytes((flags & 0xFF, text_type & 0xFF)) if version >= 1 else bytes((flags & 0xFF,))
+    return head + raw
+
+
+# 0x8103 terminal parameters: name -> (id, kind); kind is a struct layout, or "s" for a GBK string
+PARAMETERS: dict[str, tuple[int, str]] = {
+    "heartbeat_interval_s": (0x0001, "I"),
+    "tcp_reply_timeout_s": (0x0002, "I"),
+    "tcp_retransmissions": (0x0003, "I"),
+    "apn": (0x0010, "s"),
+    "server_address": (0x0013, "s"),
+    "server_tcp_port": (0x0018, "I"),
+    "report_strategy": (0x0020, "I"),  # 0 timed, 1 by distance, 2 both
+    "report_scheme": (0x0021, "I"),  # 0 by ACC state, 1 by login and ACC
+    "no_driver_report_interval_s": (0x0022, "I"),
+    "sleep_report_interval_s": (0x0027, "I"),
+    "emergency_report_interval_s": (0x0028, "I"),
+    "default_report_interval_s": (0x0029, "I"),
+    "default_report_distance_m": (0x002C, "I"),
+    "sleep_report_distance_m": (0x002E, "I"),
+    "corner_angle_deg": (0x0030, "I"),
+    "fence_radius_m": (0x0031, "H"),
+    "max_speed_kmh": (0x0055, "I"),
+    "overspeed_duration_s": (0x0056, "I"),
+    "continuous_driving_limit_s": (0x0057, "I"),
+    "daily_driving_limit_s": (0x0058, "I"),
+    "min_rest_s": (0x0059, "I"),
+    "max_parking_s": (0x005A, "I"),
+    "odometer_hm": (0x0080, "I"),  # 1/10 km
+    "province_id": (0x0081, "H"),
+    "city_id": (0x0082, "H"),
+    "plate": (0x0083, "s"),
+    "plate_color": (0x0084, "B"),
+}
+_PARAM_KIND = {pid: kind for pid, kind in PARAMETERS.values()}
+_PARAM_NAME = {pid: name for name, (pid, _) in PARAMETERS.items()}
+_PARAM_HEAD = struct.Struct(">IB")
+_PARAM_SIZE = {"I": 4, "H": 2, "B": 1}
+
+
+def parameter_id(key: str) -> int:
+    """A parameter's id from its name in PARAMETERS or its hex id ("0x0029"); ValueError if unknown."""
+    if key in PARAMETERS:
+        return PARAMETERS[key][0]
+    try:
+        pid = int(key, 16) if key.lower().startswith("0x") else None
+    except ValueError:
+        pid = None
+    if pid is None or pid not in _PARAM_KIND:
+        raise ValueError(f"unknown terminal parameter {key!r}; known: {', '.join(PARAMETERS)}")
+    return pid
+
+
+def parameter_name(pid: int) -> str:
+    return _PARAM_NAME.get(pid, f"0x{pid:04x}")
+
+
+def _param_value(pid: int, value: bytes) -> int | str:
+    kind = _PARAM_KIND.get(pid)
+    if kind == "s":
+        return _text(value)
+    if kind is not None and _PARAM_SIZE[kind] == len(value):
+        return int.from_bytes(value, "big")
+    return value.hex()  # an id we do not know, or a length its type does not have
+
+
+def encode_params_body(params: Mapping[int, int | str]) -> bytes:
+    """A 0x8103 body: the count, then (id DWORD, length BYTE, value) per parameter. Values are checked
+    against each parameter's type (ValueError names the parameter)."""
+    if not params:
+        raise ValueError("no parameters to set")
+    if len(params) > 255:
+        raise ValueError(f"{len(params)} parameters exceed the 255 one message can carry")
+    items = []
+    for pid, value in params.items():
+        kind = _PARAM_KIND.get(pid)
+        name = parameter_name(pid)
+        if kind is None:
+            raise ValueError(f"unknown terminal parameter {name}")
+        if kind == "s":
+            raw = str(value).encode("gbk")
+            if len(raw) > 255:
+                raise ValueError(f"{name}: {len(raw)} bytes exceed 255")
+        else:
+            size = _PARAM_SIZE[kind]
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(f"{name} must be a whole number, got {value!r}")
+            try:
+                number = int(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"{name} must be a whole number, got {value!r}") from None
+            if not 0 <= number < 1 << (8 * size):
+                raise ValueError(f"{name} must be 0 to {(1 << (8 * size)) - 1}, got {number}")
+            raw = number.to_bytes(size, "big")
+        items.append(_PARAM_HEAD.pack(pid, len(raw)) + raw)
+    body = bytes((len(items),)) + b"".join(items)
+    if len(body) > MAX_BODY:
+        raise ValueError(f"parameters take {len(body)} bytes, over the {MAX_BODY} of one message")
+    return body
+
+
+def encode_retransmit_body(original_serial: int, packet_ids: Sequence[int], version: int = 0) -> bytes:
+    """A 0x8003 body: the serial of the message's first packet and the 1-based indices to send again
+    (count BYTE in 2013, WORD in 2019)."""
+    limit = 0xFFFF if version >= 1 else 0xFF
+    if not 0 < len(packet_ids) <= min(limit, (MAX_BODY - 4) // 2):
+        raise ValueError(f"{len(packet_ids)} packet ids: need 1 to {min(limit, (MAX_BODY - 4) // 2)}")
+    count = _U16.pack(len(packet_ids)) if version >= 1 else bytes((len(packet_ids),))
+    return _U16.pack(original_serial & 0xFFFF) + count + b"".join(_U16.pack(i) for i in packet_ids)
+
+
+def encode_terminal_reply_body(reply_serial: int, reply_id: int, result: int) -> bytes:
+    """A 0x0001 body (terminal side: simulators, benches)."""
+    return _REPLY.pack(reply_serial & 0xFFFF, reply_id, result)
+
+
 __all__ = [
     "CST",
     "DecodeError",
@@ -698,10 +899,16 @@ __all__ = [
     "encode_batch_body",
     "encode_general_reply",
     "encode_location_body",
+    "encode_params_body",
+    "encode_retransmit_body",
+    "encode_terminal_reply_body",
+    "encode_text_body",
     "encode_register_body",
     "encode_register_reply",
     "escape",
     "join_packets",
+    "parameter_id",
+    "parameter_name",
     "parse_location",
     "split_frames",
     "unescape",

@@ -15,6 +15,12 @@ address: at a cap the oldest connection that has not authenticated yet makes roo
 not authenticated within `auth_timeout_s` is closed. A connection that misbehaves is logged and closed;
 repeated problems log once per interval. Nothing one connection does reaches another. Rules live in
 detectors; this only registers, authenticates, acknowledges and forwards positions.
+
+Platform commands (`command`): text, position query and parameters go to the connection a terminal
+authenticated on last, or wait for its next authentication (gateway/sources/jt808_commands.py keeps
+their state); the terminal's answers (0x0001, 0x0201) are matched by serial. A long message whose
+subpackages stop coming is asked for again (0x8003, the missing packet numbers) after
+`packet_timeout_s`, `packet_retries` times, then dropped.
 """
 
 from __future__ import annotations
@@ -23,17 +29,21 @@ import asyncio
 import collections
 import contextlib
 import inspect
+import json
 import logging
 import resource
 import secrets
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from core.model import Position
 from detectors.vehicle.identity import TerminalDirectory, terminal_key
 from gateway.component import serve_until
 from gateway.protocols import jt808
+from gateway.sources.jt808_commands import Command, CommandBook, CommandRefused
+from gateway.storage import write_durably
 from gateway.throttle import LogThrottle, throttle_resource_errors
 
 log = logging.getLogger(__name__)
@@ -109,6 +119,13 @@ class Jt808Server:
         unknown_per_connection: int = 1,
         unknown_per_address_per_min: float = 10,
         log_interval_s: float = 60,
+        command_ttl_s: float = 3600,
+        command_reply_timeout_s: float = 60,
+        max_commands: int = 10_000,
+        max_queued_commands: int = 32,
+        packet_timeout_s: float = 10,
+        packet_retries: int = 2,
+        state_path: Path | None = None,
     ) -> None:
         self.host = host
         self._port = port
@@ -128,9 +145,17 @@ class Jt808Server:
         self.unknown_per_connection = unknown_per_connection
         self.unknown_per_address_per_min = unknown_per_address_per_min
         self.registry = registry
-        self.directory = TerminalDirectory(
-            vehicles if vehicles is not None else {t: terminal_key(t) for t in registry}
-        )
+        vehicles = vehicles if vehicles is not None else {t: terminal_key(t) for t in registry}
+        self.directory = TerminalDirectory(vehicles)
+        self._key_by_vehicle = {vehicle: terminal_key(t) for t, vehicle in vehicles.items()}
+        self.packet_timeout_s = packet_timeout_s
+        self.packet_retries = packet_retries
+        self.commands = CommandBook(ttl_s=command_ttl_s, reply_timeout_s=command_reply_timeout_s,
+                                    max_commands=max_commands, max_queued_per_terminal=max_queued_commands)
+        self._online: dict[str, _Connection] = {}  # terminal key -> the connection it authenticated on last
+        self.state_path = state_path  # where the commands are saved (None: memory only)
+        self._saved_version = 0
+        self._saver: asyncio.Task | None = None
         self.throttle = LogThrottle(log_interval_s)
         self.counters: dict[str, int] = {
             "connections": 0,
@@ -154,6 +179,9 @@ class Jt808Server:
             "refused_connections": 0,  # over the connection caps with nothing to make room
             "evicted_unauthenticated": 0,  # closed to make room at a cap
             "callback_errors": 0,
+            "retransmit_requests": 0,  # 0x8003 sent for subpackages that stopped coming
+            "incomplete_messages": 0,  # subpackaged messages given up after the retransmit requests
+            "command_save_errors": 0,
         }
         self._issued: collections.OrderedDict[str, str] = collections.OrderedDict()  # key -> code
         self._server: asyncio.Server | None = None
@@ -170,8 +198,10 @@ class Jt808Server:
     def registry(self, registry: Mapping[str, str]) -> None:
         self._codes = {terminal_key(t): code for t, code in registry.items()}
 
-    def stats(self) -> dict[str, int]:
-        return dict(self.counters)
+    def stats(self) -> dict[str, Any]:
+        self.commands.sweep(time.time())
+        self._save_commands()
+        return {**self.counters, "commands": self.commands.stats()}
 
     @property
     def port(self) -> int:
@@ -181,6 +211,7 @@ class Jt808Server:
         return self._port
 
     async def start(self) -> None:
+        self._load_commands()
         throttle_resource_errors(asyncio.get_running_loop(), self.throttle.interval_s)
         self._server = await asyncio.start_server(self._accept, self.host, self._port, backlog=self.backlog)
         log.info("JT/T 808 server listening on %s:%d (at most %d connections, %d per address)",
@@ -208,6 +239,52 @@ class Jt808Server:
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
+        self._save_commands()
+        if self._saver is not None:
+            await self._saver
+
+    # -------------------------------------------------------------- command state on disk
+
+    def _load_commands(self) -> None:
+        """Take back the commands saved by the last run. An unreadable file is moved aside (`.bad`):
+        it must not keep the server from starting."""
+        path = self.state_path
+        if path is None or not path.exists() or self.commands.version:
+            return
+        try:
+            self.commands.restore(json.loads(path.read_text(encoding="utf-8"))["commands"], time.time())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            bad = path.with_name(path.name + ".bad")
+            log.error("JT/T 808 command state %s unreadable (%s); moved to %s", path, exc, bad)
+            with contextlib.suppress(OSError):
+                path.replace(bad)
+            return
+        self._saved_version = self.commands.version
+        log.info("JT/T 808: %d command(s) restored from %s", self.commands.stats()["tracked"], path)
+
+    def _save_commands(self) -> None:
+        """Save the commands soon after they changed: one writer at a time, off the loop, the last state wins."""
+        if self.state_path is None or self.commands.version == self._saved_version:
+            return
+        if self._saver is None or self._saver.done():
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # stats() read outside the loop: the next change on it saves
+                return
+            self._saver = loop.create_task(self._save_loop())
+
+    async def _save_loop(self) -> None:
+        assert self.state_path is not None
+        while self.commands.version != self._saved_version:
+            version = self.commands.version
+            data = json.dumps({"commands": self.commands.export()}, ensure_ascii=False).encode()  # on the loop
+            try:
+                await asyncio.to_thread(write_durably, self.state_path, data)
+            except OSError as exc:
+                self.counters["command_save_errors"] += 1
+                self.warn("command-save", "JT/T 808 could not save commands to %s: %s", self.state_path, exc)
+                return
+            self._saved_version = version
 
     # -------------------------------------------------------------- admission
 
@@ -251,6 +328,8 @@ class Jt808Server:
         return True
 
     def _forget(self, conn: _Connection) -> None:
+        if conn.key is not None and self._online.get(conn.key) is conn:
+            del self._online[conn.key]
         if conn in self._connections:
             self._connections.discard(conn)
             self._per_address[conn.address] -= 1
@@ -260,6 +339,57 @@ class Jt808Server:
 
     def authenticated(self, conn: _Connection) -> None:
         self._waiting.pop(conn, None)
+        assert conn.key is not None
+        self._online[conn.key] = conn
+        self._deliver(conn.key)
+        self._save_commands()
+
+    # -------------------------------------------------------------- platform commands
+
+    def resolve(self, target: str) -> tuple[str, str]:
+        """(terminal key, device id) of a vehicle id or terminal number; CommandRefused (404) when this
+        server knows no such terminal."""
+        key = self._key_by_vehicle.get(target)
+        if key is not None:
+            return key, target
+        key = terminal_key(target)
+        if key in self._codes or key in self._online or key in self._issued:
+            return key, self.directory.device_id(target)
+        raise CommandRefused(f"no vehicle or terminal {target!r}", 404)
+
+    def command(self, target: str, kind: str, args: Mapping[str, Any] | None = None, *,
+                origin: str = "api") -> Command:
+        """Send a command to a vehicle now if its terminal is authenticated on a connection, else queue it
+        for its next authentication. CommandRefused says why one is not taken."""
+        try:
+            key, vehicle = self.resolve(target)
+        except CommandRefused:
+            self.commands.counters["refused"] += 1
+            raise
+        now = time.time()
+        self.commands.sweep(now)
+        cmd = self.commands.add(key, vehicle, kind, args or {}, now, origin)
+        self._deliver(key)
+        self._save_commands()
+        return cmd
+
+    def commands_of(self, target: str) -> list[Command]:
+        """A vehicle's commands, newest first."""
+        _, vehicle = self.resolve(target)
+        self.commands.sweep(time.time())
+        self._save_commands()
+        return self.commands.of(vehicle)
+
+    def _deliver(self, key: str) -> None:
+        conn = self._online.get(key)
+        if conn is None:
+            return
+        due = self.commands.due(key, time.time())
+        for i, cmd in enumerate(due):
+            if conn.writer.transport.is_closing():  # it is going away: wait for the next authentication
+                self.commands.requeue(due[i:])
+                return
+            conn.send_command(cmd)
 
     def unknown_allowed(self, conn: _Connection, key: str) -> bool:
         """Whether a terminal not in the fleet may register from this connection now."""
@@ -332,6 +462,7 @@ class _Connection:
         self.garbage_frames = 0  # undecodable frames in a row
         self.garbage_bytes = 0  # bytes outside any frame since the last good frame
         self.packets: dict[tuple[str, int], dict[int, jt808.Message]] = {}
+        self.packet_due: dict[tuple[str, int], list[float]] = {}  # same keys: [retransmit due (loop time), tries]
         self.packet_bytes = 0
         self.unknown: set[str] = set()  # keys of unknown terminals registered on this connection
         self.auth_failures = 0
@@ -340,6 +471,7 @@ class _Connection:
         self.terminal: str | None = None
         self.key: str | None = None
         self.device = ""
+        self.version = 0  # header version of its authentication: commands are written in it
 
     async def run(self) -> None:
         stats = self.server.counters
@@ -377,6 +509,7 @@ class _Connection:
             if self.key is not None:
                 stats["authenticated_connections"] -= 1
             self.packets.clear()
+            self.packet_due.clear()
             self.writer.close()
             with contextlib.suppress(ConnectionError, asyncio.CancelledError):
                 await self.writer.wait_closed()
@@ -386,10 +519,20 @@ class _Connection:
         server = self.server
         loop = asyncio.get_running_loop()
         auth_deadline = loop.time() + server.auth_timeout_s
+        last_read = loop.time()
         buffer = b""
         while True:
-            wait = server.idle_timeout_s if self.key is not None else max(0.0, auth_deadline - loop.time())
-            chunk = await asyncio.wait_for(self.reader.read(65536), wait)
+            deadline = last_read + server.idle_timeout_s if self.key is not None else auth_deadline
+            packets_due = min((due for due, _ in self.packet_due.values()), default=deadline)
+            try:
+                chunk = await asyncio.wait_for(self.reader.read(65536), max(0.0, min(deadline, packets_due) - loop.time()))
+            except TimeoutError:
+                if packets_due >= deadline:
+                    raise
+                self._ask_missing(loop.time())
+                await self.writer.drain()
+                continue
+            last_read = loop.time()
             if not chunk:
                 return
             data = buffer + chunk
@@ -442,6 +585,9 @@ class _Connection:
         if parts and next(iter(parts.values())).packet_total != part.packet_total:
             self.packet_bytes -= sum(len(p.body) for p in parts.values())
             parts.clear()  # a new message started before the old one completed
+            self.packet_due.pop(key, None)
+        due = self.packet_due.setdefault(key, [0.0, 0])
+        due[0] = asyncio.get_running_loop().time() + self.server.packet_timeout_s  # still coming: wait again
         old = parts.get(part.packet_index)
         if old is not None:
             self.packet_bytes -= len(old.body)
@@ -454,6 +600,7 @@ class _Connection:
         if len(parts) < (part.packet_total or 0):
             return None
         del self.packets[key]
+        self.packet_due.pop(key, None)
         self.packet_bytes -= sum(len(p.body) for p in parts.values())
         try:
             return jt808.join_packets(list(parts.values()))
@@ -462,6 +609,39 @@ class _Connection:
             self.server.throttle.log(log, logging.INFO, "join", "JT/T 808 subpackages from %s do not join: %s",
                                      self.peer, exc)
             return None
+
+    def _ask_missing(self, now: float) -> None:
+        """Ask again (0x8003) for the missing subpackages of each message overdue; give up after
+        `packet_retries` requests."""
+        server = self.server
+        for key, due in list(self.packet_due.items()):
+            if due[0] > now:
+                continue
+            parts = self.packets.get(key, {})
+            if not parts or due[1] >= server.packet_retries:
+                self.packet_due.pop(key, None)
+                if self.packets.pop(key, None):
+                    self.packet_bytes -= sum(len(p.body) for p in parts.values())
+                    server.counters["incomplete_messages"] += 1
+                    server.warn("incomplete", "JT/T 808 %s: message %#06x dropped, %d of %d subpackages after %d "
+                                "retransmit requests", self.peer, key[1], len(parts),
+                                next(iter(parts.values())).packet_total or 0, due[1])
+                continue
+            some = next(iter(parts.values()))
+            total = some.packet_total or 0
+            missing = [i for i in range(1, total + 1) if i not in parts]
+            first_serial = (some.serial - ((some.packet_index or 1) - 1)) & 0xFFFF  # packets carry consecutive serials
+            body = jt808.encode_retransmit_body(first_serial, missing[:255], self.version)
+            self._send(jt808.encode(jt808.MSG_RETRANSMIT, self.terminal or key[0], self._next_serial(), body,
+                                    self.version))
+            server.counters["retransmit_requests"] += 1
+            due[0], due[1] = now + server.packet_timeout_s, due[1] + 1
+
+    def send_command(self, cmd: Command) -> None:
+        serial = self._next_serial()
+        assert self.terminal is not None
+        self._send(jt808.encode(cmd.msg_id, self.terminal, serial, cmd.body(self.version), self.version))
+        self.server.commands.sent(cmd, serial, time.time())
 
     # -------------------------------------------------------------- messages
 
@@ -528,8 +708,20 @@ class _Connection:
         elif mid == jt808.MSG_UNREGISTER:
             reply(jt808.RESULT_OK)
             await server._event("unregistered", msg.terminal, {"peer": self.peer})
-        elif mid == jt808.MSG_TERMINAL_REPLY:
-            pass  # the terminal acknowledging one of our commands: nothing to answer
+        elif mid == jt808.MSG_TERMINAL_REPLY:  # the terminal answering one of our frames: nothing to answer
+            f = msg.fields
+            if f.get("reply_id") not in (jt808.MSG_PLATFORM_REPLY, jt808.MSG_REGISTER_REPLY, jt808.MSG_RETRANSMIT):
+                server.commands.answered(self.key or "", f["reply_serial"], f["reply_id"], time.time(),
+                                         result=f["result"])
+                server._save_commands()
+        elif mid == jt808.MSG_POSITION_REPLY:  # answer to a position query: a fix like any other
+            for position in msg.positions:
+                server.counters["positions"] += 1
+                position = position._replace(device=self.device)
+                server.commands.answered(self.key or "", msg.fields["reply_serial"], jt808.MSG_POSITION_QUERY,
+                                         time.time(), position=position)
+                server._save_commands()
+                await server._call(server.on_position, position)
         else:
             reply(jt808.RESULT_UNSUPPORTED)
 
@@ -582,9 +774,10 @@ class _Connection:
                 await self.writer.drain()
                 raise _Drop(f"{self.auth_failures} failed authentications")
             return
-        if self.key is None:
-            server.counters["authenticated_connections"] += 1
-            server.authenticated(self)
-        self.terminal, self.key = msg.terminal, key
+        first = self.key is None
+        self.terminal, self.key, self.version = msg.terminal, key, msg.version
         self.device = server.directory.device_id(msg.terminal)
         self._reply(msg, jt808.RESULT_OK)
+        if first:
+            server.counters["authenticated_connections"] += 1
+            server.authenticated(self)  # after the reply: queued commands follow it

@@ -1,8 +1,9 @@
 """The JSON API (`/api/...`) and its OpenAPI document (`/api/openapi.json`).
 
 Every route needs a session cookie or `Authorization: Bearer <token>` (web.tokens); a change
-(retry, confirm, reject) needs the operator role, and from a browser session also the
-`X-CSRF-Token` header.
+(retry, confirm, reject, a vehicle command) needs the operator role, and from a browser session also
+the `X-CSRF-Token` header. Vehicle commands (`/api/vehicles/{id}/commands`, operator role to send and to
+read) go to the JT/T 808 server's `command` / `commands_of`.
 Store reads run in a thread: they are SQLite calls.
 """
 
@@ -198,6 +199,52 @@ async def map_layers(request: web.Request) -> web.Response:
     return web.json_response({"crs": crs, "tiles": tiles, "layers": layers}, dumps=dumps)
 
 
+def _command_target(request: web.Request) -> tuple[Any, str] | web.Response:
+    server = request.app[CONSOLE].commands
+    if server is None:
+        return _json({"error": "the JT/T 808 server is not running (vehicles.jt808.enabled)"}, 503)
+    return server, request.match_info["vehicle_id"]
+
+
+@requires("operator")
+async def send_command(request: web.Request) -> web.Response:
+    """Queue a platform command for a vehicle's terminal: sent now if it is connected and authenticated."""
+    from gateway.sources.jt808_commands import CommandRefused
+
+    target = _command_target(request)
+    if isinstance(target, web.Response):
+        return target
+    server, vehicle = target
+    try:
+        body = await request.json()
+    except ValueError:
+        return _json({"error": "the body must be JSON: {\"kind\": \"text\" | \"query\" | \"params\", ...}"}, 400)
+    if not isinstance(body, dict) or not isinstance(body.get("kind"), str):
+        return _json({"error": "the body must be a JSON object with a 'kind': text | query | params"}, 400)
+    who = principal(request).name
+    try:
+        cmd = server.command(vehicle, body["kind"], body, origin=f"api:{who}")
+    except CommandRefused as exc:
+        return _json({"error": str(exc)}, exc.status)
+    log.info("console: %s sent %s command %s to %s (%s)", who, cmd.kind, cmd.id, cmd.vehicle, cmd.state)
+    return _json(cmd.to_json(), 202)
+
+
+@requires("operator")
+async def vehicle_commands(request: web.Request) -> web.Response:
+    from gateway.sources.jt808_commands import CommandRefused
+
+    target = _command_target(request)
+    if isinstance(target, web.Response):
+        return target
+    server, vehicle = target
+    try:
+        found = server.commands_of(vehicle)
+    except CommandRefused as exc:
+        return _json({"error": str(exc)}, exc.status)
+    return _json({"vehicle": vehicle, "commands": [c.to_json() for c in found]})
+
+
 async def openapi(request: web.Request) -> web.Response:
     return _json(OPENAPI)
 
@@ -215,6 +262,8 @@ ROUTES = [
     ("GET", "/api/users", users),
     ("GET", "/api/openapi.json", openapi),
     ("GET", "/api/map", map_layers),
+    ("POST", "/api/vehicles/{vehicle_id}/commands", send_command),
+    ("GET", "/api/vehicles/{vehicle_id}/commands", vehicle_commands),
 ]
 
 
@@ -223,6 +272,10 @@ def _error(description: str) -> dict:
 
 
 _CASE_ID = {"name": "case_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_VEHICLE_ID = {"name": "vehicle_id", "in": "path", "required": True, "schema": {"type": "string"},
+               "description": "Fleet vehicle id (or a terminal number)."}
+_CSRF = {"name": "X-CSRF-Token", "in": "header", "required": False, "schema": {"type": "string"},
+         "description": "Required with a session cookie."}
 _AUTH_ERRORS = {"401": _error("No or unknown credentials."), "403": _error("Role too low, or CSRF token missing.")}
 
 
@@ -283,6 +336,30 @@ OPENAPI: dict[str, Any] = {
                                     "last_error": {"type": ["string", "null"]},
                                     "created_at": {"type": "string", "format": "date-time"},
                                     "delivered_at": {"type": ["string", "null"], "format": "date-time"}}},
+            "CommandRequest": {"type": "object", "required": ["kind"], "description": "text: 0x8300 to the "
+                               "driver's display (read aloud); query: 0x8201 position query; params: 0x8103 "
+                               "terminal parameters by name (gateway/protocols/jt808.py PARAMETERS) or hex id.",
+                               "properties": {"kind": {"enum": ["text", "query", "params"]},
+                                              "text": {"type": "string", "description": "kind text: GBK, at most "
+                                                       "1000 bytes"},
+                                              "emergency": {"type": "boolean", "description": "kind text"},
+                                              "params": {"type": "object", "description": "kind params, e.g. "
+                                                         "{\"default_report_interval_s\": 10}",
+                                                         "additionalProperties": {"type": ["integer", "string"]}}}},
+            "Command": {"type": "object", "required": ["id", "vehicle", "kind", "state"],
+                        "properties": {"id": {"type": "string"}, "vehicle": {"type": "string"},
+                                       "terminal": {"type": "string"}, "kind": {"enum": ["text", "query", "params"]},
+                                       "msg_id": {"type": "string"}, "args": {"type": "object"},
+                                       "origin": {"type": "string"},
+                                       "state": {"enum": ["queued", "sent", "acknowledged", "failed", "expired"]},
+                                       "serial": {"type": ["integer", "null"]}, "result": {"type": ["integer", "null"]},
+                                       "result_name": {"type": ["string", "null"]},
+                                       "reason": {"type": ["string", "null"]},
+                                       "position": {"type": ["object", "null"]},
+                                       "created_at": {"type": "string", "format": "date-time"},
+                                       "expires_at": {"type": "string", "format": "date-time"},
+                                       "sent_at": {"type": ["string", "null"], "format": "date-time"},
+                                       "done_at": {"type": ["string", "null"], "format": "date-time"}}},
         },
     },
     "paths": {
@@ -352,6 +429,25 @@ OPENAPI: dict[str, Any] = {
                                  "application/json": {"schema": {"type": "object", "properties": {
                                      "crs": {"enum": ["wgs84", "gcj02"]}, "tiles": {"type": ["object", "null"]},
                                      "layers": {"type": "object"}}}}}}, **_AUTH_ERRORS}}},
+        "/api/vehicles/{vehicle_id}/commands": {
+            "post": {"summary": "Send a command to a vehicle's JT/T 808 terminal now, or queue it until the terminal "
+                                "authenticates again (vehicles.jt808.command_ttl_s). Role: operator.",
+                     "parameters": [_VEHICLE_ID, _CSRF],
+                     "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                         "$ref": "#/components/schemas/CommandRequest"}}}},
+                     "responses": {"202": {"description": "Taken: sent or queued", "content": {"application/json": {
+                         "schema": {"$ref": "#/components/schemas/Command"}}}},
+                                   "400": _error("bad kind or arguments"), "404": _error("unknown vehicle"),
+                                   "429": _error("too many commands waiting"),
+                                   "503": _error("no JT/T 808 server runs"), **_AUTH_ERRORS}},
+            "get": {"summary": "A vehicle's commands, newest first, with their state and the terminal's result. "
+                               "Role: operator.",
+                    "parameters": [_VEHICLE_ID],
+                    "responses": {"200": {"description": "Commands", "content": {"application/json": {"schema": {
+                        "type": "object", "properties": {"vehicle": {"type": "string"}, "commands": {
+                            "type": "array", "items": {"$ref": "#/components/schemas/Command"}}}}}}},
+                                  "404": _error("unknown vehicle"), "503": _error("no JT/T 808 server runs"),
+                                  **_AUTH_ERRORS}}},
         "/api/openapi.json": {"get": {"summary": "This document.",
                                       "responses": {"200": {"description": "OpenAPI 3.1", "content": {
                                           "application/json": {"schema": {"type": "object"}}}}, **_AUTH_ERRORS}}},

@@ -43,6 +43,7 @@ class Console:
     map_attribution: str = ""
     static_layers: dict | None = None  # built on first use (the grid may be large)
     notify_central: Callable[[], None] | None = None  # wakes the delivery worker (a confirmed case)
+    commands: Any = None  # the JT/T 808 server (its `command` / `commands_of`), when it runs
 
     def snapshot(self) -> tuple[dict[str, Any], str | None]:
         """The runtime's snapshot, or ({}, why) when it fails. Called on the loop: the runtime's state

@@ -281,6 +281,11 @@ def test_dockerfile_lints_clean_and_builds_what_the_package_needs():
     assert words.index("USER") > max(i for i, w in enumerate(words) if w == "RUN")
     for word in ("ENTRYPOINT", "CMD"):
         assert isinstance(json.loads(next(args for w, args in steps if w == word)), list), f"{word}: JSON form"
+    # the build context is an allow-list of exactly what the image copies
+    ignore = [line for line in (DOCKER / "Dockerfile.dockerignore").read_text(encoding="utf-8").splitlines()
+              if line and not line.startswith("#")]
+    assert ignore[0] == "*"
+    assert {line[1:] for line in ignore if line.startswith("!")} == set(image_paths())
     chown = next(args for word, args in steps if word == "RUN" and "chown" in args)
     volume = json.loads(next(args for word, args in steps if word == "VOLUME"))[0]
     assert f"chown {user[-1]} {volume}" in chown, "the data volume must belong to the gateway's user"

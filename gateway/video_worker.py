@@ -96,12 +96,16 @@ class CameraChannel:
     `pipeline`. Stopping ends the reader first, then lets the worker finish its frame and release the
     alerts it held back (a clip's post-roll), so nothing in hand is lost."""
 
-    def __init__(self, source: Any, worker: FrameWorker, pipeline: Any) -> None:
+    def __init__(self, source: Any, worker: FrameWorker, pipeline: Any, latency: Any = None) -> None:
         self.name = f"camera:{source.name}"
         self.source, self.worker, self.pipeline = source, worker, pipeline
+        self.latency = latency  # gateway.web.metrics.LatencyHistogram around the worker's analysis call
 
     def stats(self) -> dict[str, Any]:
-        return {**self.source.stats(), **getattr(self.pipeline, "stats", {}), **self.worker.counters}
+        stats = {**self.source.stats(), **getattr(self.pipeline, "stats", {}), **self.worker.counters}
+        if self.latency is not None:
+            stats["analysis_latency"] = self.latency.snapshot()
+        return stats
 
     async def run(self, stop: asyncio.Event) -> None:
         self.worker.start()

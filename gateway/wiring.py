@@ -151,6 +151,7 @@ def _add_video(graph: Graph) -> None:
     from detectors.video.pipeline import CameraPipeline
     from gateway.sources.camera import CameraSource
     from gateway.video_worker import CameraChannel, FrameWorker
+    from gateway.web.metrics import LatencyHistogram, timed
 
     detector = load_detector(config.video.detector, config.path(config.video.detector.model))  # ModelError now
     router, bus = graph.router, graph.bus
@@ -162,14 +163,16 @@ def _add_video(graph: Graph) -> None:
         def done(frame, name=camera.name, pipeline=pipeline) -> None:
             router.on_frame_analysed(name, frame, pipeline.last_detections)
 
-        worker = FrameWorker(camera.name, pipeline.process, bus.submit_threadsafe, on_done=done,
+        latency = LatencyHistogram()  # /metrics: citygate_inference_seconds
+        worker = FrameWorker(camera.name, timed(pipeline.process, latency), bus.submit_threadsafe, on_done=done,
                              flush=pipeline.flush, idle_flush_s=camera.evidence.clip_post_s + 5.0)
         source = CameraSource(camera, worker.offer, bus.submit_threadsafe)
-        graph.add("sources", CameraChannel(source, worker, pipeline))
+        graph.add("sources", CameraChannel(source, worker, pipeline, latency))
     if config.video.patrol:
         from gateway.patrol.build import build_patrol
 
-        graph.add("sources", build_patrol(config, graph.deployment.patrol_cameras, detector, bus.submit))
+        graph.add("sources", build_patrol(config, graph.deployment.patrol_cameras, detector, bus.submit,
+                                          health=router.health.change))
 
 
 def _add_vehicle_sources(graph: Graph) -> None:

@@ -2,7 +2,8 @@
 # Installs everything the tests need on a fresh Debian machine, then runs them.
 #   Debian: mosquitto, victoria-metrics, GStreamer's RTSP server with Debian's Python bindings
 #           (tests/rtsp_server.py runs under /usr/bin/python3), all started on loopback by the tests;
-#           fonts-wqy-microhei (Chinese text in evidence images), chromium + chromium-driver (console test)
+#           fonts-wqy-microhei (Chinese text in evidence images), chromium + chromium-driver (console test),
+#           systemd (systemd-analyze verifies docker/citygate.service)
 #   Python: citygate with the video and dev extras
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,7 @@ assert all(Gst.ElementFactory.find(e) for e in ('qtdemux', 'h264parse', 'rtph264
 [ -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || need_apt+=(fonts-wqy-microhei)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from core.model import Alert
+from core.model import Alert, HealthChange
 from detectors.video.backends import ObjectDetector
 from gateway.patrol.inventory import PatrolCamera, load_inventory, my_share
 from gateway.patrol.scheduler import PatrolScheduler
@@ -24,8 +24,10 @@ def patrol_share(config: GatewayConfig) -> list[PatrolCamera]:
 
 
 def build_patrol(config: GatewayConfig, cameras: list[PatrolCamera], detector: ObjectDetector,
-                 submit: Callable[[Alert], None], *, clock: Callable[[], float] = time.time) -> PatrolScheduler:
-    """The patrol component over `cameras` (the deployment's share); `submit` is called on the event loop."""
+                 submit: Callable[[Alert], None], *, clock: Callable[[], float] = time.time,
+                 health: Callable[[HealthChange], None] | None = None) -> PatrolScheduler:
+    """The patrol component over `cameras` (the deployment's share); `submit` and `health` (cameras'
+    online/offline changes) are called on the event loop."""
     patrol = config.video.patrol
     assert patrol is not None
-    return PatrolScheduler(cameras, patrol, detector, submit, clock=clock, timezone=config.tz)
+    return PatrolScheduler(cameras, patrol, detector, submit, clock=clock, timezone=config.tz, health=health)

@@ -7,6 +7,8 @@ groups and served by `inference_workers` threads (one per core): decode, detect,
 A camera that times out, refuses or answers 401 costs only its own fetch slot until its timeout;
 it is retried at its next slot, counted, and after `offline_after` failed visits in a row a
 `camera_offline` alert opens, closed by its next good visit (as the continuous source does).
+Beside the alert, a typed `HealthChange` goes to `health` (the router's device-health table): online
+at a camera's first good visit and when it comes back, offline when the alert opens.
 
 Component interface: `name`, `async run(stop)`, `stats()`. Alerts go to `submit` on the event loop.
 """
@@ -29,7 +31,7 @@ from typing import Any
 
 import cv2
 
-from core.model import Alert
+from core.model import Alert, HealthChange
 from detectors.video.backends import ObjectDetector
 from detectors.video.config import CameraConfig, ZoneConfig
 from detectors.video.patrol_rules import PatrolRules, PictureBudget
@@ -66,6 +68,7 @@ class _Camera:
     due: float
     failures: int = 0  # consecutive
     offline: bool = False
+    reported_online: bool = False  # a HealthChange(online) went out since the last offline one
     rules: PatrolRules | None = None
     size: tuple[int, int] | None = None
     last_visit: float | None = None
@@ -97,10 +100,12 @@ class PatrolScheduler:
 
     def __init__(self, cameras: list[PatrolCamera], config: PatrolConfig, detector: ObjectDetector,
                  submit: Callable[[Alert], None], *, clock: Callable[[], float] = time.time,
-                 timezone: tzinfo = UTC, client: SnapshotClient | None = None) -> None:
+                 timezone: tzinfo = UTC, client: SnapshotClient | None = None,
+                 health: Callable[[HealthChange], None] | None = None) -> None:
         self.config = config
         self.detector = detector
         self.submit = submit
+        self.health = health
         self.clock = clock
         self.timezone = timezone
         self.workers = config.inference_workers or os.cpu_count() or 1
@@ -294,6 +299,9 @@ class PatrolScheduler:
         if c.offline:
             c.offline = False
             self._offline_alert(c, "closed", f"camera {c.cam.id} back online")
+        if not c.reported_online:
+            c.reported_online = True
+            self._health(c, online=True)
 
     def _failed(self, c: _Camera, reason: str, detail: str) -> None:
         group = self.groups[c.cam.group]
@@ -306,7 +314,13 @@ class PatrolScheduler:
                 self.submit(alert)
         if c.failures >= self.config.offline_after and not c.offline:
             c.offline = True
+            c.reported_online = False
             self._offline_alert(c, "open", f"camera {c.cam.id} offline: {c.failures} failed visits ({c.last_error})")
+            self._health(c, online=False)
+
+    def _health(self, c: _Camera, *, online: bool) -> None:
+        if self.health is not None:
+            self.health(HealthChange("camera", c.cam.id, online, datetime.fromtimestamp(self.clock(), UTC)))
 
     def _offline_alert(self, c: _Camera, state: str, message: str) -> None:
         if state == "open":

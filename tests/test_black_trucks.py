@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -180,3 +181,31 @@ def test_checkpoint_config_needs_the_cameras_position_and_a_real_zone():
         CheckpointConfig(vehicle_types=["tank"])
     cp = CheckpointConfig()
     assert (cp.classes, cp.radius_m, cp.window_s, cp.vehicle_types) == (["truck"], 150, 120, ["muck_truck"])
+
+
+def test_citygate_check_names_the_checkpoints_problems_by_path(tmp_path):
+    from gateway.config import ConfigError
+    from gateway.deployment import load_deployment
+
+    (tmp_path / "clip.mp4").write_bytes(b"")
+    path = tmp_path / "site.yaml"
+    path.write_text(f"""
+video:
+  detector: {{model: {Path(__file__).resolve().parent.parent / "models" / "yolov8n_int8.onnx"}}}
+  cameras:
+    - name: gate-east
+      url: clip.mp4
+      lon: {LON}
+      lat: {LAT}
+      checkpoint: {{category: unregistred_vehicle, radius_m: -5}}
+""", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_deployment(path)
+    assert any(p.startswith("video.cameras[0].checkpoint.radius_m: ") for p in info.value.problems)
+    path.write_text(path.read_text().replace("radius_m: -5", "radius_m: 100"), encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_deployment(path)
+    assert any(p.startswith("video.cameras[0].checkpoint.category: 'unregistred_vehicle' is not in the case "
+                            "catalog (did you mean 'unregistered_vehicle'?)") for p in info.value.problems)
+    path.write_text(path.read_text().replace("unregistred", "unregistered"), encoding="utf-8")
+    assert load_deployment(path).config.video.cameras[0].checkpoint.radius_m == 100

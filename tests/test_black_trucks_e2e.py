@@ -127,3 +127,16 @@ async def test_a_fix_reaching_the_gateway_after_the_sighting_still_accounts_for_
         on_sighting=lambda rule: seen_before_fix.append(rule.stats["fixes"] == 1))
     assert seen_before_fix == [True]  # the truck was seen while only the far fix had arrived
     assert stats["fixes"] == 2 and stats["accounted"] >= 1 and stats["suspected"] == 0 and cases == []
+
+
+async def test_a_fix_the_position_filters_reject_accounts_for_nothing(tmp_path):
+    # 2.4 km in 2 s: an impossible jump, dropped by the fleet's filters, so it cannot vouch for the truck
+    track = tmp_path / "jump.csv"
+    track.write_text("time,device,lon,lat,speed_kmh,course,status,alarm\n"
+                     f"2026-07-15T10:00:00+08:00,013912340001,{FAR[0]},{FAR[1]},30.0,0,770,0\n"
+                     f"2026-07-15T10:00:02+08:00,013912340001,{MUCK_FIRST_FIX[0]},{MUCK_FIRST_FIX[1]},30.0,0,770,0\n",
+                     encoding="utf-8")
+    stats, cases = await run_until_decided(site(tmp_path, MUCK_FIRST_FIX, track, speed=1, window_s=4))
+    assert stats["fixes"] == 1 and stats["suspected"] >= 1 and len(cases) >= 1
+    [checked] = cases[0]["facts"]["registered_nearest"]
+    assert checked["vehicle"] == "muck-01" and checked["distance_m"] > 2000

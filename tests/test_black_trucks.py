@@ -13,7 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from core.model import Detection, Frame
-from detectors.crosscheck.black_trucks import MAX_FIXES_PER_VEHICLE, BlackTruckRule, CheckpointWatch, Sighting
+from detectors.crosscheck.black_trucks import MAX_FIXES_PER_CELL, BlackTruckRule, CheckpointWatch, Sighting
 from detectors.video.config import CameraConfig, CheckpointConfig, ZoneConfig
 
 LON, LAT = 116.40, 39.91
@@ -54,6 +54,7 @@ def s(seconds: float) -> datetime:
 def test_a_truck_no_registered_truck_accounts_for_is_a_case_decided_at_t_plus_window():
     r = rule()
     r.on_fix("muck-01", *east(2000), s(-10))  # far away
+    r.on_fix("muck-02", *east(9000), s(-20))  # too far away to be worth listing
     r.on_sightings([sighting()])
     assert r.tick(s(119)) == []  # a late fix may still come
     [alert] = r.tick(s(120))
@@ -62,7 +63,8 @@ def test_a_truck_no_registered_truck_accounts_for_is_a_case_decided_at_t_plus_wi
     assert alert.state == "open" and alert.time == T and (alert.lon, alert.lat) == (LON, LAT)
     assert alert.place == "lanes" and alert.source == "video"
     facts = alert.facts
-    assert facts["registered_vehicles"] == 2 and facts["registered_with_fixes"] == 1  # the sweeper is not asked
+    assert facts["registered_vehicles"] == 2 and facts["registered_reporting"] == 2  # the sweeper is not asked
+    assert facts["registered_listed_within_m"] == 5000
     [nearest] = facts["registered_nearest"]
     assert nearest["vehicle"] == "muck-01" and abs(nearest["distance_m"] - 2000) <= 2
     assert nearest["fix_time"] == s(-10).isoformat()
@@ -98,7 +100,9 @@ def test_fixes_outside_the_radius_window_or_types_do_not_count(metres, offset_s,
     r = rule()
     r.on_sightings([sighting()])
     r.on_fix(who, *east(metres), s(offset_s))
-    assert len(r.tick(s(130))) == 1
+    [alert] = r.tick(s(130))
+    listed = [c["vehicle"] for c in alert.facts["registered_nearest"]]
+    assert listed == ([who] if who == "muck-01" and abs(offset_s) < 120 else [])
 
 
 def test_the_vehicle_types_and_radius_are_the_checkpoints():
@@ -123,15 +127,18 @@ def test_pending_sightings_are_bounded_and_overflow_is_counted():
     assert len(r.tick(s(120))) == 3 and r.pending == 0
 
 
-def test_old_fixes_are_forgotten_and_each_vehicle_keeps_a_bounded_number():
+def test_old_fixes_are_forgotten_and_one_place_holds_a_bounded_number():
     r = rule()
-    for i in range(MAX_FIXES_PER_VEHICLE + 100):
-        r.on_fix("muck-01", *east(5000), s(i * 0.1))
-    assert len(r._fixes["muck-01"]) == MAX_FIXES_PER_VEHICLE
-    r.tick(s(2 * 120 + 60 + 100))  # horizon: twice the window and a minute of slack
-    assert len(r._fixes["muck-01"]) == 0
+    for i in range(MAX_FIXES_PER_CELL + 100):
+        r.on_fix("muck-01", *east(5000), s(i * 0.01))
+    r.on_fix("muck-02", *east(-3000), s(50))
+    assert r.fixes_held == MAX_FIXES_PER_CELL + 1
+    r.tick(s(2 * 120 + 60 + 45))  # horizon: twice the window and a minute of slack
+    assert r.fixes_held == 1  # muck-02's fix is still recent enough
+    r.tick(s(2 * 120 + 60 + 51))
+    assert r.fixes_held == 0 and r._cells == {}
     r.on_fix("sweep-01", *east(0), s(0))  # a type no checkpoint asks about is not kept
-    assert "sweep-01" not in r._fixes
+    assert r.fixes_held == 0
 
 
 def test_the_case_evidence_is_the_snapshot_and_the_crop_of_the_sighting():
@@ -209,3 +216,17 @@ video:
                             "catalog (did you mean 'unregistered_vehicle'?)") for p in info.value.problems)
     path.write_text(path.read_text().replace("unregistred", "unregistered"), encoding="utf-8")
     assert load_deployment(path).config.video.cameras[0].checkpoint.radius_m == 100
+
+
+def test_a_fix_in_the_neighbouring_cell_and_a_second_checkpoint_are_found():
+    north = CameraConfig(name="gate-north", url="rtsp://127.0.0.1/y", lon=LON + 0.03, lat=LAT + 0.02,
+                         checkpoint=CheckpointConfig(radius_m=100, window_s=60))
+    r = BlackTruckRule([camera(), north], FLEET)
+    r.on_fix("muck-01", LON - 0.0009, LAT - 0.0009, s(5))  # ~120 m south-west: across a cell boundary
+    r.on_fix("muck-02", LON + 0.03 + 0.0005, LAT + 0.02, s(5))  # ~43 m east of the north gate
+    r.on_sightings([sighting(1), Sighting("gate-north", 3, "truck", 0.9, (1, 1, 20, 20), T, picture())])
+    assert r.tick(s(200)) == [] and r.stats["accounted"] == 2
+    r.on_sightings([Sighting("gate-north", 4, "truck", 0.9, (1, 1, 20, 20), s(100), picture())])
+    [alert] = r.tick(s(200))  # muck-02's fix was 95 s before: outside the north gate's window
+    assert alert.subject_id == "gate-north" and alert.place == ""
+    assert [c["vehicle"] for c in alert.facts["registered_nearest"]] == []

@@ -18,6 +18,7 @@ lon/lat and fleet fixes are both WGS-84 (positions are WGS-84 by the time they r
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,12 +31,14 @@ import numpy as np
 import shapely
 from shapely.geometry import Polygon
 
-from core.coords import haversine_m
 from core.model import Alert, Detection, Evidence, Frame
 from detectors.video.config import CameraConfig
 from detectors.video.evidence import crop, render_snapshot
 
-MAX_FIXES_PER_VEHICLE = 512  # a 1 Hz terminal over the longest horizon the rule keeps
+M_PER_DEG_LAT = 111195.0  # metres per degree of latitude on the mean Earth radius (core.coords.haversine_m's)
+CELL_M = 500.0  # fixes are filed in square cells of this size, so a decision reads only those nearby
+LIST_RADIUS_M = 5000.0  # registered vehicles this close (or within the radius) are listed in a case
+MAX_FIXES_PER_CELL = 4096  # a depot cell full of 1 Hz terminals over the longest horizon
 HORIZON_SLACK_S = 60.0  # sightings may reach the rule a little after their frame time
 MAX_LISTED = 20  # registered vehicles listed in a case's facts, nearest first
 SEEN_TRACKS = 4096  # track ids a watch remembers (ids only grow: older ones never come back)
@@ -140,7 +143,14 @@ class BlackTruckRule:
             self._by_type.setdefault(kind, []).append(vehicle)
         windows = [cp.window_s for cp in self.checkpoints.values()]
         self.horizon_s = 2 * max(windows, default=0.0) + HORIZON_SLACK_S  # how long a fix can still matter
-        self._fixes: dict[str, deque[tuple[float, float, float]]] = {}  # vehicle -> (t, lon, lat)
+        # metres on one equirectangular plane through the first checkpoint: exact enough at a city's scale
+        first = next(iter(self.checkpoints.values()), None)
+        self._lon0, self._lat0 = (first.lon, first.lat) if first else (0.0, 0.0)
+        self._kx = M_PER_DEG_LAT * math.cos(math.radians(self._lat0))
+        # cell -> fixes (t, x, y, vehicle) in arrival order (mostly time order; blind-area supplements
+        # come late and old), dropped once older than the horizon
+        self._cells: dict[tuple[int, int], deque[tuple[float, float, float, str]]] = {}
+        self._last_fix: dict[str, float] = {}  # vehicle -> its newest fix time
         self._pending: dict[str, deque[Sighting]] = {name: deque() for name in self.checkpoints}
         self.stats: dict[str, int] = {"fixes": 0, "sightings": 0, "accounted": 0, "suspected": 0,
                                       "dropped_full": 0}
@@ -151,11 +161,20 @@ class BlackTruckRule:
         """An accepted fix of a fleet vehicle (resolved to its vehicle id); others are ignored."""
         if vehicle not in self.vehicle_types:
             return
-        fixes = self._fixes.get(vehicle)
-        if fixes is None:
-            fixes = self._fixes[vehicle] = deque(maxlen=MAX_FIXES_PER_VEHICLE)
-        fixes.append((time.timestamp(), lon, lat))
+        t = time.timestamp()
+        x, y = (lon - self._lon0) * self._kx, (lat - self._lat0) * M_PER_DEG_LAT
+        key = (math.floor(x / CELL_M), math.floor(y / CELL_M))
+        cell = self._cells.get(key)
+        if cell is None:
+            cell = self._cells[key] = deque(maxlen=MAX_FIXES_PER_CELL)
+        cell.append((t, x, y, vehicle))
+        if t > self._last_fix.get(vehicle, -math.inf):
+            self._last_fix[vehicle] = t
         self.stats["fixes"] += 1
+
+    @property
+    def fixes_held(self) -> int:
+        return sum(len(c) for c in self._cells.values())
 
     def on_sightings(self, sightings: Iterable[Sighting]) -> None:
         for s in sightings:
@@ -188,9 +207,11 @@ class BlackTruckRule:
                     self.stats["suspected"] += 1
                     out.append(alert)
         cutoff = t_now - self.horizon_s
-        for fixes in self._fixes.values():
-            while fixes and fixes[0][0] < cutoff:
-                fixes.popleft()
+        for key, cell in list(self._cells.items()):
+            while cell and cell[0][0] < cutoff:
+                cell.popleft()
+            if not cell:
+                del self._cells[key]
         return out
 
     @property
@@ -202,32 +223,39 @@ class BlackTruckRule:
     def _decide(self, cp: _Checkpoint, s: Sighting) -> Alert | None:
         t = s.time.timestamp()
         lo, hi = t - cp.window_s, t + cp.window_s
-        checked: list[tuple[float, str, float]] = []  # nearest distance, vehicle, its fix time
-        vehicles = [v for kind in sorted(cp.vehicle_types) for v in self._by_type.get(kind, ())]
-        for vehicle in vehicles:
-            best: tuple[float, float] | None = None
-            for ft, lon, lat in self._fixes.get(vehicle, ()):
-                if lo <= ft <= hi:
-                    d = haversine_m(cp.lon, cp.lat, lon, lat)
-                    if best is None or d < best[0]:
-                        best = (d, ft)
-            if best is None:
-                continue
-            if best[0] <= cp.radius_m:
-                return None  # a registered truck was there: this was (most likely) it
-            checked.append((best[0], vehicle, best[1]))
-        checked.sort()
-        return self._alert(cp, s, checked, len(vehicles))
+        cx, cy = (cp.lon - self._lon0) * self._kx, (cp.lat - self._lat0) * M_PER_DEG_LAT
+        reach = max(LIST_RADIUS_M, cp.radius_m)
+        r2 = cp.radius_m * cp.radius_m
+        types, kinds = cp.vehicle_types, self.vehicle_types
+        nearest: dict[str, tuple[float, float]] = {}  # vehicle -> squared distance, fix time
+        x0, x1 = math.floor((cx - reach) / CELL_M), math.floor((cx + reach) / CELL_M)
+        y0, y1 = math.floor((cy - reach) / CELL_M), math.floor((cy + reach) / CELL_M)
+        for ix in range(x0, x1 + 1):
+            for iy in range(y0, y1 + 1):
+                for ft, x, y, vehicle in self._cells.get((ix, iy), ()):
+                    if lo <= ft <= hi and kinds[vehicle] in types:
+                        d2 = (x - cx) ** 2 + (y - cy) ** 2
+                        if d2 <= r2:
+                            return None  # a registered truck was there: this was (most likely) it
+                        best = nearest.get(vehicle)
+                        if best is None or d2 < best[0]:
+                            nearest[vehicle] = (d2, ft)
+        checked = sorted((math.sqrt(d2), v, ft) for v, (d2, ft) in nearest.items() if d2 <= reach * reach)
+        vehicles = [v for kind in sorted(types) for v in self._by_type.get(kind, ())]
+        reporting = sum(1 for v in vehicles if self._last_fix.get(v, -math.inf) >= lo)
+        return self._alert(cp, s, checked[:MAX_LISTED], len(vehicles), reporting, reach)
 
     def _alert(self, cp: _Checkpoint, s: Sighting, checked: list[tuple[float, str, float]],
-               registered: int) -> Alert:
+               registered: int, reporting: int, listed_within_m: float) -> Alert:
         nearest = [{"vehicle": v, "distance_m": round(d), "fix_time": datetime.fromtimestamp(ft, UTC).isoformat()}
-                   for d, v, ft in checked[:MAX_LISTED]]
+                   for d, v, ft in checked]
         facts: dict[str, Any] = {
             "object": s.label, "confidence": round(s.confidence, 2), "radius_m": cp.radius_m,
             "window_s": cp.window_s, "vehicle_types": sorted(cp.vehicle_types),
-            "registered_vehicles": registered, "registered_with_fixes": len(checked),
-            "registered_nearest": nearest,
+            # how many registered vehicles could have vouched, how many were reporting at the time, and
+            # those that were within `registered_listed_within_m` (nearest first, with that fix's time)
+            "registered_vehicles": registered, "registered_reporting": reporting,
+            "registered_listed_within_m": listed_within_m, "registered_nearest": nearest,
         }
         if cp.address:
             facts["address"] = cp.address
@@ -235,7 +263,7 @@ class BlackTruckRule:
         if checked:
             why = f"nearest registered {checked[0][1]} at {checked[0][0]:.0f} m"
         else:
-            why = f"none of {registered} registered vehicles reported nearby"
+            why = f"none of {registered} registered vehicles within {listed_within_m:.0f} m"
         message = (f"{cp.rule}: {who} at checkpoint {cp.camera} with no registered "
                    f"{'/'.join(sorted(cp.vehicle_types))} within {cp.radius_m:.0f} m ±{cp.window_s:.0f} s ({why})")
         render = partial(render_sighting, s, cp.zone_polygon, s.time.astimezone(self.timezone), cp.quality)

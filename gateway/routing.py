@@ -27,6 +27,7 @@ from gateway.cases import CaseOutcome
 from gateway.health import DeviceHealth
 from gateway.outbox import Outbox
 from gateway.sinks.timeseries import TimeSeriesSink, detection_points, position_point, reading_point
+from gateway.throttle import LogThrottle
 
 if TYPE_CHECKING:  # the rule needs the video extra (OpenCV): imported by wiring only when a camera is a checkpoint
     from detectors.crosscheck.black_trucks import BlackTruckRule
@@ -74,6 +75,7 @@ class Router:
         self._notify_central = notify_central
         self._publish_alert = publish_alert
         self.black_trucks = black_trucks  # checkpoint cameras' trucks against fleet fixes; loop thread only
+        self._checkpoint_log = LogThrottle(60.0)
         self._recorded: dict[str, datetime] = {}  # device on a recording's clock -> its last tick
         self._loop: asyncio.AbstractEventLoop | None = None  # set by run(), for the cameras' threads
         self.counters = {"positions": 0, "readings": 0, "ticks": 0}
@@ -122,7 +124,14 @@ class Router:
             self._loop.call_soon_threadsafe(self.timeseries.write_many, points)
             watch = self.black_trucks.watches.get(camera) if self.black_trucks is not None else None
             if watch is not None:  # the watch is this camera's: used on this thread only
-                sightings = watch.sightings(detections, frame)
+                try:
+                    sightings = watch.sightings(detections, frame)
+                except Exception:  # noqa: BLE001 - a checkpoint's failure must not end the camera's analysis
+                    allowed, held = self._checkpoint_log.allow(camera)
+                    if allowed:
+                        log.exception("camera %s: checkpoint sightings failed (%d more since the last line)",
+                                      camera, held)
+                    return
                 if sightings:
                     self._loop.call_soon_threadsafe(self.black_trucks.on_sightings, sightings)  # type: ignore[union-attr]
 

@@ -140,3 +140,21 @@ async def test_a_fix_the_position_filters_reject_accounts_for_nothing(tmp_path):
     assert stats["fixes"] == 1 and stats["suspected"] >= 1 and len(cases) >= 1
     [checked] = cases[0]["facts"]["registered_nearest"]
     assert checked["vehicle"] == "muck-01" and checked["distance_m"] > 2000
+
+
+async def test_a_failing_checkpoint_never_stops_the_cameras_analysis(tmp_path, caplog):
+    class Broken:
+        def sightings(self, detections, frame):
+            raise RuntimeError("checkpoint bug")
+
+    gateway = Gateway(load_deployment(site(tmp_path, FAR, TRACKS / "muck-01.csv", speed=1, window_s=4)))
+    gateway.component("rules").black_trucks.watches["gate-east"] = Broken()
+    camera = gateway.component("camera:gate-east")
+    await gateway.start()
+    try:
+        await wait_until(lambda: camera.stats()["frames_analysed"] >= 6, timeout=60)
+    finally:
+        assert await gateway.shutdown()
+    assert camera.stats()["analysis_errors"] == 0
+    lines = [r for r in caplog.records if "checkpoint sightings failed" in r.getMessage()]
+    assert len(lines) == 1  # once per minute per camera, not once per frame

@@ -115,6 +115,8 @@ def _category_problems(config: GatewayConfig, catalog: Catalog) -> list[str]:
             check(f"video.cameras[{i}].rules[{j}].category", rule.category)
             for label, key in rule.class_categories.items():
                 check(f"video.cameras[{i}].rules[{j}].class_categories.{label}", key)
+        if camera.checkpoint is not None:
+            check(f"video.cameras[{i}].checkpoint.category", camera.checkpoint.category)
     for name, preset in (config.video.patrol.presets.items() if config.video.patrol else ()):
         for j, rule in enumerate(preset.rules):
             check(f"video.patrol.presets.{name}.rules[{j}].category", rule.category)

@@ -15,10 +15,11 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.model import Alert, DetectorOutput, Frame, HealthChange, Position, Reading
 from detectors.sensor.monitor import SensorMonitor
+from detectors.vehicle.filters import HISTORY, LIVE
 from detectors.vehicle.monitor import FleetMonitor
 from gateway.aio import wait_or_stop
 from gateway.alerts import AlertBus
@@ -26,6 +27,10 @@ from gateway.cases import CaseOutcome
 from gateway.health import DeviceHealth
 from gateway.outbox import Outbox
 from gateway.sinks.timeseries import TimeSeriesSink, detection_points, position_point, reading_point
+from gateway.throttle import LogThrottle
+
+if TYPE_CHECKING:  # the rule needs the video extra (OpenCV): imported by wiring only when a camera is a checkpoint
+    from detectors.crosscheck.black_trucks import BlackTruckRule
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +63,8 @@ class Router:
                  vehicle_tags: dict[str, dict[str, str]], tick_s: float, outbox_alarm: OutboxAlarm,
                  publish_health: Publish | None = None, notify_central: Callable[[], None] | None = None,
                  publish_alert: Callable[[Alert, str | None], None] | None = None,
-                 health_states: Callable[[], Iterable[tuple[str, str, dict]]] = tuple) -> None:
+                 health_states: Callable[[], Iterable[tuple[str, str, dict]]] = tuple,
+                 black_trucks: BlackTruckRule | None = None) -> None:
         self.fleet, self.sensors, self.bus, self.timeseries = fleet, sensors, bus, timeseries
         self.vehicle_tags = vehicle_tags  # keyed by vehicle id: positions are resolved to it first
         self.tick_s = tick_s
@@ -68,15 +74,20 @@ class Router:
         self._health_states = health_states  # counters published every tick (cameras, the gateway)
         self._notify_central = notify_central
         self._publish_alert = publish_alert
+        self.black_trucks = black_trucks  # checkpoint cameras' trucks against fleet fixes; loop thread only
+        self._checkpoint_log = LogThrottle(60.0)
         self._recorded: dict[str, datetime] = {}  # device on a recording's clock -> its last tick
         self._loop: asyncio.AbstractEventLoop | None = None  # set by run(), for the cameras' threads
         self.counters = {"positions": 0, "readings": 0, "ticks": 0}
         bus.listeners.append(self.after_alert)
 
     def stats(self) -> dict[str, Any]:
-        return {**self.counters, "recorded_clock_devices": len(self._recorded),
-                "vehicles": {"rejected_by_filter": dict(self.fleet.filter.counts), "rules": dict(self.fleet.counts)},
-                "sensors": dict(self.sensors.stats)}
+        stats = {**self.counters, "recorded_clock_devices": len(self._recorded),
+                 "vehicles": {"rejected_by_filter": dict(self.fleet.filter.counts), "rules": dict(self.fleet.counts)},
+                 "sensors": dict(self.sensors.stats)}
+        if self.black_trucks is not None:
+            stats["black_trucks"] = {**self.black_trucks.stats, "pending": self.black_trucks.pending}
+        return stats
 
     # -- observations --------------------------------------------------------------------------
 
@@ -106,10 +117,23 @@ class Router:
             self._tick_recorded(observation.device, observation.time)
 
     def on_frame_analysed(self, camera: str, frame: Frame, detections: list) -> None:
-        """From a camera's analysis thread: detection counts go to the time series on the loop's thread."""
+        """From a camera's analysis thread: detection counts go to the time series, and a checkpoint's
+        new trucks to the black-truck rule, both on the loop's thread."""
         if detections and self._loop is not None:
             points = detection_points(camera, detections, frame.time)
             self._loop.call_soon_threadsafe(self.timeseries.write_many, points)
+            watch = self.black_trucks.watches.get(camera) if self.black_trucks is not None else None
+            if watch is not None:  # the watch is this camera's: used on this thread only
+                try:
+                    sightings = watch.sightings(detections, frame)
+                except Exception:  # noqa: BLE001 - a checkpoint's failure must not end the camera's analysis
+                    allowed, held = self._checkpoint_log.allow(camera)
+                    if allowed:
+                        log.exception("camera %s: checkpoint sightings failed (%d more since the last line)",
+                                      camera, held)
+                    return
+                if sightings:
+                    self._loop.call_soon_threadsafe(self.black_trucks.on_sightings, sightings)  # type: ignore[union-attr]
 
     def _position(self, position: Position, received_at: datetime | None) -> None:
         self.counters["positions"] += 1
@@ -120,7 +144,17 @@ class Router:
         self.timeseries.write(position_point(position, tags))
         if tags is not None:
             self.health.seen("vehicle", tags["vehicle"], position.time)
+        if self.black_trucks is None or tags is None:
+            self.emit(self.fleet.process(position, received_at=received_at))
+            return
+        before = self._accepted_fixes()
         self.emit(self.fleet.process(position, received_at=received_at))
+        if self._accepted_fixes() != before:  # the filters passed it (live or a blind-area supplement)
+            self.black_trucks.on_fix(device, position.lon, position.lat, position.time)
+
+    def _accepted_fixes(self) -> int:
+        counts = self.fleet.filter.counts
+        return counts.get(LIVE, 0) + counts.get(HISTORY, 0)
 
     # -- detector output -----------------------------------------------------------------------
 
@@ -147,6 +181,8 @@ class Router:
         self.emit(self.fleet.tick(now, exclude=recorded))
         self.emit(self.sensors.tick(now, exclude=recorded))
         self.emit(self.outbox_alarm.check(now))
+        if self.black_trucks is not None:
+            self.emit(self.black_trucks.tick(now))
         if self._publish_health is not None:
             for kind, device, state in self._health_states():
                 self._publish_health(kind, device, state)

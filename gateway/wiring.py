@@ -95,13 +95,19 @@ def build_graph(deployment: Deployment) -> Graph:
     sensors = SensorMonitor(config.sensors)
     rule_state = RuleStateStore(sensors, data / "sensor_rules.json", interval_s=config.sensors.state_save_s, bus=bus)
     rule_state.load()  # before any reading: episodes and rain windows carry on where they stopped
+    black_trucks = None
+    if checkpoints := [c for c in config.video.cameras if c.checkpoint is not None]:
+        from detectors.crosscheck.black_trucks import BlackTruckRule  # needs OpenCV: only with checkpoints
+
+        black_trucks = BlackTruckRule(checkpoints, {v.id: v.type for v in config.vehicles.fleet.vehicles},
+                                      timezone=config.tz)
     router = Router(fleet=FleetMonitor(config.vehicles.fleet), sensors=sensors, bus=bus,
                     timeseries=timeseries, vehicle_tags=vehicle_tags, tick_s=config.vehicles.tick_s,
                     outbox_alarm=OutboxAlarm(outbox, config.id),
                     publish_health=mqtt.publish_health if mqtt else None,
                     notify_central=central.notify if central else None,
                     publish_alert=mqtt.publish_alert if mqtt else None,
-                    health_states=lambda: _health_states(graph_ref[0]))
+                    health_states=lambda: _health_states(graph_ref[0]), black_trucks=black_trucks)
     graph = Graph(deployment, outbox, desk, bus, router, timeseries)
     graph_ref.append(graph)
 

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from core.schema import FieldError, StrictModel, TimeZoneName, repeated, valid_polygon
+from detectors.vehicle.config import VehicleType
 
 Point = tuple[float, float]
 
@@ -156,6 +157,30 @@ class EvidenceConfig(StrictModel):
                                "object leaves or the stream stops.")
 
 
+class CheckpointConfig(StrictModel):
+    """The camera is a checkpoint (卡口) for unregistered trucks (黑头车): a truck seen here at time T while
+    no registered vehicle of `vehicle_types` reported a fix within `radius_m` of the camera between
+    T - window_s and T + window_s is a suspected unregistered truck. Decided at T + window_s, so a fix
+    that arrives late (GPS lag, a blind-area supplement) still counts. Needs the camera's lon/lat."""
+
+    classes: list[str] = Field(default_factory=lambda: ["truck"], min_length=1,
+                               description="Detector labels that count as a truck.")
+    radius_m: float = Field(150.0, gt=0.0, description="A registered vehicle's fix this close to the camera "
+                            "(WGS-84 distance) accounts for the truck.")
+    window_s: float = Field(120.0, gt=0.0, le=3600.0, description="How far before and after the sighting a fix "
+                            "may be; the decision waits this long.")
+    vehicle_types: list[VehicleType] = Field(default_factory=lambda: ["muck_truck"], min_length=1,
+                                             description="Fleet vehicle types whose fixes account for a truck.")
+    zone: str | None = Field(None, description="Camera zone a truck's foot point must be in (the lanes "
+                             "through the checkpoint); None: the whole picture.")
+    min_confidence: float = Field(0.4, ge=0.0, le=1.0, description="Minimum detector score of the sighting.")
+    rule: str = Field("black_truck", description="Rule name put on alerts.")
+    category: str | None = Field("unregistered_vehicle", description="Case catalog key; None: alert only.")
+    severity: Literal["info", "warning", "critical"] = Field("warning", description="Alert severity.")
+    max_pending: int = Field(32, ge=1, le=1000, description="Sightings waiting for their decision at most "
+                             "(each holds one JPEG of its frame); further ones are dropped and counted.")
+
+
 class CameraConfig(StrictModel):
     name: str = Field(description="Camera id; becomes the alert's subject id.")
     url: str = Field(description="rtsp://, http:// or a video file path.")
@@ -170,6 +195,8 @@ class CameraConfig(StrictModel):
     zones: list[ZoneConfig] = Field(default_factory=list, description="Rule zones and masks.")
     rules: list[VideoRuleConfig] = Field(default_factory=list, description="Rules of this camera.")
     evidence: EvidenceConfig = Field(default_factory=EvidenceConfig, description="Evidence attached to alerts.")
+    checkpoint: CheckpointConfig | None = Field(None, description="Checkpoint (卡口) for unregistered trucks: "
+                                                "trucks seen here are checked against the fleet's positions.")
 
     @model_validator(mode="after")
     def _references(self) -> CameraConfig:
@@ -185,4 +212,11 @@ class CameraConfig(StrictModel):
                                  f"camera {self.name!r} rule {r.name!r}: unknown zone {r.zone!r} (zones: {zones})")
             if r.zone in masks:
                 raise FieldError(("rules", i, "zone"), f"camera {self.name!r} rule {r.name!r}: zone {r.zone!r} is a mask")
+        if (cp := self.checkpoint) is not None:
+            if self.lon is None or self.lat is None:
+                raise FieldError("checkpoint", f"camera {self.name!r}: a checkpoint needs the camera's lon and lat")
+            if cp.zone is not None and cp.zone not in zones:
+                raise FieldError(("checkpoint", "zone"), f"camera {self.name!r}: unknown zone {cp.zone!r} (zones: {zones})")
+            if cp.zone in masks:
+                raise FieldError(("checkpoint", "zone"), f"camera {self.name!r}: zone {cp.zone!r} is a mask")
         return self

@@ -1,0 +1,1 @@
+"""Rules that join observations of different sources (video detections with fleet positions)."""

@@ -312,4 +312,8 @@ def load_detector(cfg: DetectorConfig, model_path: Path) -> ObjectDetector:
         path = path.resolve()
     det = _BACKENDS[cfg.backend](cfg, path)
     log.info("loaded %s model %s (%d classes)", cfg.backend, path, len(det.names))
+    if cfg.tiling.enabled:
+        from detectors.video.tiling import TiledDetector  # imports this module: load it only when used
+
+        return TiledDetector(det, cfg.tiling, cfg.iou_threshold)
     return det

@@ -114,21 +114,29 @@ def frames_at(clip: Path, seconds: list[float]) -> dict[float, np.ndarray]:
     return out
 
 
-def score_counts(labels: Labels, camera: CameraConfig, detector, clip: Path) -> CountScore:
+def count_frames(labels: Labels, camera: CameraConfig, detector, clip: Path) -> list[tuple[str, int, list]]:
+    """For each labelled count: (class group, labelled n, the detections of that group in its zone)."""
     zones = {z.name: Polygon(z.polygon) for z in camera.zones}
-    score = CountScore()
     if not labels.counts:
-        return score
+        return []
     images = frames_at(clip, [c.t for c in labels.counts])
     found_at = {t: detector.detect(image) for t, image in images.items()}
-    for c in labels.counts:
+    out = []
+    for i, c in enumerate(labels.counts):
         if c.zone is not None and c.zone not in zones:
-            raise LabelError(f"{labels.path}: counts: zone {c.zone!r} is not a zone of camera {camera.name!r} "
-                             f"(zones: {sorted(zones)})")
+            raise LabelError(f"{labels.path}: counts[{i}].zone: {c.zone!r} is not a zone of camera "
+                             f"{camera.name!r} (zones: {sorted(zones)})")
         area = zones.get(c.zone) if c.zone else None
-        found = sum(1 for d in found_at[c.t] if d.label in c.classes
-                    and (area is None or shapely.intersects_xy(area, *d.foot)))
-        score.add(found, c.n)
+        found = [d for d in found_at[c.t] if d.label in c.classes
+                 and (area is None or shapely.intersects_xy(area, *d.foot))]
+        out.append(("/".join(c.classes), c.n, found))
+    return out
+
+
+def score_counts(labels: Labels, camera: CameraConfig, detector, clip: Path) -> CountScore:
+    score = CountScore()
+    for _, n, found in count_frames(labels, camera, detector, clip):
+        score.add(len(found), n)
     return score
 
 
@@ -287,7 +295,43 @@ def compare(files: list[Path], args: argparse.Namespace) -> None:
     for name, grid, total, counts, ms in rows:
         print(f"{name:<44} {grid:<5} {total.precision:>6.3f} {total.recall:>6.3f} {counts.precision:>6.3f} "
               f"{counts.recall:>6.3f} {counts.false_per_frame:>11.2f} {ms:>8.1f}")
+    sweep(files, args)
     print(f"--- configured detector{' (with overrides)' if args.backend or args.model or args.tiling else ''}")
+
+
+SWEEP = (0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6)
+FALSE_PER_FRAME = 0.1  # the stated false-positive rate the models are compared at
+
+
+def sweep(files: list[Path], args: argparse.Namespace) -> None:
+    """Object recall of each shipped model, per class group, over score thresholds; and the best
+    recall at no more than FALSE_PER_FRAME false objects per labelled frame."""
+    print(f"\nobjects on labelled frames by score threshold (count-level; best recall at <= {FALSE_PER_FRAME} "
+          "false per frame marked *)")
+    for backend, model in SHIPPED:
+        for grid in ((1, 1), (2, 2)):
+            cfg = DetectorConfig(backend=backend, model=str(ROOT / model), conf_threshold=min(SWEEP),
+                                 tiling=TilingConfig(enabled=grid != (1, 1), grid=grid))
+            detector = load_detector(cfg, ROOT / model)
+            rows: list[tuple[str, int, list]] = []
+            for path in files:
+                labels = load_labels(path)
+                config = load_deployment(Path(args.config) if args.config else labels.config).config
+                camera = {c.name: c for c in config.video.cameras}[args.camera or labels.camera]
+                rows += count_frames(labels, camera, detector, Path(args.clip) if args.clip else labels.clip)
+            for group in sorted({g for g, _, _ in rows}):
+                scores = []
+                for t in SWEEP:
+                    s = CountScore()
+                    for g, n, found in rows:
+                        if g == group:
+                            s.add(sum(1 for d in found if d.confidence >= t), n)
+                    scores.append(s)
+                ok = [i for i, s in enumerate(scores) if s.false_per_frame <= FALSE_PER_FRAME]
+                best = max(ok, key=lambda i: (scores[i].recall, -i)) if ok else None
+                cells = " ".join(f"{t:.2f}:{s.recall:.2f}/{s.false_per_frame:.2f}{'*' if i == best else ' '}"
+                                 for i, (t, s) in enumerate(zip(SWEEP, scores, strict=True)))
+                print(f"{backend:<11} {grid[0]}x{grid[1]} {group:<20} recall/false-per-frame {cells}")
 
 
 if __name__ == "__main__":

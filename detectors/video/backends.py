@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import logging
 import os
+import sys
 import threading
 from pathlib import Path
 from typing import Any, Protocol
@@ -232,6 +233,10 @@ def _dims(shape: Any) -> list[int | str]:
 
 class OpenVinoDetector:
     def __init__(self, cfg: DetectorConfig, model_path: Path) -> None:
+        # `import openvino` also imports its model converter, which sends usage telemetry to the
+        # internet from a thread unless a consent file says no. A gateway must not phone home and
+        # needs only the runtime: block the converter (openvino tolerates its absence).
+        sys.modules.setdefault("openvino.tools.ovc", None)  # type: ignore[arg-type]
         import openvino as ov
 
         _require_file(model_path)

@@ -190,3 +190,34 @@ def test_bench_on_the_committed_street_clip_finds_what_was_measured():
     # measured with the shipped default (2 vans/cars at the kerb and the crowd: 3 of 3, none false)
     assert float(fields["recall"]) >= 1.0 and float(fields["precision"]) >= 1.0
     assert "kerb-parking" in out and "road-crowd" in out
+
+
+def run_bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "bench" / "detection.py"), *args], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT)
+
+
+def test_bench_names_the_label_file_and_field_that_do_not_fit_the_camera(tmp_path):
+    bad = tmp_path / "kerb.labels.yaml"
+    bad.write_text(f"clip: {VIDEO / 'pedestrians_480x360_10fps.mp4'}\nconfig: {ROOT / 'bench' / 'detection.yaml'}\n"
+                   "camera: street\ncases:\n  - {rule: kerb-parking, zone: plaza, from_s: 0, to_s: 5}\n")
+    res = run_bench(str(bad))
+    assert res.returncode == 2
+    assert f"{bad}: cases[0]: camera 'street' has no rule 'kerb-parking' on zone 'plaza'" in res.stderr
+    res = run_bench("--camera", "nope", str(bad))
+    assert res.returncode == 2 and f"{bad}: camera: no camera named 'nope'" in res.stderr
+
+
+def test_bench_says_which_setting_is_missing(tmp_path):
+    bare = tmp_path / "kerb.labels.yaml"
+    bare.write_text("cases: []\n")
+    res = run_bench(str(bare))
+    assert res.returncode == 2 and f"{bare}: config: not set in the label file nor given with --config" in res.stderr
+
+
+def test_citygate_bench_detection_passes_its_arguments_on(tmp_path):
+    bare = tmp_path / "kerb.labels.yaml"
+    bare.write_text("cases: []\n")
+    res = subprocess.run([sys.executable, "-m", "gateway.cli", "bench", "detection", "--camera", "street", str(bare)],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert res.returncode == 2 and f"{bare}: config: not set" in res.stderr

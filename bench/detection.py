@@ -239,7 +239,7 @@ def print_results(results: list[ClipResult], verbose: bool = True) -> tuple[Scor
         calls += res.frames
         ms += res.ms_per_frame * res.frames
     ms_per_frame = ms / calls if calls else 0.0
-    print(f"objects on {counts.frames} labelled frames (count-level): precision {counts.precision:.3f} "
+    print(f"objects, {counts.frames} labelled counts (count-level): precision {counts.precision:.3f} "
           f"recall {counts.recall:.3f}, {counts.false_per_frame:.2f} false per frame; "
           f"model {ms_per_frame:.1f} ms per analysed frame")
     return total, counts, ms_per_frame

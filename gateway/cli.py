@@ -128,8 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_command_parser(sub)
 
-    bench = sub.add_parser("bench", help="run a benchmark from bench/ (outbox, video, vehicles, patrol)")
-    bench.add_argument("name", choices=["outbox", "video", "vehicles", "patrol"])
+    bench = sub.add_parser("bench", help="run a benchmark from bench/ (outbox, video, vehicles, patrol, detection)")
+    bench.add_argument("name", choices=["outbox", "video", "vehicles", "patrol", "detection"])
+    bench.add_argument("args", nargs=argparse.REMAINDER, help="passed on to the benchmark (e.g. detection's "
+                       "--config C --camera NAME LABELS.yaml)")
     bench.set_defaults(func=cmd_bench)
     return parser
 
@@ -559,7 +561,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if not script.exists():
         print(f"{script}: benchmarks run from a source checkout", file=sys.stderr)
         return EXIT_FAILED
-    sys.argv = [str(script)]
+    sys.argv = [str(script), *args.args]
     runpy.run_path(str(script), run_name="__main__")
     return EXIT_OK
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import logging
 import os
+import sys
 import threading
 from pathlib import Path
 from typing import Any, Protocol
@@ -232,6 +233,10 @@ def _dims(shape: Any) -> list[int | str]:
 
 class OpenVinoDetector:
     def __init__(self, cfg: DetectorConfig, model_path: Path) -> None:
+        # `import openvino` also imports its model converter, which sends usage telemetry to the
+        # internet from a thread unless a consent file says no. A gateway must not phone home and
+        # needs only the runtime: block the converter (openvino tolerates its absence).
+        sys.modules.setdefault("openvino.tools.ovc", None)  # type: ignore[arg-type]
         import openvino as ov
 
         _require_file(model_path)
@@ -312,4 +317,8 @@ def load_detector(cfg: DetectorConfig, model_path: Path) -> ObjectDetector:
         path = path.resolve()
     det = _BACKENDS[cfg.backend](cfg, path)
     log.info("loaded %s model %s (%d classes)", cfg.backend, path, len(det.names))
+    if cfg.tiling.enabled:
+        from detectors.video.tiling import TiledDetector  # imports this module: load it only when used
+
+        return TiledDetector(det, cfg.tiling, cfg.iou_threshold)
     return det

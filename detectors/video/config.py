@@ -19,6 +19,30 @@ Point = tuple[float, float]
 _HOURS = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$")
 
 
+class TilingConfig(StrictModel):
+    """Run the model on overlapping tiles too, so that small and distant objects reach it at a size it
+    was trained on (a 30 px person on a 720p frame is 15 px after letterboxing to 640)."""
+
+    enabled: bool = Field(False, description="Detect on tiles as well as on the whole frame (costs one "
+                          "inference per tile more; see README, Detection quality).")
+    grid: tuple[int, int] = Field((2, 2), description="Tiles across and down, [cols, rows]; each tile is "
+                                  "resized to the model's input like a whole frame.")
+    overlap: float = Field(0.2, ge=0.0, lt=0.5, description="Share of a tile that overlaps its neighbour, so "
+                           "an object cut by one tile's edge lies whole in the next.")
+    full_frame: bool = Field(True, description="Also detect on the whole frame (large objects that no tile "
+                             "holds whole).")
+    merge_containment: float = Field(0.7, gt=0.0, le=1.0, description="Two boxes of one class are one object "
+                                     "when the smaller lies this much inside the larger (a half box at a tile "
+                                     "edge), or when their IoU exceeds detector.iou_threshold.")
+
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if not (1 <= v[0] <= 8 and 1 <= v[1] <= 8):
+            raise ValueError(f"grid is [cols, rows], each 1 to 8, got {list(v)}")
+        return v
+
+
 class DetectorConfig(StrictModel):
     backend: Literal["onnxruntime", "openvino", "ultralytics"] = Field(
         "onnxruntime",
@@ -42,6 +66,8 @@ class DetectorConfig(StrictModel):
         description="Rename model class names, e.g. {'motorcycle': 'motorbike'}; a city's own model's "
         "classes are named in its metadata and mapped to catalog entries by the rules.",
     )
+    tiling: TilingConfig = Field(default_factory=TilingConfig, description="Tiled detection for small, "
+                                 "distant objects (off by default).")
 
 
 class MotionConfig(StrictModel):

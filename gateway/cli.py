@@ -102,8 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--users-file", type=Path, help="users file to write (instead of the config's)")
     add.set_defaults(func=cmd_user_add)
 
-    bench = sub.add_parser("bench", help="run a benchmark from bench/ (outbox, video, vehicles, patrol)")
-    bench.add_argument("name", choices=["outbox", "video", "vehicles", "patrol"])
+    bench = sub.add_parser("bench", help="run a benchmark from bench/ (outbox, video, vehicles, patrol, sensors)")
+    bench.add_argument("name", choices=["outbox", "video", "vehicles", "patrol", "sensors"])
     bench.set_defaults(func=cmd_bench)
     return parser
 

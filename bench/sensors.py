@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import multiprocessing
 import os
 import resource
 import shutil
@@ -124,8 +123,11 @@ def publish(port: int, devices: int, per_device: int, first_k: int, rate: float 
             body = {"ts": int(time.time() * 1000), "data": {"level": level_mm(i, k)}, "bat": 3.6}
             client.publish(topic(i), json.dumps(body, separators=(",", ":")), qos=1)
             sent += 1
-    while acked < total:
+    deadline = time.monotonic() + 120
+    while acked < total and time.monotonic() < deadline:
         time.sleep(0.01)
+    if acked < total:
+        print(f"publisher: only {acked} of {total} acknowledged", file=sys.stderr, flush=True)
     client.loop_stop()
     client.disconnect()
 
@@ -133,11 +135,10 @@ def publish(port: int, devices: int, per_device: int, first_k: int, rate: float 
 def run_publisher(port: int, devices: int, per_device: int, first_k: int, rate: float | None = None) -> float:
     """Run `publish` in a separate process (its CPU is not the subscriber's); seconds it took."""
     start = time.monotonic()
-    proc = multiprocessing.get_context("spawn").Process(target=publish, args=(port, devices, per_device, first_k, rate))
-    proc.start()
-    proc.join()
-    if proc.exitcode != 0:
-        raise SystemExit(f"the publisher failed (exit code {proc.exitcode})")
+    args = [str(a) for a in (port, devices, per_device, first_k, rate or 0)]
+    done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--publish", *args])
+    if done.returncode != 0:
+        raise SystemExit(f"the publisher failed (exit code {done.returncode})")
     return time.monotonic() - start
 
 
@@ -151,16 +152,30 @@ async def raw_rate(port: int, devices: int, per_device: int) -> tuple[float, flo
 
     async with client() as c:
         await c.subscribe("city/+/water/+/up", qos=1)
+    print("raw: publishing the backlog", flush=True)
     publish_s = await asyncio.to_thread(run_publisher, port, devices, per_device, 0)
-    total, count, first = devices * per_device, 0, 0.0
+    print(f"raw: published in {publish_s:.1f} s, draining", flush=True)
+    total, count, first, last = devices * per_device, 0, 0.0, 0.0
     async with client() as c:
-        async for _message in c.messages:
-            count += 1
-            if count == 1:
-                first = time.perf_counter()
-            if count == total:
-                break
-    return (total - 1) / (time.perf_counter() - first), publish_s
+        async def drain() -> None:
+            nonlocal count, first, last
+            async for _message in c.messages:
+                count += 1
+                last = time.perf_counter()
+                if count == 1:
+                    first = last
+                if count == total:
+                    return
+
+        task = asyncio.create_task(drain())
+        seen = -1
+        while not task.done() and seen != count:  # stop waiting when nothing came for 10 s
+            seen = count
+            await asyncio.wait([task], timeout=10)
+        task.cancel()
+    if count < total:
+        print(f"raw: only {count:,} of {total:,} messages arrived", flush=True)
+    return (count - 1) / (last - first), publish_s
 
 
 # -- 2. the gateway --------------------------------------------------------------------------------
@@ -241,6 +256,7 @@ async def gateway_run(config_path: Path, port: int, devices: int, per_device: in
     publish_s = await asyncio.to_thread(run_publisher, port, devices, per_device, 0)
 
     gateway = Gateway(load_deployment(config_path))
+    source = gateway.component("mqtt-source")
     probe = Probe(gateway.graph.router.sensors)
     total = devices * per_device
     probe.expect(total, delays=False)
@@ -259,13 +275,14 @@ async def gateway_run(config_path: Path, port: int, devices: int, per_device: in
     delays = sorted(probe.delays_ms or [0.0])
     await asyncio.sleep(2)  # let the time series flush its last batch
     stats = gateway.snapshot()
+    outbox = gateway.outbox.counts()
     clean = await gateway.shutdown()
     return {"rate": rate, "cpu_us": cpu_us, "drained": drained, "live_expected": devices * live_k,
             "live_arrived": live_arrived, "publish_s": publish_s, "live_rate": live_rate,
             "live_n": len(delays), "p50_ms": delays[len(delays) // 2],
             "p99_ms": delays[min(len(delays) - 1, int(len(delays) * 0.99))], "stats": stats,
             "source": source.stats() if source else {}, "clean": clean,
-            "ts": gateway.graph.timeseries.stats(), "outbox": gateway.outbox.counts()}
+            "ts": gateway.graph.timeseries.stats(), "outbox": outbox}
 
 
 def main() -> int:
@@ -274,7 +291,12 @@ def main() -> int:
     parser.add_argument("--per-device", type=int, default=8,
                         help="reports per device in the backlog (devices x this must fit max_queued_messages)")
     parser.add_argument("--quick", action="store_true", help="1,000 devices (a smoke run)")
+    parser.add_argument("--publish", nargs=5, type=float, help=argparse.SUPPRESS)  # the publisher process
     args = parser.parse_args()
+    if args.publish:
+        port, n, k, first_k, rate = args.publish
+        publish(int(port), int(n), int(k), int(first_k), rate or None)
+        return 0
     devices = 1_000 if args.quick else args.devices
     total = devices * args.per_device
     import logging

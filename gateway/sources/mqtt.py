@@ -27,6 +27,7 @@ import asyncio
 import logging
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 import aiomqtt
 
@@ -90,7 +91,8 @@ class MqttSource:
             self.subscriptions = [prefix + f for f in filters]
         self.subscribed = asyncio.Event()  # set while the subscriptions are active
         self.counts: dict[str, int] = self.intake.stats  # one set of counters, shared with the intake
-        self.counts.update({"unmatched": 0, "oversize": 0, "reconnects": 0, "other_partition": 0})
+        self.counts.update({"unmatched": 0, "oversize": 0, "reconnects": 0, "other_partition": 0, "queue_full": 0})
+        self.client_log = _ClientLog(self)
         self.device_problems = self.intake.device_problems
         self._connects = 0
         self.restart_backoff_s = (mqtt_cfg.reconnect_min_s, mqtt_cfg.reconnect_max_s)
@@ -177,6 +179,7 @@ class MqttSource:
             # a persistent session needs a stable id: the broker keeps the subscription and queues
             # QoS 1 messages for it while the gateway restarts
             client = make_client(cfg, "source", max_queued_incoming_messages=self.max_queued_messages,
+                                 logger=self.client_log,
                                  clean_session=not (cfg.persistent_session and cfg.client_id))
             async with client:
                 # a partition may name thousands of topics: several per SUBSCRIBE packet
@@ -211,3 +214,24 @@ def _device_topic(profile: DeviceProfile, device: str) -> str:
     """The topic filter of one device: its profile's filter with the device id in its level."""
     levels = (profile.topic or "").split("/")
     return "/".join(device if level == "{device_id}" else level for level in levels)
+
+
+class _ClientLog(logging.LoggerAdapter):
+    """aiomqtt's logger for the source: aiomqtt logs every message it drops from its full incoming
+    queue; those are counted (`queue_full`) and logged once per interval instead."""
+
+    def __init__(self, source: MqttSource) -> None:
+        super().__init__(log.getChild("client"), {})
+        self.source = source
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if not str(msg).startswith("Message queue is full"):
+            super().log(level, msg, *args, **kwargs)
+            return
+        counts = self.source.counts
+        counts["queue_full"] += 1
+        allowed, held_back = self.source.intake.throttle.allow("queue-full")
+        if allowed:
+            super().log(logging.WARNING, "the incoming queue of %d messages is full: a message was dropped (%d so far, "
+                        "%d since the last line); the rules are slower than the devices",
+                        self.source.max_queued_messages, counts["queue_full"], held_back)

@@ -25,7 +25,7 @@ from core.schema import FieldError, StrictModel, TimeZoneName, repeated
 from detectors.sensor.config import SensorsConfig
 from detectors.vehicle.config import FleetConfig
 from detectors.video.config import CameraConfig, DetectorConfig
-from gateway.patrol.config import PatrolConfig
+from gateway.patrol.config import PatrolConfig, PatrolShard
 from gateway.sinks.central_config import CentralConfig
 from gateway.sinks.sink_config import MqttConfig, TimeSeriesConfig
 from gateway.sources.ingest_config import HttpIngestConfig, ModbusDeviceConfig
@@ -162,10 +162,31 @@ class NmeaFeed(StrictModel):
         return self
 
 
+class MqttPartition(PatrolShard):
+    """The same stable hash as patrol shards (`gateway.patrol.inventory.shard_of`), over device ids."""
+
+    index: int = Field(ge=0, description="This replica's share, 0 .. count-1.")
+    count: int = Field(ge=1, description="How many gateway replicas split the devices.")
+
+
 class MqttSourceConfig(StrictModel):
     profiles: list[str] = Field(default_factory=list, description="Device profile names to subscribe to.")
+    partition: MqttPartition | None = Field(None, description="{index: i, count: n}: this replica takes the "
+                                            "devices whose stable hash of the id falls in share i of n (each "
+                                            "device's readings all reach one replica, so its rule state is whole). "
+                                            "Listed devices are subscribed one topic each; profiles whose topic "
+                                            "carries no device id are subscribed whole and filtered on receipt.")
     shared_group: str | None = Field(None, description="MQTT shared-subscription group ($share/<group>/...) "
-                                     "to spread devices across gateway replicas.")
+                                     "to spread devices across gateway replicas. Only with a broker that hands "
+                                     "a device's messages to one member (EMQX `shared_subscription_strategy = "
+                                     "hash_topic`): Mosquitto's round robin splits a device across replicas.")
+
+    @model_validator(mode="after")
+    def _one_way_to_split(self) -> MqttSourceConfig:
+        if self.partition is not None and self.shared_group:
+            raise FieldError("shared_group", "use partition or shared_group, not both: a shared group inside "
+                             "a partition would split its devices again")
+        return self
 
 
 class VideoConfig(StrictModel):

@@ -230,7 +230,9 @@ def _add_device_sources(graph: Graph) -> None:
         if mqtt.persistent_session and not mqtt.client_id:  # a persistent session needs a stable id
             mqtt = mqtt.model_copy(update={"client_id": f"citygate-{config.id}"})
         graph.add("sources", MqttSource(mqtt, [profiles[n] for n in config.mqtt_source.profiles], on_observation,
-                                        shared_group=config.mqtt_source.shared_group, known_devices=known))
+                                        shared_group=config.mqtt_source.shared_group, known_devices=known,
+                                        partition=(part.index, part.count) if (part := config.mqtt_source.partition)
+                                        else None))
     if sensors.modbus:
         from gateway.sources.modbus import ModbusSource  # needs pymodbus
 

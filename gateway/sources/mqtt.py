@@ -1,10 +1,20 @@
 """Sensors and GPS trackers over MQTT, decoded through device profiles into Readings and Positions.
 
-One subscription per profile topic filter (``{device_id}`` -> ``+``). With ``shared_group`` the
-filters are subscribed as ``$share/<group>/<filter>``: the broker then hands each message to one of
-the gateway replicas of that group, which is how vehicle and sensor ingestion scales out. Profiles
-may share a filter (every ChirpStack device publishes on ``application/+/device/+/event/up``): the
-device's configured profile picks the decoder, else the first profile of that filter.
+One subscription per profile topic filter (``{device_id}`` -> ``+``). Profiles may share a filter
+(every ChirpStack device publishes on ``application/+/device/+/event/up``): the device's configured
+profile picks the decoder, else the first profile of that filter.
+
+Scale-out keeps each device on one replica, because its rule state (episodes, rolling windows,
+spike and offline checks) lives in that replica's memory:
+
+- ``partition=(index, count)``: this replica takes the devices whose stable hash of the id falls in
+  its share. Listed devices are subscribed one concrete topic each (the broker sends nothing else);
+  a profile whose topic has no ``{device_id}`` level (or whose id is in the payload), and any
+  subscription a persistent session kept from an earlier device list, is filtered on receipt
+  (``other_partition``). No coordinator: every replica computes the same split.
+- ``shared_group``: ``$share/<group>/<filter>``; the broker hands each message to one member. Only
+  per-device if the broker hashes (EMQX ``shared_subscription_strategy = hash_topic``); Mosquitto's
+  round robin sends consecutive readings of one device to different replicas.
 
 No payload can stop the source: each message is decoded on its own through `Intake` (see there),
 which counts and rate-limits every problem (undecodable, oversize, unknown device, wrong profile,
@@ -17,10 +27,12 @@ import asyncio
 import logging
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 import aiomqtt
 
 from gateway.aio import race
+from gateway.patrol.inventory import shard_of
 from gateway.profiles import DeviceProfile
 from gateway.sinks.mqtt import make_client
 from gateway.sinks.sink_config import MqttConfig
@@ -46,6 +58,7 @@ class MqttSource:
         max_payload_bytes: int = 65_536,
         log_interval_s: float = 60.0,
         max_queued_messages: int = 10_000,
+        partition: tuple[int, int] | None = None,
     ) -> None:
         if not mqtt_cfg.enabled:
             raise ValueError("the MQTT source needs mqtt.host (the broker) to be set")
@@ -66,14 +79,47 @@ class MqttSource:
             if len(sharing) > 1 and known_devices is None:
                 log.warning("profiles %s share the topic filter %s and no device list says which device is which: "
                             "%r decodes them all", ", ".join(p.name for p in sharing), topic_filter, sharing[0].name)
-        prefix = f"$share/{shared_group}/" if shared_group else ""
-        self.subscriptions = [prefix + f for f in filters]
+        if partition is not None and not 0 <= partition[0] < partition[1]:
+            raise ValueError(f"partition index {partition[0]} must be in 0 .. {partition[1] - 1}")
+        if partition is not None and shared_group:
+            raise ValueError("use partition or shared_group, not both")
+        self.partition = partition
+        if partition is not None:
+            self.subscriptions = self._partition_subscriptions(filters)
+        else:
+            prefix = f"$share/{shared_group}/" if shared_group else ""
+            self.subscriptions = [prefix + f for f in filters]
         self.subscribed = asyncio.Event()  # set while the subscriptions are active
         self.counts: dict[str, int] = self.intake.stats  # one set of counters, shared with the intake
-        self.counts.update({"unmatched": 0, "oversize": 0, "reconnects": 0})
+        self.counts.update({"unmatched": 0, "oversize": 0, "reconnects": 0, "other_partition": 0, "queue_full": 0})
+        self.client_log = _ClientLog(self)
         self.device_problems = self.intake.device_problems
         self._connects = 0
         self.restart_backoff_s = (mqtt_cfg.reconnect_min_s, mqtt_cfg.reconnect_max_s)
+
+    def mine(self, device: str) -> bool:
+        """Whether this replica handles `device` (always, without a partition)."""
+        return self.partition is None or shard_of(device, self.partition[1]) == self.partition[0]
+
+    def _partition_subscriptions(self, filters: Mapping[str, list[DeviceProfile]]) -> list[str]:
+        """One concrete topic per listed device of this share; whole filters where that cannot be."""
+        topics: list[str] = []
+        for topic_filter, sharing in filters.items():
+            per_device = self.known_devices is not None and all(
+                "{device_id}" in (p.topic or "") and not p.device_id_in_payload for p in sharing)
+            if not per_device:
+                topics.append(topic_filter)  # filtered on receipt
+                continue
+            for device, wanted in (self.known_devices or {}).items():
+                if not self.mine(device):
+                    continue
+                if not device or any(c in device for c in "+#/\0"):
+                    log.warning("device id %r cannot be an MQTT topic level: not subscribed", device[:100])
+                    continue
+                for p in sharing:
+                    if wanted in (None, p.name):
+                        topics.append(_device_topic(p, device))
+        return list(dict.fromkeys(topics))  # profiles sharing a filter give the same topic
 
     def stats(self) -> dict:
         """Counters since start (see the module notes), and how many devices had problems."""
@@ -88,6 +134,9 @@ class MqttSource:
             self.counts["unmatched"] += 1
             self.intake.warn(f"topic:{topic[:200]}", "message on %s matches no device profile", topic[:200])
             return []
+        if self.partition is not None and not profile.device_id_in_payload and not self.mine(device):
+            self.counts["other_partition"] += 1
+            return []
         if len(payload) > self.max_payload_bytes:
             self.counts["received"] += 1
             self.counts["oversize"] += 1
@@ -98,6 +147,10 @@ class MqttSource:
         observations, _ = self.intake.decode(
             profile, lambda: profile.decode_message(payload, device=device, received=received or datetime.now(UTC)),
             device=device)
+        if self.partition is not None and profile.device_id_in_payload:
+            mine = [o for o in observations if self.mine(o.device)]
+            self.counts["other_partition"] += len(observations) - len(mine)
+            return mine
         return observations
 
     def _route(self, topic: str) -> tuple[DeviceProfile | None, str | None]:
@@ -126,11 +179,16 @@ class MqttSource:
             # a persistent session needs a stable id: the broker keeps the subscription and queues
             # QoS 1 messages for it while the gateway restarts
             client = make_client(cfg, "source", max_queued_incoming_messages=self.max_queued_messages,
+                                 logger=self.client_log,
                                  clean_session=not (cfg.persistent_session and cfg.client_id))
             async with client:
-                for topic_filter in self.subscriptions:
-                    await client.subscribe(topic_filter, qos=cfg.qos)
-                log.info("MQTT source subscribed to %s on %s:%d", ", ".join(self.subscriptions), cfg.host, cfg.port)
+                # a partition may name thousands of topics: several per SUBSCRIBE packet
+                for i in range(0, len(self.subscriptions), 500):
+                    await client.subscribe([(t, cfg.qos) for t in self.subscriptions[i:i + 500]])
+                shown = ", ".join(self.subscriptions[:5]) + (", ..." if len(self.subscriptions) > 5 else "")
+                share = f" (partition {self.partition[0]} of {self.partition[1]})" if self.partition else ""
+                log.info("MQTT source subscribed to %d topic filters%s on %s:%d: %s", len(self.subscriptions),
+                         share, cfg.host, cfg.port, shown)
                 self.subscribed.set()
                 try:
                     await self._consume(client, stop_event)
@@ -150,3 +208,30 @@ class MqttSource:
                 payload = str(payload or "").encode()
             for obs in self.decode(message.topic.value, bytes(payload)):
                 await self.intake.deliver(obs)
+
+
+def _device_topic(profile: DeviceProfile, device: str) -> str:
+    """The topic filter of one device: its profile's filter with the device id in its level."""
+    levels = (profile.topic or "").split("/")
+    return "/".join(device if level == "{device_id}" else level for level in levels)
+
+
+class _ClientLog(logging.LoggerAdapter):
+    """aiomqtt's logger for the source: aiomqtt logs every message it drops from its full incoming
+    queue; those are counted (`queue_full`) and logged once per interval instead."""
+
+    def __init__(self, source: MqttSource) -> None:
+        super().__init__(log.getChild("client"), {})
+        self.source = source
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if not str(msg).startswith("Message queue is full"):
+            super().log(level, msg, *args, **kwargs)
+            return
+        counts = self.source.counts
+        counts["queue_full"] += 1
+        allowed, held_back = self.source.intake.throttle.allow("queue-full")
+        if allowed:
+            super().log(logging.WARNING, "the incoming queue of %d messages is full: a message was dropped (%d so far, "
+                        "%d since the last line); the rules are slower than the devices",
+                        self.source.max_queued_messages, counts["queue_full"], held_back)

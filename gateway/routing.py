@@ -83,7 +83,7 @@ class Router:
 
     def stats(self) -> dict[str, Any]:
         stats = {**self.counters, "recorded_clock_devices": len(self._recorded),
-                 "vehicles": {"rejected_by_filter": dict(self.fleet.filter.counts), "rules": dict(self.fleet.counts)},
+                 "vehicles": {"filter_verdicts": dict(self.fleet.filter.counts), "rules": dict(self.fleet.counts)},
                  "sensors": dict(self.sensors.stats)}
         if self.black_trucks is not None:
             stats["black_trucks"] = {**self.black_trucks.stats, "pending": self.black_trucks.pending}

@@ -43,7 +43,7 @@ SNAPSHOT = {
                     "inferences": 0, "skipped_by_motion": 0, "reconnects": 7,
                     "last_error": "rtsp://10.0.0.13 <timeout>"},
     },
-    "rules": {"positions": 1400, "readings": 60, "vehicles": {"rejected_by_filter": {"jump": 3}, "rules": {}}},
+    "rules": {"positions": 1400, "readings": 60, "vehicles": {"filter_verdicts": {"live": 1397, "impossible_jump": 3}, "rules": {}}},
     "jt808": {"frames": 1500, "decode_errors": 2, "open_connections": 2},
     "devices": {"online": 3, "offline": 1},
     "mqtt-source": {"received": 40, "undecodable": 1, "reconnects": 2},

@@ -284,8 +284,9 @@ class GatewayConfig(StrictModel):
                                    "per gateway; empty = the site name.")
     timezone: TimeZoneName = Field("Asia/Shanghai", description="Local time zone of case times.")
     data_dir: str = Field("var", description="Folder for the outbox, case store, evidence and local time series.")
-    profiles_dir: str | None = Field(None, description="Device profile folder; empty = device_profiles/ of the "
-                                     "source checkout, else of the working directory (as in the Docker image).")
+    profiles_dir: str | None = Field(None, description="Device profile folder; empty = the device_profiles/ shipped "
+                                     "with citygate (source checkout or installed package), else of the working "
+                                     "directory.")
     cases: CasesConfig = Field(default_factory=CasesConfig, description="Case catalog, grid and dedup.")
     evidence: EvidenceRetentionConfig = Field(default_factory=EvidenceRetentionConfig,
                                               description="Evidence retention and the low-disk alert.")

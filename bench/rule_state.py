@@ -12,7 +12,9 @@ while a heartbeat task sleeps 1 ms at a time and records how late it wakes up: t
 run is done twice: once with `state_save_s` beyond the run (no periodic save: the baseline stall of
 ingestion itself) and once with `--save-s` (default 5 s, so several saves land inside the run); the
 difference is what saving the state costs the loop. A save of every device (the first after start,
-when the warm-up made all of them dirty) is the worst case and is among them.
+when the warm-up made all of them dirty) is the worst case and is among them. The longest garbage
+collections during each run are shown too: a full collection walks the whole state, and one that
+falls into a run stalls the loop by itself, saving or not.
 
 Prints a table; the LAST line is the machine-readable summary:
     devices=<n> save_stall_max_ms=<n> baseline_stall_max_ms=<n> saves=<n>
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import sys
@@ -91,6 +94,22 @@ async def feed(router, devices: int, rate: float, seconds: float, first_k: int) 
     return sent
 
 
+class GcPauses:
+    """The longest garbage collection of each generation while active (gc.callbacks): a full one walks
+    every container of the rules' state, stalling the loop whoever allocated last."""
+
+    def __init__(self) -> None:
+        self.longest = [0.0, 0.0, 0.0]
+        self._start = 0.0
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            ms = (time.perf_counter() - self._start) * 1000
+            self.longest[info["generation"]] = max(self.longest[info["generation"]], ms)
+
+
 async def one_run(config: Path, devices: int, history_min: int, rate: float, seconds: float) -> dict:
     from gateway.deployment import load_deployment
     from gateway.runtime import Gateway
@@ -104,10 +123,14 @@ async def one_run(config: Path, devices: int, history_min: int, rate: float, sec
             monitor.process(reading(i, k, t))
     store = gateway.component("rule-state")
     before = dict(store.stats())
+    gc.collect()  # the warm-up's garbage is not the run's
+    pauses = GcPauses()
     await gateway.start()
     stop, gaps = asyncio.Event(), []
     beat = asyncio.create_task(heartbeat(stop, gaps))
+    gc.callbacks.append(pauses)
     sent = await feed(gateway.graph.router, devices, rate, seconds, history_min)
+    gc.callbacks.remove(pauses)
     stop.set()
     await beat
     after = dict(store.stats())
@@ -115,7 +138,7 @@ async def one_run(config: Path, devices: int, history_min: int, rate: float, sec
     gaps.sort()
     return {"sent": sent, "max_ms": gaps[-1], "p999_ms": gaps[int(len(gaps) * 0.999)], "beats": len(gaps),
             "saves": after["saves"] - before["saves"], "deferred": after["deferred"] - before["deferred"],
-            "bytes": after["bytes"], "clean": clean, "stats": after}
+            "bytes": after["bytes"], "clean": clean, "stats": after, "gc_ms": pauses.longest}
 
 
 def main() -> int:
@@ -144,6 +167,9 @@ def main() -> int:
         (f"loop stall saving every {args.save_s:g} s: max / p99.9", f"{saving['max_ms']:.1f} / {saving['p999_ms']:.1f} ms"),
         ("saves during the run (deferred)", f"{saving['saves']} ({saving['deferred']})"),
         ("last save size", f"{saving['bytes'] / 1e6:.1f} MB"),
+        ("longest garbage collection gen 0 / 1 / 2 (baseline; saving)",
+         " / ".join(f"{x:.0f}" for x in base["gc_ms"]) + "; " + " / ".join(f"{x:.0f}" for x in saving["gc_ms"])
+         + " ms"),
         ("readings fed (baseline / saving)", f"{base['sent']:,} / {saving['sent']:,}"),
         ("clean shutdown", str(base["clean"] and saving["clean"])),
         ("load average (1/5/15 min, 2 shared cores)", " / ".join(f"{x:.2f}" for x in os.getloadavg())),

@@ -7,9 +7,12 @@ the sources' counter trackers; `run(stop)` saves every `interval_s`, within `PRO
 alert the case desk has handled, and once more at shutdown.
 
 A save writes only the devices whose state changed since the last one (the monitor's and the
-trackers' change sets). On the event loop it only copies state, device by device, for at most
-`SLICE_S` at a time, giving the loop back between slices, so however large the fleet a save never
-holds the loop for more than a slice; the JSON encoding and the SQLite transaction run in a thread.
+trackers' change sets). On the event loop it encodes them, device by device, for at most `SLICE_S`
+at a time, giving the loop back between slices, so however large the fleet a save never holds the
+loop for more than a slice; the SQLite transaction runs in a thread. Each device becomes one JSON
+string at once: a copy of the whole state as lists and dicts kept until the write would be hundreds
+of thousands of containers that survive long enough to start a full garbage collection, which at
+10,000 devices held the loop for most of a second (measured; bench/rule_state.py).
 
 Consistency. A device's row is taken at one moment, its rules' state and its counters' counts
 together: sources decode a message and hand its readings to the rules without giving the loop up
@@ -141,7 +144,7 @@ class RuleStateStore:
         for tracker in self.trackers.values():
             self._pending |= tracker.take_changed()
         self._pending &= self.monitor.devices.keys()  # a counter of a device the rules do not know: not theirs
-        rows: list[tuple[str, dict[str, Any]]] = []
+        rows: list[tuple[str, str]] = []
         deadline = time.monotonic() + self.interval_s
         while self._pending:
             while not self.settled():
@@ -153,8 +156,8 @@ class RuleStateStore:
             await asyncio.sleep(0)  # the loop's turn
         await self._write(rows)
 
-    def _slice(self) -> list[tuple[str, dict[str, Any]]]:
-        """Rows of pending devices for up to SLICE_S: each device's rules and counters together."""
+    def _slice(self) -> list[tuple[str, str]]:
+        """Rows of pending devices for up to SLICE_S: each device's rules and counters together, as JSON."""
         rows = []
         end = time.perf_counter() + SLICE_S
         while self._pending and (not rows or time.perf_counter() < end):  # one device at least
@@ -164,10 +167,10 @@ class RuleStateStore:
             counts = {name: c for name, t in self.trackers.items() if (c := t.export(device)) is not None}
             if counts:
                 row["counters"] = counts
-            rows.append((device, row))
+            rows.append((device, json.dumps(row, separators=(",", ":"))))
         return rows
 
-    async def _write(self, rows: list[tuple[str, dict[str, Any]]]) -> None:
+    async def _write(self, rows: list[tuple[str, str]]) -> None:
         epoch = self.monitor.export_state([])["epoch"]
         try:
             size = await asyncio.to_thread(self._commit, rows, epoch)
@@ -178,16 +181,15 @@ class RuleStateStore:
             return
         self.counters.update(saves=self.counters["saves"] + 1, bytes=size, devices=len(rows), last_save=time.time())
 
-    def _commit(self, rows: list[tuple[str, dict[str, Any]]], epoch: float | None) -> int:
-        """In a thread: encode the rows and write them in one transaction; returns the bytes written."""
+    def _commit(self, rows: list[tuple[str, str]], epoch: float | None) -> int:
+        """In a thread: the rows in one transaction; returns the bytes written."""
         if self._db is None:
             self._db = self._connect()
-        encoded = [(device, json.dumps(row, separators=(",", ":"))) for device, row in rows]
         with self._db:
-            self._db.executemany("INSERT OR REPLACE INTO devices(device, state) VALUES (?, ?)", encoded)
+            self._db.executemany("INSERT OR REPLACE INTO devices(device, state) VALUES (?, ?)", rows)
             self._db.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
                                  [("version", str(STATE_VERSION)), ("epoch", json.dumps(epoch))])
-        return sum(len(text) for _, text in encoded)
+        return sum(len(text) for _, text in rows)
 
 
 def _read(db: sqlite3.Connection) -> tuple[dict[str, Any], dict[str, dict[str, dict[str, int]]]]:

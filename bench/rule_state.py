@@ -167,6 +167,7 @@ def main() -> int:
         (f"loop stall saving every {args.save_s:g} s: max / p99.9", f"{saving['max_ms']:.1f} / {saving['p999_ms']:.1f} ms"),
         ("saves during the run (deferred)", f"{saving['saves']} ({saving['deferred']})"),
         ("last save size", f"{saving['bytes'] / 1e6:.1f} MB"),
+        ("longest slice of a save on the loop", f"{saving['stats'].get('longest_slice_ms', 'n/a')} ms"),
         ("longest garbage collection gen 0 / 1 / 2 (baseline; saving)",
          " / ".join(f"{x:.0f}" for x in base["gc_ms"]) + "; " + " / ".join(f"{x:.0f}" for x in saving["gc_ms"])
          + " ms"),

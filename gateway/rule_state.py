@@ -48,7 +48,7 @@ from gateway.profiles import CounterTracker
 log = logging.getLogger(__name__)
 
 SETTLE_POLL_S = 0.05
-SLICE_S = 0.005  # the longest the loop is held copying state, per slice
+SLICE_S = 0.005  # how long a slice encodes devices before the loop gets its turn
 PROMPT_S = 1.0  # a sensor alert that touched a case is saved within this (the hole a kill can leave)
 
 
@@ -64,7 +64,7 @@ class RuleStateStore:
         self._db: sqlite3.Connection | None = None
         bus.listeners.append(self._after_alert)
         self.counters: dict[str, Any] = {"saves": 0, "deferred": 0, "errors": 0, "bytes": 0, "devices": 0,
-                                         "loaded": False, "last_save": None}
+                                         "longest_slice_ms": 0.0, "loaded": False, "last_save": None}
 
     def _after_alert(self, alert: Alert, outcome: CaseOutcome | None) -> None:
         self._handled += 1
@@ -159,7 +159,8 @@ class RuleStateStore:
     def _slice(self) -> list[tuple[str, str]]:
         """Rows of pending devices for up to SLICE_S: each device's rules and counters together, as JSON."""
         rows = []
-        end = time.perf_counter() + SLICE_S
+        start = time.perf_counter()
+        end = start + SLICE_S
         while self._pending and (not rows or time.perf_counter() < end):  # one device at least
             device = self._pending.pop()
             state = self.monitor.export_state([device])
@@ -168,10 +169,12 @@ class RuleStateStore:
             if counts:
                 row["counters"] = counts
             rows.append((device, json.dumps(row, separators=(",", ":"))))
+        held_ms = (time.perf_counter() - start) * 1000
+        self.counters["longest_slice_ms"] = round(max(self.counters["longest_slice_ms"], held_ms), 1)
         return rows
 
     async def _write(self, rows: list[tuple[str, str]]) -> None:
-        epoch = self.monitor.export_state([])["epoch"]
+        epoch = self.monitor.export_state([])["epoch"]  # no device, only the monitor-wide epoch
         try:
             size = await asyncio.to_thread(self._commit, rows, epoch)
         except (OSError, sqlite3.Error) as exc:

@@ -140,3 +140,19 @@ async def test_an_episode_that_filed_a_case_is_saved_at_once_not_at_the_next_int
         assert episode["level"] == 1 and episode["case"]
         stop.set()
         await asyncio.gather(*tasks)
+
+
+async def test_a_malformed_device_row_sets_the_whole_state_aside_and_the_rules_start_empty(tmp_path):
+    with gateway_graph(tmp_path) as graph:
+        for i in range(DEVICES):
+            report(graph, f"wl-{i}", 0, 5.0)
+        stopped = asyncio.Event()
+        stopped.set()
+        await graph.find("rule-state").run(stopped)  # the shutdown save
+    with contextlib.closing(sqlite3.connect(tmp_path / "data" / "sensor_rules.sqlite3")) as db, db:
+        db.execute("""UPDATE devices SET state = '{"rules": {"last_time": "yesterday"}}' WHERE device='wl-7'""")
+    with gateway_graph(tmp_path) as restarted:
+        store = restarted.find("rule-state")
+        assert store.stats()["errors"] == 1 and not store.stats()["loaded"]
+        assert restarted.router.sensors.export_state()["devices"] == {}  # not the nine good ones either
+        assert (tmp_path / "data" / "sensor_rules.sqlite3.bad").exists()

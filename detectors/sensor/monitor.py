@@ -736,64 +736,73 @@ class SensorMonitor:
 
     def restore_state(self, state: dict[str, Any]) -> None:
         """Take over a state from `export_state` (of this or an earlier config), into a monitor that has
-        seen no reading yet. Devices or rules that are no longer configured are dropped and counted
-        (`restore_dropped`); an episode of a device that has gone silent meanwhile is closed by the
-        offline check on the next tick."""
+        seen no reading yet: all of it or, when an entry is malformed (ValueError), none of it. Devices
+        or rules that are no longer configured are dropped and counted (`restore_dropped`); an episode
+        of a device that has gone silent meanwhile is closed by the offline check on the next tick."""
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"sensor rule state version {state.get('version')!r}; this gateway reads "
                              f"{STATE_VERSION}")
-        self._epoch = _when(state.get("epoch"))
+        rules = ({r.name: ids for r, ids in self._level_rules}, {r.name: ids for r, ids in self._rise_rules},
+                 {r.name: (r, ids) for r, ids in self._rain_rules})
+        parsed: list[tuple[Any, Any]] = []
         dropped = 0
         for device, entry in state.get("devices", {}).items():
             if device not in self.devices:
                 dropped += 1
                 continue
-            dropped += self._restore_device(self.devices[device], entry)
+            try:
+                dropped += self._parse_device(self.devices[device], entry, rules, parsed)
+            except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+                raise ValueError(f"device {device!r}: malformed rule state ({type(exc).__name__}: {exc})") from None
+        self._epoch = _when(state.get("epoch"))
+        for target, items in parsed:  # nothing is taken over before every entry has been read
+            target.update(items)
         self.stats["restore_dropped"] += dropped
 
-    def _restore_device(self, dev: SensorDeviceConfig, entry: dict[str, Any]) -> int:
-        """One device's entry; returns how many of its rule entries were dropped (rule gone, or no
-        longer watching this device)."""
+    def _parse_device(self, dev: SensorDeviceConfig, entry: dict[str, Any], rules: tuple[dict, dict, dict],
+                      parsed: list[tuple[Any, Any]]) -> int:
+        """One device's entry as (the monitor's dict or set, what to update it with), appended to
+        `parsed`; returns how many of its rule entries were dropped (rule gone, or no longer watching
+        this device)."""
         d = dev.id
+        add = parsed.append
         if (t := entry.get("last_time")) is not None:
-            self._last_time[d] = _when(t)  # type: ignore[assignment]
+            add((self._last_time, {d: _when(float(t))}))
         if (t := entry.get("offline")) is not None:
-            self._offline[d] = _when(t)  # type: ignore[assignment]
-        for f, (v, t) in entry.get("same", {}).items():
-            self._same[(d, f)] = (float(v), _when(t))  # type: ignore[assignment]
+            add((self._offline, {d: _when(float(t))}))
+        add((self._same, {(d, f): (float(v), _when(float(t))) for f, (v, t) in entry.get("same", {}).items()}))
         conditions = entry.get("conditions", {})
         for name, opened, _ in self._conditions(dev):
-            opened.update((d, f) for f in conditions.get(name, []))
-        for f, (accepted, pending) in entry.get("spikes", {}).items():
-            self._spikes[(d, f)] = _Spike(float(accepted), None if pending is None else float(pending))
-        for f, points in entry.get("series", {}).items():
-            self._series[(d, f)] = MinuteSeries.restore(self._series_span, points)
+            add((opened, [(d, str(f)) for f in conditions.get(name, [])]))
+        add((self._spikes, {(d, f): _Spike(float(a), None if p is None else float(p))
+                            for f, (a, p) in entry.get("spikes", {}).items()}))
+        add((self._series, {(d, f): MinuteSeries.restore(self._series_span, points)
+                            for f, points in entry.get("series", {}).items()}))
+        levels, rises, rains = rules
         dropped = 0
-        levels = {r.name: ids for r, ids in self._level_rules}
         for rule, item in entry.get("level", {}).items():
             if d not in levels.get(rule, ()):
                 dropped += 1
                 continue
             n = len(self._ladders[rule])
             since = [_when(x) for x in item["since"]][:n]
-            self._level[(rule, d)] = _LevelState(since + [None] * (n - len(since)), _restore_episode(item["open"], n))
-        rises = {r.name: ids for r, ids in self._rise_rules}
+            add((self._level, {(rule, d): _LevelState(since + [None] * (n - len(since)),
+                                                      _restore_episode(item["open"], n))}))
         for rule, item in entry.get("rise", {}).items():
             if d not in rises.get(rule, ()):
                 dropped += 1
                 continue
             history = deque((_when(t), float(v)) for t, v in item["history"])
-            self._rise[(rule, d)] = _RiseState(history, _restore_episode(item["open"], 1))  # type: ignore[arg-type]
-        rains = {r.name: (r, ids) for r, ids in self._rain_rules}
+            add((self._rise, {(rule, d): _RiseState(history, _restore_episode(item["open"], 1))}))  # type: ignore[arg-type]
         for name, item in entry.get("rain", {}).items():
             rule, ids = rains.get(name, (None, ()))
             if rule is None or d not in ids:
                 dropped += 1
                 continue
             counter = item.get("last_counter")
-            self._rain[(name, d)] = _RainState(RollingSums.restore(self._rain_windows(rule), item["sums"]),
-                                               None if counter is None else float(counter),
-                                               _restore_episode(item["open"], len(rule.thresholds)))
+            add((self._rain, {(name, d): _RainState(RollingSums.restore(self._rain_windows(rule), item["sums"]),
+                                                    None if counter is None else float(counter),
+                                                    _restore_episode(item["open"], len(rule.thresholds)))}))
         return dropped
 
 

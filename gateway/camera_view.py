@@ -127,9 +127,9 @@ class LastFrame:
         self._times.append(self.clock())
 
     @property
-    def frame(self) -> Frame | None:
-        last = self._last
-        return last[0] if last is not None else None
+    def last(self) -> tuple[Frame, tuple[Detection, ...]] | None:
+        """The newest analysed frame and what its last inference found (None before the first)."""
+        return self._last
 
     def fps(self) -> float:
         """Frames analysed per second over the last few (0 when none came for a while)."""

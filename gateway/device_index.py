@@ -53,9 +53,14 @@ class DeviceIndex:
     # -- fed by the router and the bus ------------------------------------------------------------
 
     def observed(self, observation: Position | Reading) -> None:
+        """The device's newest observation (a late blind-area supplement does not replace a newer fix)."""
         kept = self.positions if isinstance(observation, Position) else self.readings
-        if observation.device not in kept and len(kept) >= self.max_devices:
-            self.counters["devices_left_out"] += 1
+        known = kept.get(observation.device)
+        if known is None:
+            if len(kept) >= self.max_devices:
+                self.counters["devices_left_out"] += 1
+                return
+        elif observation.time < known.time:
             return
         kept[observation.device] = observation
 

@@ -160,8 +160,8 @@ class Devices:
 
     def _camera(self, name: str, channel: Any) -> dict[str, Any]:
         stats = channel.stats()
-        frame = channel.last.frame
-        detections = Counter(d.label for d in channel.pipeline.last_detections)
+        frame, found = channel.last.last or (None, ())
+        detections = Counter(d.label for d in found)
         alerts = self._alerts(self.index.open_alerts("camera", name))
         online = bool(stats.get("online"))
         cam = channel.pipeline.camera
@@ -196,10 +196,11 @@ class Devices:
             cam = channel.pipeline.camera
             if name not in self._outlines:
                 self._outlines[name] = outlines(cam)
-            title = f"{name}  {cam.address}" if cam.address else name
-            return channel.last.jpeg(self._outlines[name], title, self.tz)
-        if self.patrol is not None:
-            return self.patrol.pictures.jpeg(name, lambda size: self.patrol.camera_outlines(name, size), name, self.tz)
+            return channel.last.jpeg(self._outlines[name], f"{name}  {cam.address or ''}".strip(), self.tz)
+        cam = self.patrol.camera(name) if self.patrol is not None else None
+        if cam is not None:
+            return self.patrol.pictures.jpeg(name, lambda size: self.patrol.camera_outlines(name, size),
+                                             f"{name}  {cam.address or cam.name or ''}".strip(), self.tz)
         return None
 
     # -- vehicles ---------------------------------------------------------------------------------

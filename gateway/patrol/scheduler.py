@@ -351,6 +351,10 @@ class PatrolScheduler:
                  "next_visit": c.due, "picture": c.cam.id in self.pictures}
                 for c in self.cameras]
 
+    def camera(self, camera_id: str) -> PatrolCamera | None:
+        c = self._by_id.get(camera_id)
+        return c.cam if c is not None else None
+
     def camera_outlines(self, camera_id: str, size: tuple[int, int]) -> list[Outline]:
         """The zones of a camera's preset in the pixels of a picture of `size`."""
         c = self._by_id.get(camera_id)

@@ -72,7 +72,8 @@ def sparkline(series: Mapping[str, Any] | None) -> str:
     """The series as an inline SVG line, with the rule's levels as dashed lines where they fall in
     its range (the lowest level always, so a low value reads as far from it), and the range in a title."""
     if not series or len(series.get("points") or ()) < 2:
-        return '<span class="muted">no series yet</span>'
+        return ('<span class="muted" title="the rules keep the last hours per minute of the fields they watch: '
+                'water levels, and rain where a rain rule watches the gauge">no recent series</span>')
     points = series["points"]
     values = [float(v) for _, v in points]
     thresholds = list(series.get("thresholds") or ())
@@ -219,8 +220,9 @@ def _vehicles(section: Mapping[str, Any], now: datetime | None) -> str:
                     f'{cell(fix.get("lon"))}, {cell(fix.get("lat"))}{valid}')
         else:
             last = '<span class="muted">no fix yet</span>'
+        kind = " · ".join(e(x) for x in (v.get("type"), v.get("company")) if x)
         who = (f'<b>{e(v["plate"] or v["id"])}</b> <span class="muted">{e(v["id"]) if v["plate"] else ""}</span><br>'
-               f'<span class="muted">{e(v.get("type"))} · {e(v.get("company"))}</span>') if v.get("registered") else \
+               f'<span class="muted">{kind}</span>') if v.get("registered") else \
             f'<b>{e(v["id"])}</b><br><span class="badge critical">not in the fleet</span>'
         rows.append(f'<tr><td>{who}</td><td>{_online(v.get("online"))}</td><td>{last}</td>'
                     f'<td>{_open_alerts(v.get("open_violations") or (), now)}</td>'
@@ -293,7 +295,7 @@ def devices_page(viewer: Viewer, view: Mapping[str, Any] | None, snapshot: Mappi
                 if snapshot.get(key)]
     counters += [f"<h3>GNSS receiver {e(key.removeprefix('nmea:'))}</h3>{generic(v)}"
                  for key, v in snapshot.items() if key.startswith("nmea:") and v]
-    if counters:
+    if counters and not (query.get("kind") or query.get("q")):  # a search shows what it found, nothing else
         parts.append(f'<section id="counters"><details><summary>Counters</summary>{"".join(counters)}'
                      "</details></section>")
     return _doc(f"citygate {viewer.site} devices", "".join(parts), viewer, refresh=True)

@@ -185,7 +185,9 @@ def browse(base: str, case_id: str, platform_up) -> dict:
         seen["devices_frame"] = loaded("img.frame")
         seen["devices_sparks"] = len(driver.find_elements(By.CSS_SELECTOR, "#sensors svg.spark polyline"))
         seen["devices_text"] = driver.find_element(By.TAG_NAME, "main").text
+        driver.set_window_size(1400, 1500)  # the whole page: cameras, vehicles and sensors
         driver.save_screenshot(str(ARTIFACTS / "06-devices.png"))
+        driver.set_window_size(1400, 1000)
         driver.find_element(By.CSS_SELECTOR, "#counters summary").click()  # the raw counters, folded away
         seen["counters_text"] = driver.find_element(By.ID, "counters").text
         driver.get(base + "/map")

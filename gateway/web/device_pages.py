@@ -251,8 +251,9 @@ def _sensors(section: Mapping[str, Any], now: datetime | None) -> str:
                             f' · since {when(ep.get("since"), now)} · peak {cell(ep.get("peak"))}</li>')
         open_cell = (f'<ul class="open">{"".join(episodes)}</ul>' if episodes else "") + (
             _open_alerts(s.get("open_alerts") or (), now) if s.get("open_alerts") else "")
-        rows.append(f'<tr><td><b>{e(s["name"] or s["id"])}</b><br><span class="muted">{e(s["id"])} · '
-                    f'{e(s.get("kind"))}<br>{e(s.get("address") or "")}</span></td><td>{_online(s.get("online"))}</td>'
+        subtitle = " · ".join(e(x) for x in (s["id"] if s.get("name") else "", s.get("kind")) if x)
+        rows.append(f'<tr><td><b>{e(s["name"] or s["id"])}</b><br><span class="muted">{subtitle}<br>'
+                    f'{e(s.get("address") or "")}</span></td><td>{_online(s.get("online"))}</td>'
                     f'<td>{last}</td><td>{sparkline(s.get("series"))}</td>'
                     f'<td>{open_cell or "<span class=muted>—</span>"}</td></tr>')
     if not rows:

@@ -34,7 +34,7 @@ from .config import (
     SensorDeviceConfig,
     SensorsConfig,
 )
-from .windows import MinuteSeries, RollingSums, minute_of, minute_start
+from .windows import MinuteSeries, RollingSums, minute_start
 
 STAT_KEYS = ("readings", "unknown_device", "future", "out_of_order", "duplicate", "out_of_range", "non_finite",
              "missing_field", "negative_rain", "counter_reset", "spike_dropped", "restore_dropped")
@@ -769,7 +769,6 @@ class SensorMonitor:
                 None if counter is None else float(counter), episode(item["open"], len(rule.thresholds)))
         self.stats["restore_dropped"] += dropped
 
-
     # -- read-only views (the console's devices page) ------------------------------------------
 
     def open_episodes(self) -> list[dict[str, Any]]:
@@ -800,7 +799,7 @@ class SensorMonitor:
         """A device's values per minute since `since` (minute start as epoch seconds): the highest of
         each minute for the level fields the rules keep a series of (the evidence chart's series), and
         each minute's rain for the fields of rain rules."""
-        lo = minute_of(since)
+        lo = math.floor(since.timestamp() / 60)  # windows.minute_of
         out = {name: [(m * 60.0, v) for m, v in series.points if m >= lo]
                for name in sorted(self._series_fields) if (series := self._series.get((device, name))) is not None}
         for rule, _ in self._rain_rules:

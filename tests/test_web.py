@@ -173,13 +173,16 @@ async def test_nothing_but_healthz_and_login_is_served_without_credentials(site)
     server = site["server"]
     routes = every_route(server)
     assert ("GET", f"/evidence/{PARKING}/clip.avi/frames/0.jpg") in routes and ("GET", "/metrics") in routes
+    assert ("GET", "/devices") in routes and ("GET", "/api/devices") in routes
+    assert ("GET", "/cameras/clip.avi/last.jpg") in routes  # a camera's last frame: an image, answered 401
     async with client(site["base"]) as anon, client(site["base"], "not-a-token-" + "q" * 20) as forged:
         for method, path in routes:
             if path in ("/healthz", "/login") or path.startswith("/static"):
                 continue
             for c in (anon, forged):
                 r = await c.request(method, path, follow_redirects=False)
-                if c is anon and method == "GET" and not path.startswith(("/api/", "/evidence/", "/metrics")):
+                if c is anon and method == "GET" and not path.startswith(("/api/", "/evidence/", "/metrics",
+                                                                           "/cameras/")):
                     assert r.status_code == 302 and r.headers["location"].startswith("/login?next="), (method, path)
                 else:
                     assert r.status_code == 401, (method, path, r.status_code)

@@ -52,6 +52,7 @@ class ConsoleServer:
         gateway_config: Any = None,
         notify_central: Callable[[], None] | None = None,
         commands: Any = None,
+        devices: Any = None,
     ) -> None:
         cfg = web_config or (gateway_config.web if gateway_config is not None else WebConfig())
         if not is_loopback(host) and not (cfg.users or cfg.tokens or users_file):
@@ -65,7 +66,7 @@ class ConsoleServer:
             by_address=RateLimiter(2 * cfg.login_attempts, cfg.login_window_s),
             by_user=RateLimiter(cfg.login_attempts, cfg.login_window_s),
             timezone=timezone or datetime.now().astimezone().tzinfo, secure_cookies=cfg.secure_cookies,
-            notify_central=notify_central, commands=commands)
+            notify_central=notify_central, commands=commands, devices=devices)
         if gateway_config is not None:
             self._add_map_sources(gateway_config)
         self.app = build_app(self.console)

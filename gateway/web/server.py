@@ -36,8 +36,6 @@ class ConsoleServer:
 
     name = "web"
 
-    name = "web"
-
     def __init__(
         self,
         outbox: Outbox,

@@ -130,6 +130,7 @@ def build_graph(deployment: Deployment) -> Graph:
     _add_replays(graph)
     rule_state.load()  # before any reading: episodes, rain windows and counters carry on where they stopped
     if config.web.enabled:
+        from gateway.devices import Devices
         from gateway.web.server import ConsoleServer
 
         web = config.web
@@ -137,7 +138,8 @@ def build_graph(deployment: Deployment) -> Graph:
                                        host=web.host, port=web.port, web_config=web, timezone=config.tz,
                                        users_file=config.path(web.users_file) if web.users_file else None,
                                        gateway_config=config, commands=graph.find("jt808"),
-                                       notify_central=central.notify if central else None))
+                                       notify_central=central.notify if central else None,
+                                       devices=Devices.from_graph(graph)))
     return graph
 
 
@@ -156,6 +158,7 @@ def _add_video(graph: Graph) -> None:
         return
     from detectors.video.backends import load_detector
     from detectors.video.pipeline import CameraPipeline
+    from gateway.camera_view import LastFrame
     from gateway.sources.camera import CameraSource
     from gateway.video_worker import CameraChannel, FrameWorker
     from gateway.web.metrics import LatencyHistogram, timed
@@ -166,15 +169,17 @@ def _add_video(graph: Graph) -> None:
         if "://" not in camera.url:  # a file path in the config is relative to the config file
             camera = camera.model_copy(update={"url": str(config.path(camera.url))})
         pipeline = CameraPipeline(camera, detector, timezone=config.tz)
+        last = LastFrame()  # the console's view of the camera: a reference per frame, drawn on request
 
-        def done(frame, name=camera.name, pipeline=pipeline) -> None:
+        def done(frame, name=camera.name, pipeline=pipeline, last=last) -> None:
+            last.keep(frame, pipeline.last_detections)
             router.on_frame_analysed(name, frame, pipeline.last_detections)
 
         latency = LatencyHistogram()  # /metrics: citygate_inference_seconds
         worker = FrameWorker(camera.name, timed(pipeline.process, latency), bus.submit_threadsafe, on_done=done,
                              flush=pipeline.flush, idle_flush_s=camera.evidence.clip_post_s + 5.0)
         source = CameraSource(camera, worker.offer, bus.submit_threadsafe)
-        graph.add("sources", CameraChannel(source, worker, pipeline, latency))
+        graph.add("sources", CameraChannel(source, worker, pipeline, latency, last))
     if config.video.patrol:
         from gateway.patrol.build import build_patrol
 

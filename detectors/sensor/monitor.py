@@ -805,6 +805,45 @@ class SensorMonitor:
                                                     _restore_episode(item["open"], len(rule.thresholds)))}))
         return dropped
 
+    # -- read-only views (the console's devices page) ------------------------------------------
+
+    def open_episodes(self) -> list[dict[str, Any]]:
+        """Every episode open now: rule, device, kind (level, rise, rain), level name, severity, since
+        (the episode's opening time), peak."""
+        out: list[dict[str, Any]] = []
+        for (rule, dev), st in self._level.items():
+            if st.open is not None:
+                lv = self._ladders[rule][st.open.level]
+                out.append({"rule": rule, "device": dev, "kind": "level", "level": lv.name, "label": lv.label,
+                            "severity": lv.severity, "since": st.open.opened_at, "peak": st.open.peak})
+        rises = {r.name: r for r, _ in self._rise_rules}
+        for (rule, dev), rise in self._rise.items():
+            if rise.open is not None:
+                out.append({"rule": rule, "device": dev, "kind": "rise", "level": "rising", "label": "",
+                            "severity": rises[rule].severity, "since": rise.open.opened_at,
+                            "peak": rise.open.peak})
+        rains = {r.name: r for r, _ in self._rain_rules}
+        for (rule, dev), rain in self._rain.items():
+            if rain.open is not None:
+                th = rains[rule].thresholds[rain.open.level]
+                out.append({"rule": rule, "device": dev, "kind": "rain", "level": th.level_name,
+                            "label": th.signal, "severity": th.severity, "since": rain.open.opened_at,
+                            "peak": rain.open.peak})
+        return out
+
+    def recent_values(self, device: str, since: datetime) -> dict[str, list[tuple[float, float]]]:
+        """A device's values per minute since `since` (minute start as epoch seconds): the highest of
+        each minute for the level fields the rules keep a series of (the evidence chart's series), and
+        each minute's rain for the fields of rain rules."""
+        lo = math.floor(since.timestamp() / 60)  # windows.minute_of
+        out = {name: [(m * 60.0, v) for m, v in series.points if m >= lo]
+               for name in sorted(self._series_fields) if (series := self._series.get((device, name))) is not None}
+        for rule, _ in self._rain_rules:
+            st = self._rain.get((rule.name, device))
+            if st is not None:
+                out[rule.value_field] = [(m * 60.0, mm) for m, mm in st.sums.buckets if m >= lo]
+        return out
+
 
 def _epoch_s(t: datetime | None) -> float | None:  # epoch seconds: ten times cheaper than isoformat
     return t.timestamp() if t is not None else None

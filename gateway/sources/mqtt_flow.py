@@ -1,0 +1,92 @@
+"""An aiomqtt client whose messages stay the broker's until the gateway has handled them.
+
+aiomqtt (2.x) acknowledges a QoS 1 message as soon as it is in its incoming queue, and a bounded
+queue drops what does not fit: acknowledged, so the broker forgets it. `FlowClient` changes two
+things, both invisible to the rest of aiomqtt:
+
+- **Acknowledgement after hand-off.** paho's `manual_ack` is on; `handled(message)` sends the PUBACK
+  once the source has handed the message on. A message received but not handled when the connection
+  or the process ends is not acknowledged, so a persistent session gets it again (at least once).
+- **A bound on what is held.** The broker's in-flight window (Mosquitto `max_inflight_messages`)
+  should bound the unacknowledged messages it sends, but Mosquitto 2.0.11 (Debian 12) sends a whole
+  window for every acknowledgement (fixed in 2.0.13), and a broker may allow any number. So reading
+  from the socket stops while `high_water` received messages wait, and resumes when half of them are
+  handled; TCP then holds the broker back and the rest waits in its queue. Unlike the queue it
+  replaces, nothing is dropped here.
+
+A pause lasts as long as the pipeline takes to handle `high_water / 2` messages; it must stay well
+under the keep-alive (no PINGRESP is read meanwhile), which it does by orders of magnitude at the
+default 1,000.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from typing import Any
+
+import aiomqtt
+import paho.mqtt.client as paho
+
+
+class FlowClient(aiomqtt.Client):
+    def __init__(self, *args: Any, high_water: int, stats: MutableMapping[str, int] | None = None,
+                 **kwargs: Any) -> None:
+        """`stats` (updated live, may outlive the client): "pauses", the times reading stopped at high
+        water, and "most_held", the most messages received and not yet handled at once."""
+        if high_water < 2:
+            raise ValueError(f"high_water must be at least 2, not {high_water}")
+        super().__init__(*args, **kwargs)  # no max_queued_incoming_messages: the pause bounds the queue
+        self._client.manual_ack_set(True)
+        self.high_water = high_water
+        self.stats = stats if stats is not None else {}
+        self.stats.setdefault("pauses", 0)
+        self.stats.setdefault("most_held", 0)
+        self._fd: int | None = None
+        self._paused = False
+
+    def handled(self, message: aiomqtt.Message) -> None:
+        """The message was handed on (or refused for good): acknowledge it (QoS 1; QoS 0 has no
+        acknowledgement) and resume reading when the backlog held here is down to half."""
+        self._client.ack(message.mid, message.qos)
+        if self._paused and len(self.messages) <= self.high_water // 2:
+            self._paused = False
+            if self._fd is not None:
+                self._loop.add_reader(self._fd, self._read)
+
+    # -- reading: aiomqtt's socket reader, replaced by one that can stop ----------------------------
+    def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        super()._on_socket_open(client, userdata, sock)
+        # runs on the loop after aiomqtt's own add_reader (both are queued in order from paho's thread)
+        self._loop.call_soon_threadsafe(self._take_over_reading, sock.fileno())
+
+    def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self._fd = None
+        super()._on_socket_close(client, userdata, sock)
+
+    def _take_over_reading(self, fd: int) -> None:
+        sock = self._client.socket()
+        if sock is None or sock.fileno() != fd:
+            return  # closed meanwhile
+        self._fd = fd
+        self._paused = False
+        self._loop.add_reader(fd, self._read)  # replaces aiomqtt's reader of the same socket
+
+    def _read(self) -> None:
+        """aiomqtt's reader (loop_read, draining TLS records already decrypted), then the high-water check."""
+        try:
+            while True:
+                self._client.loop_read()
+                sock = self._client.socket()
+                if not (hasattr(sock, "pending") and sock.pending() > 0):
+                    break
+        except Exception as exc:  # noqa: BLE001 - a broken socket ends the connection, as in aiomqtt
+            if not self._disconnected.done():
+                self._disconnected.set_exception(exc)
+            return
+        held = len(self.messages)
+        if held > self.stats["most_held"]:
+            self.stats["most_held"] = held
+        if held >= self.high_water and not self._paused and self._fd is not None:
+            self._paused = True
+            self.stats["pauses"] += 1
+            self._loop.remove_reader(self._fd)

@@ -198,6 +198,7 @@ class MqttSource:
                     await race(self._pump(client), self._subscribe(client, stop_event))
                 finally:
                     self.subscribed.clear()
+                    client.send_acks()  # written before the DISCONNECT
         except aiomqtt.MqttError as exc:
             raise ConnectionError(f"MQTT broker {cfg.host}:{cfg.port}: {exc}") from exc
 

@@ -4,9 +4,10 @@ aiomqtt (2.x) acknowledges a QoS 1 message as soon as it is in its incoming queu
 queue drops what does not fit: acknowledged, so the broker forgets it. `FlowClient` changes two
 things, both invisible to the rest of aiomqtt:
 
-- **Acknowledgement after hand-off.** paho's `manual_ack` is on; `handled(message)` sends the PUBACK
-  once the source has handed the message on. A message received but not handled when the connection
-  or the process ends is not acknowledged, so a persistent session gets it again (at least once).
+- **Acknowledgement after hand-off.** paho's `manual_ack` is on; `handled(message)` acknowledges a
+  message once the source has handed it on (while a backlog drains, ACK_BATCH at a time). A message
+  not handled, or handled but not yet acknowledged, when the connection or the process ends comes
+  again in a persistent session: at least once.
 - **A bound on what is held.** The broker's in-flight window (Mosquitto `max_inflight_messages`)
   should bound the unacknowledged messages it sends, but Mosquitto 2.0.11 (Debian 12) sends a whole
   window for every acknowledgement (fixed in 2.0.13), and a broker may allow any number. So reading
@@ -27,6 +28,10 @@ from typing import Any
 import aiomqtt
 import paho.mqtt.client as paho
 
+# acknowledgements sent together while a backlog drains: below the usual broker windows (Mosquitto 20,
+# EMQX 32), so the broker has sent the next ones before these run out
+ACK_BATCH = 16
+
 
 class FlowClient(aiomqtt.Client):
     def __init__(self, *args: Any, high_water: int, stats: MutableMapping[str, int] | None = None,
@@ -43,15 +48,28 @@ class FlowClient(aiomqtt.Client):
         self.stats.setdefault("most_held", 0)
         self._fd: int | None = None
         self._paused = False
+        self._unacked: list[tuple[int, int]] = []  # handled QoS 1 messages (mid, qos) not yet acknowledged
 
     def handled(self, message: aiomqtt.Message) -> None:
-        """The message was handed on (or refused for good): acknowledge it (QoS 1; QoS 0 has no
-        acknowledgement) and resume reading when the backlog held here is down to half."""
-        self._client.ack(message.mid, message.qos)
+        """The message was handed on (or refused for good): acknowledge it (QoS 1; QoS 0 has none),
+        and resume reading when the backlog held here is down to half.
+
+        Acknowledgements go out ACK_BATCH at a time while more messages wait, at once when none does:
+        one write per batch instead of a loop round trip per message (~30 us each on the 2-core box)."""
+        if message.qos:
+            self._unacked.append((message.mid, message.qos))
+        if len(self._unacked) >= ACK_BATCH or not len(self.messages):
+            self.send_acks()
         if self._paused and len(self.messages) <= self.high_water // 2:
             self._paused = False
             if self._fd is not None:
                 self._loop.add_reader(self._fd, self._read)
+
+    def send_acks(self) -> None:
+        """Acknowledge every handled message now (before a clean disconnect: else it comes again)."""
+        for mid, qos in self._unacked:
+            self._client.ack(mid, qos)
+        self._unacked.clear()
 
     # -- reading: aiomqtt's socket reader, replaced by one that can stop ----------------------------
     def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:

@@ -198,7 +198,7 @@ class MqttSource:
                     await race(self._pump(client), self._subscribe(client, stop_event))
                 finally:
                     self.subscribed.clear()
-                    client.send_acks()  # written before the DISCONNECT
+                    client.send_acks()  # what was handled before a stop: written before the DISCONNECT
         except aiomqtt.MqttError as exc:
             raise ConnectionError(f"MQTT broker {cfg.host}:{cfg.port}: {exc}") from exc
 
@@ -217,18 +217,23 @@ class MqttSource:
 
     async def _pump(self, client: FlowClient) -> None:
         """Hand each message on, then acknowledge it; raises MqttError when the connection is lost."""
-        async for message in client.messages:
-            try:
-                payload = message.payload
-                if not isinstance(payload, bytes | bytearray):  # aiomqtt hands bytes; be safe with str/None
-                    payload = str(payload or "").encode()
-                for obs in self.decode(message.topic.value, bytes(payload)):
-                    await self.intake.deliver(obs)
-            except Exception:  # noqa: BLE001 - acknowledged all the same: redelivering it would fail again
-                self.counts["handling_errors"] += 1
-                if self.intake.throttle.allow("handling")[0]:
-                    log.exception("a message on %s could not be handled: dropped", str(message.topic)[:200])
-            client.handled(message)
+        async for batch in client.batches():
+            for message in batch:
+                await self._hand_on(message)
+                client.handled(message)
+            client.send_acks()
+
+    async def _hand_on(self, message: aiomqtt.Message) -> None:
+        try:
+            payload = message.payload
+            if not isinstance(payload, bytes | bytearray):  # aiomqtt hands bytes; be safe with str/None
+                payload = str(payload or "").encode()
+            for obs in self.decode(message.topic.value, bytes(payload)):
+                await self.intake.deliver(obs)
+        except Exception:  # noqa: BLE001 - acknowledged all the same: redelivering it would fail again
+            self.counts["handling_errors"] += 1
+            if self.intake.throttle.allow("handling")[0]:
+                log.exception("a message on %s could not be handled: dropped", str(message.topic)[:200])
 
 
 def _device_topic(profile: DeviceProfile, device: str) -> str:

@@ -4,8 +4,8 @@ aiomqtt (2.x) acknowledges a QoS 1 message as soon as it is in its incoming queu
 queue drops what does not fit: acknowledged, so the broker forgets it. `FlowClient` changes two
 things, both invisible to the rest of aiomqtt:
 
-- **Acknowledgement after hand-off.** paho's `manual_ack` is on; `handled(message)` acknowledges a
-  message once the source has handed it on (while a backlog drains, ACK_BATCH at a time). A message
+- **Acknowledgement after hand-off.** paho's `manual_ack` is on; the source takes messages in
+  `batches()`, marks each `handled()` once handed on, and `send_acks()` after the batch. A message
   not handled, or handled but not yet acknowledged, when the connection or the process ends comes
   again in a persistent session: at least once.
 - **A bound on what is held.** The broker's in-flight window (Mosquitto `max_inflight_messages`)
@@ -22,14 +22,14 @@ default 1,000.
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as paho
 
-# acknowledgements sent together while a backlog drains: below the usual broker windows (Mosquitto 20,
-# EMQX 32), so the broker has sent the next ones before these run out
+# most messages handled, and acknowledged, together: below the usual broker windows (Mosquitto 20,
+# EMQX 32), so the broker has sent the next ones before these are acknowledged
 ACK_BATCH = 16
 
 
@@ -50,23 +50,29 @@ class FlowClient(aiomqtt.Client):
         self._paused = False
         self._unacked: list[tuple[int, int]] = []  # handled QoS 1 messages (mid, qos) not yet acknowledged
 
-    def handled(self, message: aiomqtt.Message) -> None:
-        """The message was handed on (or refused for good): acknowledge it (QoS 1; QoS 0 has none),
-        and resume reading when the backlog held here is down to half.
+    async def batches(self) -> AsyncIterator[list[aiomqtt.Message]]:
+        """The messages as they come: each time one waited for and those already behind it, up to
+        ACK_BATCH. Handle a batch, `handled()` each message, then `send_acks()`: one write and one
+        loop turn per batch rather than per message while a backlog drains (~30 us of CPU per message
+        on the 2-core box), and no acknowledgement waits for a message still to come."""
+        async for message in self.messages:
+            batch = [message]
+            while len(batch) < ACK_BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            yield batch
 
-        Acknowledgements go out ACK_BATCH at a time while more messages wait, at once when none does:
-        one write per batch instead of a loop round trip per message (~30 us each on the 2-core box)."""
+    def handled(self, message: aiomqtt.Message) -> None:
+        """The message was handed on, or refused for good: to be acknowledged (QoS 1; QoS 0 has no
+        acknowledgement). Reading resumes when the messages held here are down to half."""
         if message.qos:
             self._unacked.append((message.mid, message.qos))
-        if len(self._unacked) >= ACK_BATCH or not len(self.messages):
-            self.send_acks()
         if self._paused and len(self.messages) <= self.high_water // 2:
             self._paused = False
             if self._fd is not None:
                 self._loop.add_reader(self._fd, self._read)
 
     def send_acks(self) -> None:
-        """Acknowledge every handled message now (before a clean disconnect: else it comes again)."""
+        """Acknowledge every handled message now."""
         for mid, qos in self._unacked:
             self._client.ack(mid, qos)
         self._unacked.clear()

@@ -66,7 +66,7 @@ class FlowClient(aiomqtt.Client):
         acknowledgement). Reading resumes when the messages held here are down to half."""
         if message.qos:
             self._unacked.append((message.mid, message.qos))
-        if self._paused and len(self.messages) <= self.high_water // 2:
+        if self._paused and self._queue.qsize() <= self.high_water // 2:
             self._paused = False
             if self._fd is not None:
                 self._loop.add_reader(self._fd, self._read)
@@ -96,18 +96,23 @@ class FlowClient(aiomqtt.Client):
         self._loop.add_reader(fd, self._read)  # replaces aiomqtt's reader of the same socket
 
     def _read(self) -> None:
-        """aiomqtt's reader (loop_read, draining TLS records already decrypted), then the high-water check."""
+        """aiomqtt's reader, reading up to ACK_BATCH messages a turn rather than one (paho reads one
+        packet a call), then the high-water check."""
+        queue = self._queue
         try:
-            while True:
+            for _ in range(ACK_BATCH):
+                before = queue.qsize()
                 self._client.loop_read()
                 sock = self._client.socket()
-                if not (hasattr(sock, "pending") and sock.pending() > 0):
-                    break
+                while hasattr(sock, "pending") and sock.pending() > 0:  # decrypted TLS: no event announces it
+                    self._client.loop_read()
+                if queue.qsize() == before or queue.qsize() >= self.high_water:
+                    break  # nothing more to read now (or not a message), or enough
         except Exception as exc:  # noqa: BLE001 - a broken socket ends the connection, as in aiomqtt
             if not self._disconnected.done():
                 self._disconnected.set_exception(exc)
             return
-        held = len(self.messages)
+        held = queue.qsize()
         if held > self.stats["most_held"]:
             self.stats["most_held"] = held
         if held >= self.high_water and not self._paused and self._fd is not None:

@@ -69,7 +69,7 @@ def mosquitto(workdir: Path, *, max_inflight_messages: int | None = None) -> Ite
     inflight = f"max_inflight_messages {max_inflight_messages}\n" if max_inflight_messages is not None else ""
     config.write_text(
         f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-        "max_queued_messages 1000000\nmax_queued_bytes 0\n"  # as docker/mosquitto.conf (a day's outage)
+        "max_queued_messages 1000000\nmax_queued_bytes 536870912\n"  # as docker/mosquitto.conf
         f"{inflight}log_dest stderr\nlog_type error\n"
     )
     proc = subprocess.Popen([_find("mosquitto"), "-c", str(config)],
@@ -111,7 +111,8 @@ def victoria_metrics(workdir: Path) -> Iterator[VictoriaMetrics]:
     data = workdir / "vmdata"
     proc = subprocess.Popen(
         [_find("victoria-metrics"), f"-httpListenAddr=127.0.0.1:{port}", f"-storageDataPath={data}",
-         "-retentionPeriod=100y", "-search.disableCache", "-loggerLevel=ERROR"],
+         "-retentionPeriod=100y", "-search.disableCache", "-loggerLevel=ERROR",
+         "-dedup.minScrapeInterval=1ms"],  # as docker/compose.yaml: a redelivered point is kept once
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:

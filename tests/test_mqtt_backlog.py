@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -205,3 +206,64 @@ def test_a_gateway_killed_mid_backlog_gets_every_message_after_its_restart(broke
     finally:
         third.terminate()
         third.wait(WAIT)
+
+
+def redelivery_site(tmp_path: Path, port: int, vm_url: str) -> Path:
+    site = {
+        "site": "redelivery", "gateway_id": "gw-redelivery", "data_dir": str(tmp_path / "data"),
+        "profiles_dir": str(HERE.parent / "device_profiles"), "web": {"enabled": False},
+        "mqtt": {"host": "127.0.0.1", "port": port, "reconnect_min_s": 0.05},
+        "mqtt_source": {"profiles": ["generic-water-level-json", "generic-rain-gauge-json"]},
+        "timeseries": {"backend": "influxdb", "url": vm_url, "flush_interval_ms": 100},
+        "sensors": {
+            "devices": [{"id": "wl-under", "profile": "generic-water-level-json", "kind": "water_level",
+                         "lon": 116.40, "lat": 39.91},
+                        {"id": "rg-roof", "profile": "generic-rain-gauge-json", "kind": "rain_gauge",
+                         "lon": 116.40, "lat": 39.91}],
+            "level_rules": [{"name": "underpass", "min_duration_s": 0, "case_from": "deep",
+                             "levels": [{"name": "wet", "at": 15}, {"name": "deep", "at": 27}]}],
+            "rain_rules": [{"name": "downpour", "thresholds": [{"window_s": 3600, "mm": 10}]}],
+        },
+    }
+    path = tmp_path / "site.yaml"
+    path.write_text(json.dumps(site), encoding="utf-8")  # JSON is YAML
+    return path
+
+
+async def test_a_redelivered_reading_is_not_counted_twice(broker, vm, tmp_path):
+    """What a crash redelivers reaches the rules again with the same device and time: the rain it
+    carries is not added twice (6 mm, not 12: under the 10 mm threshold), the flooded underpass keeps
+    its one episode and one case, and the time series (VictoriaMetrics as docker/compose.yaml runs it)
+    keeps one point per device and time."""
+    from gateway.deployment import load_deployment
+    from gateway.runtime import Gateway
+
+    now = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+    sent = []
+    for k in range(3):
+        when = now + timedelta(minutes=k)
+        sent.append(("city/d1/water/wl-under/up", {"ts": int(when.timestamp() * 1000), "data": {"level": 300}}))
+        sent.append(("city/rain/rg-roof/data", {"time": when.isoformat(), "tips": 10}))  # 2 mm
+    messages = [(topic, json.dumps(body).encode()) for topic, body in sent]
+
+    gateway = Gateway(load_deployment(redelivery_site(tmp_path, broker.port, vm.url)))
+    alerts = []
+    gateway.bus.listeners.append(lambda alert, _outcome: alerts.append(alert))
+    monitor = gateway.graph.router.sensors
+    await gateway.start()
+    try:
+        await asyncio.wait_for(gateway.component("mqtt-source").subscribed.wait(), WAIT)
+        await asyncio.to_thread(publish_all, broker.port, messages)
+        assert await drained(lambda: monitor.stats["readings"], 6) == 6
+        await asyncio.to_thread(publish_all, broker.port, messages)  # the same readings again
+        assert await drained(lambda: monitor.stats["duplicate"] + monitor.stats["out_of_order"], 6) == 6
+        assert await drained(lambda: gateway.graph.timeseries.stats()["written"], 12) == 12
+        cases = sum(gateway.outbox.counts().values())
+    finally:
+        assert await gateway.shutdown()
+    assert [a.rule for a in alerts if a.state == "open"] == ["underpass"]  # one episode, no downpour
+    assert cases == 1
+    rain = vm.export('{__name__="sensor_reading_rain_mm", device="rg-roof"}')
+    assert [(s["values"], len(set(s["timestamps"]))) for s in rain] == [([2.0, 2.0, 2.0], 3)]
+    level = vm.export('{__name__="sensor_reading_level_cm", device="wl-under"}')
+    assert [s["values"] for s in level] == [[30.0, 30.0, 30.0]]

@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from core.model import Alert, HealthChange, Position
+from detectors.vehicle.config import FleetConfig
 from detectors.vehicle.monitor import FleetMonitor
 from detectors.vehicle.rules import Clock, Fix, Rule, Vehicle, build
 from detectors.vehicle.rules.alarms import TerminalAlarms
@@ -32,7 +33,7 @@ SATURDAY = DAY + timedelta(days=5)
 class Feed:
     """One rule, its world and vehicles; fixes go to that rule alone, with the context the monitor gives."""
 
-    def __init__(self, rule: type[Rule], config=None, **overrides) -> None:  # noqa: ANN001
+    def __init__(self, rule: type[Rule], config: FleetConfig | None = None, **overrides: object) -> None:
         self.cfg = config or world(**overrides)
         self.world = World(self.cfg)
         name = {ForbiddenZones: "forbidden_zone", OffRoute: "off_route", Overspeed: "overspeed",

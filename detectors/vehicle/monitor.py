@@ -32,14 +32,15 @@ class FleetMonitor:
         self.world = World(config)
         self.filter = PositionFilter(config.filters)
         self.terminals = TerminalDirectory.from_vehicles(config.vehicles)  # the one terminal -> vehicle map
-        self.rules = rules.build(config.rules, self.world)
+        self.rules = config.rules
+        self.enabled_rules = rules.build(config.rules, self.world)  # in the order each fix sees them
         self.unregistered = rules.Unregistered(config.rules.unregistered, self.world)
-        self._coverage = next((r for r in self.rules if isinstance(r, Coverage)), None)
+        self._coverage = next((r for r in self.enabled_rules if isinstance(r, Coverage)), None)
         self._by_id: dict[str, Vehicle] = {}
         for vc in config.vehicles:
             hours = tuple(parse_window(w) for w in vc.working_hours)
             v = self._by_id[vc.id] = Vehicle(vc, hours, self.world.mask(hours), config.track_points)
-            for rule in self.rules:
+            for rule in self.enabled_rules:
                 rule.attach(v)
         # Position.device -> vehicle: the vehicle ids (sources resolve terminals to them, see
         # identity.py), plus the terminal spellings of positions that come unresolved (tests, benches)
@@ -148,6 +149,6 @@ class FleetMonitor:
         ts = now.timestamp()
         clock = Clock(now, ts, *self._local_minute(ts))
         out: list[DetectorOutput] = []
-        for rule in self.rules:
+        for rule in self.enabled_rules:
             rule.tick(clock, vehicles, out)
         return out

@@ -435,8 +435,8 @@ class Jt808Server:
     def registration_allowed(self, conn: _Connection) -> bool:
         """Whether this connection may register (anything) now: a terminal registers once, so a few
         tries per connection and a few a minute per address are plenty; more is someone guessing."""
-        conn.registrations += 1
-        if conn.registrations <= self.registrations_per_connection and self._take(
+        conn.register_tries += 1
+        if conn.register_tries <= self.registrations_per_connection and self._take(
                 self._register_buckets, conn.address, self.registrations_per_address_per_min):
             return True
         self.counters["registrations_rate_limited"] += 1
@@ -545,7 +545,7 @@ class _Connection:
         self.packet_due: dict[tuple[str, int], list[float]] = {}  # same keys: [retransmit due (loop time), tries]
         self.packet_bytes = 0
         self.unknown: set[str] = set()  # keys of unknown terminals registered on this connection
-        self.registrations = 0  # registrations tried on this connection
+        self.register_tries = 0  # registrations (0x0100) tried on this connection
         self.auth_failures = 0
         # the terminal this connection authenticated as: its number as sent, its key, and the device id
         # its positions carry (vehicle id, or the key of a terminal not in the fleet)

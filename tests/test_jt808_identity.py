@@ -83,7 +83,8 @@ def site_config(tmp_path: Path, terminal: str, *, jt_port: int | None = None, re
           {jt}
           {feed}
           fleet:
-            vehicles: [{{id: mixer-01, type: mixer, terminal: "{terminal}", speed_limit_kmh: 50}}]
+            vehicles: [{{id: mixer-01, type: mixer, terminal: "{terminal}", speed_limit_kmh: 50,
+                         working_hours: ["00:00-24:00"]}}]  # one case (overspeed) whatever the hour
         """), encoding="utf-8")
     return path
 

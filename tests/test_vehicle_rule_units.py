@@ -107,6 +107,17 @@ def test_the_ban_ending_while_inside_closes_the_episode():
     assert got[1].time == next(p.time for p in fixes if p.time >= DAY.replace(hour=10))
 
 
+def test_a_ban_starting_while_parked_opens_inside_the_zone_but_not_on_its_edge():
+    zone = {"id": "late", "polygon": square(1000, 1000, 2000, 2000), "windows": ["10:00-12:00"]}
+    parked = [(180, 0, 0)]  # 09:59 to 10:02, a fix every 10 s
+    on_edge = Feed(ForbiddenZones, zones=[zone])("muck-1", drive(MUCK, DAY.replace(hour=9, minute=59), parked, 10,
+                                                                  start_xy=(1000, 1500)))
+    assert on_edge == []
+    inside = Feed(ForbiddenZones, zones=[zone])("muck-1", drive(MUCK, DAY.replace(hour=9, minute=59), parked, 10,
+                                                                 start_xy=(1001, 1500)))
+    assert states(inside) == [("open", "late")] and inside[0].time == DAY.replace(hour=10)
+
+
 # ---------------------------------------------------------------- off route
 
 

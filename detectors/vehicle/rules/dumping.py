@@ -48,7 +48,7 @@ class IllegalDumping(Rule):
         if not (prev and not load):
             return
         # unloaded somewhere between the last fix and this one: either end inside a dump site is fine
-        if self.layer.any_contains(f.x, f.y) or (f.seg and self.layer.any_contains(f.x0, f.y0)):
+        if self.layer.any_covers(f.x, f.y) or (f.seg and self.layer.any_covers(f.x0, f.y0)):
             return
         st.open = True
         out.append(self.alert(

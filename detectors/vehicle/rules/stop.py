@@ -40,7 +40,7 @@ class LongStop(Rule):
         if stopped and a is not None and math.hypot(f.x - a[1], f.y - a[2]) <= rule.radius_m:
             if not st.open and t - a[0] >= rule.min_duration_s:
                 if st.in_site is None:
-                    st.in_site = self.layer.any_contains(a[1], a[2]) is not None
+                    st.in_site = self.layer.any_covers(a[1], a[2]) is not None
                 if not st.in_site:
                     st.open = True
                     out.append(self.alert(

@@ -1,7 +1,9 @@
 """Forbidden zones: a vehicle of a barred type entering a zone while its ban holds (day and time window).
 
 The segment from the previous fix is tested, so a zone crossed between two sparse fixes is caught; the
-alert is placed where the segment first met the zone. Each vehicle type gets a layer holding only the
+alert is placed where the segment first went into the zone. The edge (within geometry.EDGE_M) is outside
+for entering and inside for staying: a truck on the road that bounds a zone never enters it, and one that
+entered stays in until a fix lies off the zone, so standing on the edge neither chatters nor escapes. Each vehicle type gets a layer holding only the
 zones that bar it, so the usual fix costs one cached cell lookup that finds nothing.
 """
 
@@ -66,12 +68,15 @@ class ForbiddenZones(Rule):
             if i in st.inside:
                 continue
             z = zones[i]
-            if not z.active(f.local, f.minute) or not layer.segment_hits(i, x0, y0, x, y):
+            if not z.active(f.local, f.minute):
                 continue
-            ex, ey, frac = layer.entry_point(i, x0, y0, x, y)
+            hit = layer.entry(i, x0, y0, x, y)  # into the interior: touching the edge is not entering
+            if hit is None:
+                continue
+            ex, ey, frac = hit
             elon, elat = self.world.plane.lonlat(ex, ey)  # type: ignore[union-attr]
             entered = v.last_t + frac * (t - v.last_t) if v.last_t is not None and (x0, y0) != (x, y) else t
-            inside = layer.contains(i, x, y)
+            inside = layer.covers(i, x, y)  # ending on the edge, it is still in
             zc = z.area.cfg
             out.append(self.alert(
                 v, "open", p.time, place=zc.id, lon=elon, lat=elat,
@@ -85,7 +90,7 @@ class ForbiddenZones(Rule):
                 out.append(self._closed(v, p, zc.id, t - entered))
         for i, entered in list(st.inside.items()):
             z = zones[i]
-            if layer.contains(i, x, y) and z.active(f.local, f.minute):
+            if layer.covers(i, x, y) and z.active(f.local, f.minute):
                 continue
             del st.inside[i]
             out.append(self._closed(v, p, z.area.cfg.id, t - entered))

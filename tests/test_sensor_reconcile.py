@@ -74,11 +74,22 @@ def gateway(config: Path, log: Path, *extra: str) -> subprocess.Popen:
                                 stdout=subprocess.DEVNULL, stderr=err)
 
 
+def saved_state(data: Path) -> dict:
+    """The probe's rule state as last saved, {} before any save."""
+    path = data / "sensor_rules.sqlite3"
+    if not path.exists():  # (connecting would create it)
+        return {}
+    try:
+        with contextlib.closing(sqlite3.connect(path, timeout=10)) as db:
+            row = db.execute("SELECT state FROM devices WHERE device=?", (PROBE,)).fetchone()
+    except sqlite3.OperationalError:  # no table yet
+        return {}
+    return json.loads(row[0])["rules"] if row else {}
+
+
 def saved_episode(data: Path) -> dict | None:
-    """The probe's underpass state in the saved rule state (since clocks and open episode)."""
-    with contextlib.closing(sqlite3.connect(data / "sensor_rules.sqlite3", timeout=10)) as db:
-        row = db.execute("SELECT state FROM devices WHERE device=?", (PROBE,)).fetchone()
-    return json.loads(row[0])["rules"].get("level", {}).get("underpass") if row else None
+    """The probe's underpass state as last saved (since clocks and open episode)."""
+    return saved_state(data).get("level", {}).get("underpass")
 
 
 def underpass_cases(data: Path) -> list[tuple[str, str | None]]:
@@ -100,8 +111,15 @@ def flood_killed_inside_the_window(folder: Path, rx: CentralReceiver, start: dat
     write_csv(folder / "flood.csv", flood)
     data = folder / "data"
 
-    # life 1: the water rises to 15 cm; a clean stop saves the state (the level's clock runs, no episode)
-    first = gateway(site(folder, "rising.csv", rx.url, save_s=3600), folder / "gateway.log", "--for", "3")
+    # life 1: the water rises to 15 cm, saved (the level's clock runs, no episode yet); a clean stop
+    first = gateway(site(folder, "rising.csv", rx.url, save_s=0.2), folder / "gateway.log")
+    last = max(r.time for r in rising if r.device == PROBE).timestamp()
+    deadline = time.monotonic() + WAIT_S
+    while saved_state(data).get("last_time") != last:
+        assert first.poll() is None, (folder / "gateway.log").read_text()
+        assert time.monotonic() < deadline, "the first gateway never saved the rising water"
+        time.sleep(0.05)
+    first.send_signal(signal.SIGTERM)
     assert first.wait(timeout=WAIT_S) == 0, (folder / "gateway.log").read_text()
     before = saved_episode(data)
     assert before["open"] is None and before["since"][0] is not None

@@ -54,4 +54,4 @@ if __name__ == "__main__":
     monitor = SensorMonitor(SensorsConfig.model_validate(SENSORS))
     for reading in readings():
         monitor.process(reading)
-    print(json.dumps(monitor.export_state(), indent=1))
+    print(json.dumps(monitor.export_state(), separators=(",", ":")))  # as the old store wrote it

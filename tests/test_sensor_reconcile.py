@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import sqlite3
@@ -304,5 +305,5 @@ async def test_an_open_case_of_a_device_gone_from_the_config_is_reported_not_cle
         stats = graph.find("rule-state").stats()
         assert (stats["orphaned"], stats["orphaned_cases"]) == (1, [case_id])
         assert graph.outbox.get(case_id).state == "open" and events(graph, case_id) == []
-    warnings = [r.getMessage() for r in caplog.records if case_id in r.getMessage()]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and case_id in r.getMessage()]
     assert len(warnings) == 1 and "citygate cases withdraw" in warnings[0]

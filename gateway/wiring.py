@@ -129,6 +129,7 @@ def build_graph(deployment: Deployment) -> Graph:
     _add_device_sources(graph, rule_state)
     _add_replays(graph)
     rule_state.load()  # before any reading: episodes, rain windows and counters carry on where they stopped
+    rule_state.reconcile(outbox, desk)  # open sensor cases the last save missed are adopted, so they can clear
     if config.web.enabled:
         from gateway.devices import Devices
         from gateway.web.server import ConsoleServer

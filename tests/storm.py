@@ -106,3 +106,33 @@ def write_csv(path, readings: list[Reading]) -> None:
     for r in readings:
         lines.append(f"{r.time.isoformat()},{r.device},{r.values.get('level_cm', '')},{r.values.get('rain_mm', '')}")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def storm_site(folder, csv_name: str, *, save_s: float, central_url: str | None = None):
+    """A gateway config replaying the storm from `csv_name` (beside it) through the underpass ladder,
+    saving rule state every `save_s`; with `central_url`, cases go to that receiver."""
+    central = (f"central: {{url: '{central_url}', backoff_initial_s: 0.2, backoff_max_s: 1, poll_s: 0.5, "
+               "timeout_s: 5}\n") if central_url else ""
+    path = folder / "site.yaml"
+    path.write_text(f"""site: storm
+data_dir: data
+web: {{enabled: false}}
+{central}sensors:
+  devices:
+    - {{id: {GAUGE}, kind: rain_gauge, lon: 116.400, lat: 39.910}}
+    - {{id: {PROBE}, kind: water_level, name: 测试下穿隧道, lon: 116.401, lat: 39.911}}
+  level_rules:
+    - name: underpass
+      category: road_flooding
+      case_from: deep
+      min_duration_s: 120
+      levels:
+        - {{name: shallow, at: 15, severity: info}}
+        - {{name: deep, at: 27, severity: warning}}
+        - {{name: impassable, at: 40, severity: critical}}
+  health: {{offline_after_s: 86400}}
+  state_save_s: {save_s}
+  replay:
+    - {{file: {csv_name}, speed: 0, shift_to_now: false}}
+""", encoding="utf-8")
+    return path

@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from central_receiver import CentralReceiver, Received
-from storm import GAUGE, PROBE, storm, write_csv
+from storm import PROBE, storm, storm_site, write_csv
 
 from core.model import Reading
 from gateway.deployment import load_deployment
@@ -41,32 +41,6 @@ WAIT_S = 90
 ATTEMPTS = 3  # the prompt save beats the kill when the receiver is slower than the save's next beat (rare)
 
 
-def site(folder: Path, csv: str, central_url: str, *, save_s: float) -> Path:
-    path = folder / "site.yaml"
-    path.write_text(textwrap.dedent(f"""
-        site: storm
-        data_dir: data
-        web: {{enabled: false}}
-        central: {{url: '{central_url}', backoff_initial_s: 0.2, backoff_max_s: 1, poll_s: 0.5, timeout_s: 5}}
-        sensors:
-          devices:
-            - {{id: {GAUGE}, kind: rain_gauge, lon: 116.400, lat: 39.910}}
-            - {{id: {PROBE}, kind: water_level, name: 测试下穿隧道, lon: 116.401, lat: 39.911}}
-          level_rules:
-            - name: underpass
-              category: road_flooding
-              case_from: deep
-              min_duration_s: 120
-              levels:
-                - {{name: shallow, at: 15, severity: info}}
-                - {{name: deep, at: 27, severity: warning}}
-                - {{name: impassable, at: 40, severity: critical}}
-          health: {{offline_after_s: 86400}}
-          state_save_s: {save_s}
-          replay:
-            - {{file: {csv}, speed: 0, shift_to_now: false}}
-        """), encoding="utf-8")
-    return path
 
 
 def gateway(config: Path, log: Path, *extra: str) -> subprocess.Popen:
@@ -113,7 +87,7 @@ def flood_killed_inside_the_window(folder: Path, rx: CentralReceiver, start: dat
     data = folder / "data"
 
     # life 1: the water rises to 15 cm, saved (the level's clock runs, no episode yet); a clean stop
-    first = gateway(site(folder, "rising.csv", rx.url, save_s=0.2), folder / "gateway.log")
+    first = gateway(storm_site(folder, "rising.csv", save_s=0.2, central_url=rx.url), folder / "gateway.log")
     last = max(r.time for r in rising if r.device == PROBE).timestamp()
     deadline = time.monotonic() + WAIT_S
     while saved_state(data).get("last_time") != last:
@@ -133,7 +107,7 @@ def flood_killed_inside_the_window(folder: Path, rx: CentralReceiver, start: dat
             os.kill(second[0].pid, signal.SIGKILL)
 
     rx.on_request = kill_on_the_case
-    second.append(gateway(site(folder, "flood.csv", rx.url, save_s=3600), folder / "gateway.log"))
+    second.append(gateway(storm_site(folder, "flood.csv", save_s=3600, central_url=rx.url), folder / "gateway.log"))
     assert second[0].wait(timeout=WAIT_S) == -signal.SIGKILL, "the case never reached the receiver"
     rx.on_request = None
     (case_id, closed), = underpass_cases(data)
@@ -157,7 +131,7 @@ def test_a_case_filed_just_before_a_kill_9_is_cleared_when_the_water_falls(tmp_p
         falling = [r for r in storm(start)
                    if start + timedelta(hours=13, minutes=30) <= r.time < start + timedelta(hours=15)]
         write_csv(folder / "falling.csv", falling)
-        third = gateway(site(folder, "falling.csv", rx.url, save_s=3600), folder / "gateway.log")
+        third = gateway(storm_site(folder, "falling.csv", save_s=3600, central_url=rx.url), folder / "gateway.log")
         try:
             deadline = time.monotonic() + WAIT_S
             while "cleared" not in [r.kind for r in rx.accepted_events(case_id)]:

@@ -29,37 +29,22 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from counter_storm import PROFILE, START_COUNT, uplinks, write_uplinks
-from storm import GAUGE, PROBE, START, TIPPED, first_minute_reaching, storm, window_total, write_csv
+from storm import (
+    GAUGE,
+    PROBE,
+    START,
+    TIPPED,
+    first_minute_reaching,
+    storm,
+    storm_site,
+    window_total,
+    write_csv,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 WAIT_S = 60
 
 
-def site(tmp: Path, csv: Path) -> Path:
-    path = tmp / "site.yaml"
-    path.write_text(textwrap.dedent(f"""
-        site: storm
-        data_dir: data
-        web: {{enabled: false}}
-        sensors:
-          devices:
-            - {{id: {GAUGE}, kind: rain_gauge, lon: 116.400, lat: 39.910}}
-            - {{id: {PROBE}, kind: water_level, name: 测试下穿隧道, lon: 116.401, lat: 39.911}}
-          level_rules:
-            - name: underpass
-              category: road_flooding
-              case_from: deep
-              min_duration_s: 120
-              levels:
-                - {{name: shallow, at: 15, severity: info}}
-                - {{name: deep, at: 27, severity: warning}}
-                - {{name: impassable, at: 40, severity: critical}}
-          health: {{offline_after_s: 86400}}
-          state_save_s: 0.2
-          replay:
-            - {{file: {csv.name}, speed: 0, shift_to_now: false}}
-        """), encoding="utf-8")
-    return path
 
 
 def gateway(config: Path, *extra: str) -> subprocess.Popen:
@@ -96,7 +81,7 @@ def run_storm(tmp: Path, *, keep_state: bool) -> tuple[list, datetime]:
     write_csv(tmp / "after.csv", after)
     data = tmp / "data"
 
-    first = gateway(site(tmp, tmp / "before.csv"))
+    first = gateway(storm_site(tmp, "before.csv", save_s=0.2))
     try:
         last = max(r.time for r in before if r.device == PROBE).timestamp()
         deadline = time.monotonic() + WAIT_S
@@ -113,7 +98,7 @@ def run_storm(tmp: Path, *, keep_state: bool) -> tuple[list, datetime]:
 
     if not keep_state:
         forget_state(data)
-    second = gateway(site(tmp, tmp / "after.csv"), "--for", "4")
+    second = gateway(storm_site(tmp, "after.csv", save_s=0.2), "--for", "4")
     _, err = second.communicate(timeout=WAIT_S)
     assert second.returncode == 0, err
     return underpass_cases(data), start
@@ -146,7 +131,7 @@ def test_an_unreadable_state_file_is_moved_aside_and_the_rules_start_empty(tmp_p
     from gateway.deployment import load_deployment
     from gateway.wiring import build_graph
 
-    config = site(tmp_path, tmp_path / "before.csv")
+    config = storm_site(tmp_path, "before.csv", save_s=0.2)
     write_csv(tmp_path / "before.csv", storm()[:10])
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "sensor_rules.sqlite3").write_bytes(b'{"version": 1, "level": [{"rule"' * 200)

@@ -56,7 +56,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -94,6 +94,7 @@ class PayloadError(ValueError):
 # -- tiny path resolver ---------------------------------------------------------------------------
 _STEP = re.compile(r"""\.([A-Za-z_][\w-]*)|\[(\d+)\]|\[\s*(?:"([^"]*)"|'([^']*)')\s*\]""")
 _MISSING = object()
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -272,6 +273,24 @@ class DecodeResult:
     counters: Mapping[str, int] = field(default_factory=dict)  # raw counts of counter fields, see CounterTracker
 
 
+class _Field(NamedTuple):
+    """One field as decoding uses it, worked out once per profile rather than once per message."""
+
+    name: str
+    spec: FieldSpec
+    steps: tuple[str | int, ...]  # the compiled JSON path; () for binary and register fields
+    bounds: tuple[float, float] | None  # the range, or a vehicle attribute's default range
+
+
+class _Plan(NamedTuple):
+    fields: tuple[_Field, ...]
+    envelope_fields: tuple[_Field, ...]
+    units: dict[str, str]  # field -> unit, for the fields that have one (envelope fields first)
+    topic: tuple[str, ...]  # the topic's levels
+    device_level: int  # index of {device_id} in them
+    timestamp_steps: tuple[str | int, ...]
+
+
 class DeviceProfile(StrictModel):
     name: str = Field(description="Unique profile name, referenced from the deployment config.")
     kind: Literal["sensor", "vehicle"] = Field(description="sensor -> Reading, vehicle -> Position.")
@@ -353,6 +372,26 @@ class DeviceProfile(StrictModel):
                 blocks.append((table, first, max(e for _, e in spans) - first))
         return blocks
 
+    @functools.cached_property
+    def _plan(self) -> _Plan:
+        """What every message needs from the profile, computed on first use (profiles are immutable)."""
+        def fields(specs: Mapping[str, FieldSpec]) -> tuple[_Field, ...]:
+            return tuple(_Field(name, spec, compile_path(spec.path) if spec.path is not None else (),
+                                spec.range or (_DEFAULT_RANGES.get(name) if self.kind == "vehicle" else None))
+                         for name, spec in specs.items())
+
+        env_fields = self.envelope.fields if self.envelope else {}
+        topic = tuple((self.topic or "").split("/"))
+        return _Plan(fields(self.fields), fields(env_fields),
+                     {k: s.unit for k, s in {**env_fields, **self.fields}.items() if s.unit}, topic,
+                     topic.index("{device_id}") if "{device_id}" in topic else -1,
+                     compile_path(self.timestamp.path) if self.timestamp else ())
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> DeviceProfile:
+        copy = super().model_copy(update=update, deep=deep)
+        copy.__dict__.pop("_plan", None)  # worked out from the copy's own fields when it is used
+        return copy
+
     # -- topics ----------------------------------------------------------------------------------
     def topic_filter(self) -> str:
         """The MQTT subscription for all devices of this profile."""
@@ -364,8 +403,14 @@ class DeviceProfile(StrictModel):
         """The device id in a concrete topic, or None when the topic is not this profile's."""
         if self.topic is None:
             return None
-        pattern = self.topic.split("/")
+        plan = self._plan
+        pattern = plan.topic
         levels = topic.split("/")
+        if len(levels) == len(pattern) and pattern[-1] != "#":  # the usual shape: compare level by level
+            for want, level in zip(pattern, levels, strict=True):
+                if want != level and want != "+" and want != "{device_id}":
+                    return None
+            return levels[plan.device_level] or None
         device = None
         for i, want in enumerate(pattern):
             if want == "#":
@@ -407,7 +452,7 @@ class DeviceProfile(StrictModel):
             if self.payload == "binary":
                 return [self._finish(self._binary_values(payload, device), device, received, None)]
             doc = self._json(payload, device)
-            return [self._finish(self._json_values(self.fields, doc), device, received, doc)]
+            return [self._finish(self._json_values(self._plan.fields, doc), device, received, doc)]
         env = self.envelope
         doc = self._json(payload, device)
         if env.records is None:
@@ -430,16 +475,17 @@ class DeviceProfile(StrictModel):
         values: dict[str, float] = {}
         problems: list[str] = []
         counts: dict[str, int] = {}
-        for name, spec in self.fields.items():
+        for f in self._plan.fields:
+            spec = f.spec
             assert spec.address is not None
             words = [registers.get((spec.table, spec.address + i)) for i in range(spec.register_count)]
             if any(w is None or not 0 <= w <= 0xFFFF for w in words):
-                problems.append(f"field {name!r}: {spec.table} register {spec.address} was not read")
+                problems.append(f"field {f.name!r}: {spec.table} register {spec.address} was not read")
                 continue
             if spec.word_order == "little":
                 words.reverse()
             raw = _unpack(b"".join(w.to_bytes(2, "big") for w in words), 0, spec, "big")
-            self._keep(name, spec, raw, values, problems, counts)
+            self._keep(f, raw, values, problems, counts)
         return self._finish((values, problems, counts), device, received, None)
 
     # -- internals ---------------------------------------------------------------------------------
@@ -480,9 +526,9 @@ class DeviceProfile(StrictModel):
             if not isinstance(payload_doc, dict | list):
                 raise PayloadError(f"no decoded object at {env.object}", profile=self.name, device=device,
                                    field="object")
-            values, problems, counts = self._json_values(self.fields, payload_doc)
+            values, problems, counts = self._json_values(self._plan.fields, payload_doc)
         if values or counts:  # radio quality only goes with a real measurement
-            extra, _, _ = self._json_values(env.fields, doc)
+            extra, _, _ = self._json_values(self._plan.envelope_fields, doc)
             values.update({k: v for k, v in extra.items() if k not in values})
         time = None
         if env.time is not None and (self.timestamp is None or payload_doc is None):
@@ -500,10 +546,9 @@ class DeviceProfile(StrictModel):
         if self.kind == "sensor":
             if not values and not counts:
                 raise PayloadError("no usable value: " + "; ".join(problems), profile=self.name, device=device)
-            specs = {**(self.envelope.fields if self.envelope else {}), **self.fields}
-            units = {k: specs[k].unit for k in (*values, *counts) if specs[k].unit}
-            return DecodeResult(Reading(device=device, time=time, values=values, profile=self.name, units=units),
-                                device, problems, counts)
+            unit_of = self._plan.units
+            units = {k: unit_of[k] for k in (*values, *counts) if k in unit_of}
+            return DecodeResult(Reading(device, time, values, self.name, units), device, problems, counts)
         for key in ("lat", "lon"):
             if key not in values:
                 raise PayloadError("no usable position: " + "; ".join(problems), profile=self.name,
@@ -513,14 +558,13 @@ class DeviceProfile(StrictModel):
             attrs["valid"] = bool(attrs["valid"])
         return DecodeResult(Position(time=time, device=device, extras=values, **attrs), device, problems)
 
-    def _json_values(self, fields: Mapping[str, FieldSpec], doc: Any
-                     ) -> tuple[dict[str, float], list[str], dict[str, int]]:
+    def _json_values(self, fields: tuple[_Field, ...], doc: Any) -> tuple[dict[str, float], list[str], dict[str, int]]:
         values: dict[str, float] = {}
         problems: list[str] = []
         counts: dict[str, int] = {}
-        for name, spec in fields.items():
-            assert spec.path is not None
-            raw = resolve(doc, compile_path(spec.path))
+        for f in fields:
+            name, spec, steps, _ = f
+            raw = resolve(doc, steps)
             if raw is _MISSING or raw is None:
                 if not spec.optional:
                     problems.append(f"field {name!r}: missing at {spec.path}")
@@ -532,14 +576,15 @@ class DeviceProfile(StrictModel):
             if spec.counter and (number != int(number) or number < 0):
                 problems.append(f"field {name!r}: counter {number:g} at {spec.path} is not a whole number")
                 continue
-            self._keep(name, spec, int(number) if spec.counter else number, values, problems, counts)
+            self._keep(f, int(number) if spec.counter else number, values, problems, counts)
         return values, problems, counts
 
     def _binary_values(self, data: bytes, device: str | None) -> tuple[dict[str, float], list[str], dict[str, int]]:
         values: dict[str, float] = {}
         problems: list[str] = []
         counts: dict[str, int] = {}
-        for name, spec in self.fields.items():
+        for f in self._plan.fields:
+            name, spec = f.name, f.spec
             assert spec.byte is not None
             end = spec.byte + spec.width // 8
             if end > len(data):
@@ -548,11 +593,12 @@ class DeviceProfile(StrictModel):
                 raise PayloadError(f"payload of {len(data)} bytes is truncated: needs bytes {spec.byte}..{end - 1} "
                                    f"({spec.type}) at offset {spec.byte}", profile=self.name, device=device,
                                    field=name)
-            self._keep(name, spec, _unpack(data, spec.byte, spec, spec.endian), values, problems, counts)
+            self._keep(f, _unpack(data, spec.byte, spec, spec.endian), values, problems, counts)
         return values, problems, counts
 
-    def _keep(self, name: str, spec: FieldSpec, raw: float, values: dict[str, float], problems: list[str],
-              counts: dict[str, int]) -> None:
+    @staticmethod
+    def _keep(f: _Field, raw: float, values: dict[str, float], problems: list[str], counts: dict[str, int]) -> None:
+        name, spec, _, lo_hi = f
         if spec.counter:
             counts[name] = int(raw)
             return
@@ -560,7 +606,6 @@ class DeviceProfile(StrictModel):
             problems.append(f"field {name!r}: {raw} is not a finite number")
             return
         value = round(raw * spec.scale + spec.offset, 9)  # 3 * 0.2 -> 0.6, not 0.6000000000000001
-        lo_hi = spec.range or (_DEFAULT_RANGES.get(name) if self.kind == "vehicle" else None)
         if lo_hi and not lo_hi[0] <= value <= lo_hi[1]:
             problems.append(f"field {name!r}: {value:g}{(' ' + spec.unit) if spec.unit else ''} "
                             f"out of range [{lo_hi[0]:g}, {lo_hi[1]:g}]")
@@ -582,7 +627,7 @@ class DeviceProfile(StrictModel):
                 if number is None:
                     raise ValueError(f"{_short(raw)} is not a number")
                 seconds = number / 1000.0 if spec.format == "epoch_ms" else number
-                t = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=seconds)
+                t = _EPOCH + timedelta(seconds=seconds)
         except (ValueError, OverflowError) as exc:
             raise PayloadError(f"bad timestamp ({spec.format}): {exc}", profile=self.name, device=device,
                                field="timestamp") from None

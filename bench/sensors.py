@@ -321,9 +321,9 @@ def main() -> int:
         ("gateway_vs_raw", f"{ratio:.3f}"),
         (f"publish -> rules at a steady {g['live_rate']:,.0f} msg/s ({g['live_n']:,} readings)",
          f"p50 {g['p50_ms']:.1f} ms, p99 {g['p99_ms']:.1f} ms ({g['live_arrived']:,} of {g['live_expected']:,})"),
-        ("source: received / observations / undecodable / unknown / dropped by a full queue",
+        ("source: received / observations / undecodable / unknown / most held / reading paused",
          f"{src.get('received', 0):,} / {src.get('observations', 0):,} / {src.get('undecodable', 0)} / "
-         f"{src.get('unknown_device', 0)} / {src.get('queue_full', 0):,}"),
+         f"{src.get('unknown_device', 0)} / {src.get('most_held', 0):,} / {src.get('pauses', 0):,} times"),
         ("time series: written / dropped", f"{ts.get('written', 0):,} / {ts.get('dropped', 0):,}"),
         ("cases filed (道路积水)", f"{sum(g['outbox'].values()):,}"),
         ("clean shutdown", str(g["clean"])),

@@ -128,8 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_command_parser(sub)
 
-    bench = sub.add_parser("bench", help="run a benchmark from bench/ (outbox, video, vehicles, patrol, detection, sensors)")
-    bench.add_argument("name", choices=["outbox", "video", "vehicles", "patrol", "detection", "sensors"])
+    bench = sub.add_parser("bench", help="run a benchmark from bench/ (outbox, video, vehicles, patrol, detection, "
+                           "sensors, rule_state)")
+    bench.add_argument("name", choices=["outbox", "video", "vehicles", "patrol", "detection", "sensors", "rule_state"])
     bench.add_argument("args", nargs=argparse.REMAINDER, help="passed on to the benchmark (e.g. detection's "
                        "--config C --camera NAME LABELS.yaml)")
     bench.set_defaults(func=cmd_bench)

@@ -257,6 +257,10 @@ class WebConfig(StrictModel):
     login_attempts: int = Field(5, ge=1, description="Failed logins allowed per user, and twice as many per "
                                 "address, within login_window_s; more are refused with 429.")
     login_window_s: float = Field(300.0, gt=0, description="Window of the login rate limit.")
+    max_connections: int = Field(256, ge=1, description="Open connections to the console at most; more are "
+                                 "closed at once and counted (a flood of idle sockets cannot exhaust the "
+                                 "process's open files).")
+    max_connections_per_address: int = Field(64, ge=1, description="Open connections from one address at most.")
     map_tiles: str | None = Field(None, description="Tile URL template of the deployment's own tile server "
                                   "(e.g. http://tiles.local/{z}/{x}/{y}.png); empty = no tiles, the map draws "
                                   "the config's layers on a plain background (nothing is fetched from outside).")

@@ -34,6 +34,10 @@ class DeviceHealth:
         self._online[key] = event.online
         self._publish(event.kind, event.device, {"online": event.online, "since": event.time.isoformat()})
 
+    def online(self, kind: str, device: str) -> bool | None:
+        """Whether the device is online now; None when it has never been heard from."""
+        return self._online.get((kind, device))
+
     def snapshot(self) -> dict[str, int]:
         online = sum(self._online.values())
         return {"online": online, "offline": len(self._online) - online}

@@ -673,18 +673,22 @@ class CounterTracker:
     """Turns cumulative counters (``counter: true`` fields) into increments since the previous report.
 
     The previous raw count per (device, field) is the only state; it belongs to the source that
-    decodes the device's messages (one tracker per source), never to the rules. After a restart the
-    first report of each device only primes the tracker (its increment is unknown, so the reading
-    has no value for that field). A count below the previous one is a wrap (mod ``wrap``, default
-    2^bits); if that wrapped increment is beyond the field's range the device was reset instead, and
-    the new count itself is the increment since the reset. Bounded: the least recently updated devices
-    are forgotten beyond ``max_devices``.
+    decodes the device's messages (one tracker per source), never to the rules. The gateway saves it
+    with the rules' state (gateway/rule_state.py: ``take_changed`` names the devices to save, ``export`` /
+    ``restore`` carry the counts), so after a restart a device's next count is taken against the one
+    before the restart: the rain between the two is neither lost nor counted twice. A device without
+    a previous count (its first report ever) only primes the tracker (its increment is unknown, so
+    the reading has no value for that field). A count below the previous one is a wrap (mod
+    ``wrap``, default 2^bits); if that wrapped increment is beyond the field's range the device was
+    reset instead, and the new count itself is the increment since the reset. Bounded: the least
+    recently updated devices are forgotten beyond ``max_devices``.
     """
 
     def __init__(self, max_devices: int = 100_000) -> None:
         self.max_devices = max_devices
-        self.primed = 0  # counts seen without a previous count (first report after a start)
-        self._last: collections.OrderedDict[tuple[str, str], int] = collections.OrderedDict()
+        self.primed = 0  # counts seen without a previous count (a device's first report)
+        self._changed: set[str] = set()  # devices whose counts changed since take_changed()
+        self._last: collections.OrderedDict[str, dict[str, int]] = collections.OrderedDict()  # device -> field -> count
 
     def apply(self, profile: DeviceProfile, result: DecodeResult) -> DecodeResult:
         """The result with the counters turned into values; counters without a previous count are left out."""
@@ -692,13 +696,15 @@ class CounterTracker:
             return result
         values = dict(result.observation.values)
         problems = list(result.problems)
+        counts = self._last.pop(result.device, None) or {}
+        self._last[result.device] = counts  # the most recently updated device last
+        if len(self._last) > self.max_devices:
+            self._last.popitem(last=False)
+        self._changed.add(result.device)
         for name, count in result.counters.items():
             spec = profile.fields[name]
-            key = (result.device, name)
-            previous = self._last.pop(key, None)
-            self._last[key] = count
-            if len(self._last) > self.max_devices:
-                self._last.popitem(last=False)
+            previous = counts.get(name)
+            counts[name] = count
             if previous is None:
                 self.primed += 1
                 continue
@@ -711,6 +717,22 @@ class CounterTracker:
             values[name] = increment
         return replace(result, observation=replace(result.observation, values=values), problems=problems,
                        counters={})
+
+    def take_changed(self) -> set[str]:
+        """The devices whose counts changed since the last call, and forgets them."""
+        changed, self._changed = self._changed, set()
+        return changed
+
+    def export(self, device: str) -> dict[str, int] | None:
+        """A copy of the device's last counts (field -> raw count), or None if it has none."""
+        counts = self._last.get(device)
+        return dict(counts) if counts else None
+
+    def restore(self, device: str, counts: Mapping[str, int]) -> None:
+        """Take over counts saved by `export` (before any report of the device)."""
+        self._last[device] = {name: int(count) for name, count in counts.items()}
+        if len(self._last) > self.max_devices:
+            self._last.popitem(last=False)
 
 
 # -- loading -------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from detectors.vehicle.monitor import FleetMonitor
 from gateway.aio import wait_or_stop
 from gateway.alerts import AlertBus
 from gateway.cases import CaseOutcome
+from gateway.device_index import DeviceIndex
 from gateway.health import DeviceHealth
 from gateway.outbox import Outbox
 from gateway.sinks.timeseries import TimeSeriesSink, detection_points, position_point, reading_point
@@ -79,12 +80,14 @@ class Router:
         self._recorded: dict[str, datetime] = {}  # device on a recording's clock -> its last tick
         self._loop: asyncio.AbstractEventLoop | None = None  # set by run(), for the cameras' threads
         self.counters = {"positions": 0, "readings": 0, "ticks": 0}
+        self.devices = DeviceIndex()  # last observation per device and open alerts per subject: the console
         bus.listeners.append(self.after_alert)
+        bus.listeners.append(self.devices.after_alert)
 
     def stats(self) -> dict[str, Any]:
         stats = {**self.counters, "recorded_clock_devices": len(self._recorded),
                  "vehicles": {"filter_verdicts": dict(self.fleet.filter.counts), "rules": dict(self.fleet.counts)},
-                 "sensors": dict(self.sensors.stats)}
+                 "sensors": dict(self.sensors.stats), "device_index": self.devices.stats()}
         if self.black_trucks is not None:
             stats["black_trucks"] = {**self.black_trucks.stats, "pending": self.black_trucks.pending}
         return stats
@@ -98,6 +101,7 @@ class Router:
     def on_reading(self, reading: Reading) -> None:
         self.counters["readings"] += 1
         self.health.seen("sensor", reading.device, reading.time)
+        self.devices.observed(reading)
         self.timeseries.write(reading_point(reading))
         self.emit(self.sensors.process(reading))
 
@@ -141,6 +145,7 @@ class Router:
         if device != position.device:
             position = position._replace(device=device)
         tags = self.vehicle_tags.get(device)
+        self.devices.observed(position)
         self.timeseries.write(position_point(position, tags))
         if tags is not None:
             self.health.seen("vehicle", tags["vehicle"], position.time)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from core.model import Alert, Frame
+from gateway.camera_view import LastFrame
 from gateway.sources.camera import STREAM_TIMEOUT_S
 
 log = logging.getLogger(__name__)
@@ -96,13 +97,16 @@ class CameraChannel:
     `pipeline`. Stopping ends the reader first, then lets the worker finish its frame and release the
     alerts it held back (a clip's post-roll), so nothing in hand is lost."""
 
-    def __init__(self, source: Any, worker: FrameWorker, pipeline: Any, latency: Any = None) -> None:
+    def __init__(self, source: Any, worker: FrameWorker, pipeline: Any, latency: Any = None,
+                 last: LastFrame | None = None) -> None:
         self.name = f"camera:{source.name}"
         self.source, self.worker, self.pipeline = source, worker, pipeline
         self.latency = latency  # gateway.web.metrics.LatencyHistogram around the worker's analysis call
+        self.last = last or LastFrame()  # the newest analysed frame, for the console (kept by the caller's on_done)
 
     def stats(self) -> dict[str, Any]:
-        stats = {**self.source.stats(), **getattr(self.pipeline, "stats", {}), **self.worker.counters}
+        stats = {**self.source.stats(), **getattr(self.pipeline, "stats", {}), **self.worker.counters,
+                 "analysed_fps": round(self.last.fps(), 2)}
         if self.latency is not None:
             stats["analysis_latency"] = self.latency.snapshot()
         return stats

@@ -93,8 +93,8 @@ def build_graph(deployment: Deployment) -> Graph:
                     for v in config.vehicles.fleet.vehicles}
     graph_ref: list[Graph] = []
     sensors = SensorMonitor(config.sensors)
-    rule_state = RuleStateStore(sensors, data / "sensor_rules.json", interval_s=config.sensors.state_save_s, bus=bus)
-    rule_state.load()  # before any reading: episodes and rain windows carry on where they stopped
+    rule_state = RuleStateStore(sensors, data / "sensor_rules.sqlite3", interval_s=config.sensors.state_save_s,
+                                bus=bus)
     black_trucks = None
     if checkpoints := [c for c in config.video.cameras if c.checkpoint is not None]:
         from detectors.crosscheck.black_trucks import BlackTruckRule  # needs OpenCV: only with checkpoints
@@ -126,9 +126,11 @@ def build_graph(deployment: Deployment) -> Graph:
                                           check_s=config.evidence.disk_check_s))
     _add_video(graph)
     _add_vehicle_sources(graph)
-    _add_device_sources(graph)
+    _add_device_sources(graph, rule_state)
     _add_replays(graph)
+    rule_state.load()  # before any reading: episodes, rain windows and counters carry on where they stopped
     if config.web.enabled:
+        from gateway.devices import Devices
         from gateway.web.server import ConsoleServer
 
         web = config.web
@@ -136,7 +138,8 @@ def build_graph(deployment: Deployment) -> Graph:
                                        host=web.host, port=web.port, web_config=web, timezone=config.tz,
                                        users_file=config.path(web.users_file) if web.users_file else None,
                                        gateway_config=config, commands=graph.find("jt808"),
-                                       notify_central=central.notify if central else None))
+                                       notify_central=central.notify if central else None,
+                                       devices=Devices.from_graph(graph)))
     return graph
 
 
@@ -155,6 +158,7 @@ def _add_video(graph: Graph) -> None:
         return
     from detectors.video.backends import load_detector
     from detectors.video.pipeline import CameraPipeline
+    from gateway.camera_view import LastFrame
     from gateway.sources.camera import CameraSource
     from gateway.video_worker import CameraChannel, FrameWorker
     from gateway.web.metrics import LatencyHistogram, timed
@@ -165,15 +169,17 @@ def _add_video(graph: Graph) -> None:
         if "://" not in camera.url:  # a file path in the config is relative to the config file
             camera = camera.model_copy(update={"url": str(config.path(camera.url))})
         pipeline = CameraPipeline(camera, detector, timezone=config.tz)
+        last = LastFrame()  # the console's view of the camera: a reference per frame, drawn on request
 
-        def done(frame, name=camera.name, pipeline=pipeline) -> None:
+        def done(frame, name=camera.name, pipeline=pipeline, last=last) -> None:
+            last.keep(frame, pipeline.last_detections)
             router.on_frame_analysed(name, frame, pipeline.last_detections)
 
         latency = LatencyHistogram()  # /metrics: citygate_inference_seconds
         worker = FrameWorker(camera.name, timed(pipeline.process, latency), bus.submit_threadsafe, on_done=done,
                              flush=pipeline.flush, idle_flush_s=camera.evidence.clip_post_s + 5.0)
         source = CameraSource(camera, worker.offer, bus.submit_threadsafe)
-        graph.add("sources", CameraChannel(source, worker, pipeline, latency))
+        graph.add("sources", CameraChannel(source, worker, pipeline, latency, last))
     if config.video.patrol:
         from gateway.patrol.build import build_patrol
 
@@ -215,8 +221,9 @@ def _add_vehicle_sources(graph: Graph) -> None:
                                         file=config.path(feed.file) if feed.file else None))
 
 
-def _add_device_sources(graph: Graph) -> None:
-    """Devices over MQTT, Modbus TCP and HTTP push: one intake each, the same profiles and device list."""
+def _add_device_sources(graph: Graph, rule_state: RuleStateStore) -> None:
+    """Devices over MQTT, Modbus TCP and HTTP push: one intake each, the same profiles and device list;
+    each intake's counter tracker is saved with the rules' state."""
     config, profiles = graph.deployment.config, graph.deployment.profiles
     sensors = config.sensors
     # the devices the config names, with their profile (None: any); others are refused and counted
@@ -229,21 +236,24 @@ def _add_device_sources(graph: Graph) -> None:
         mqtt = config.mqtt
         if mqtt.persistent_session and not mqtt.client_id:  # a persistent session needs a stable id
             mqtt = mqtt.model_copy(update={"client_id": f"citygate-{config.id}"})
-        graph.add("sources", MqttSource(mqtt, [profiles[n] for n in config.mqtt_source.profiles], on_observation,
-                                        shared_group=config.mqtt_source.shared_group, known_devices=known,
-                                        partition=(part.index, part.count) if (part := config.mqtt_source.partition)
-                                        else None))
+        source = graph.add("sources", MqttSource(
+            mqtt, [profiles[n] for n in config.mqtt_source.profiles], on_observation,
+            shared_group=config.mqtt_source.shared_group, known_devices=known,
+            partition=(part.index, part.count) if (part := config.mqtt_source.partition) else None))
+        rule_state.trackers[source.name] = source.intake.counters
     if sensors.modbus:
         from gateway.sources.modbus import ModbusSource  # needs pymodbus
 
-        graph.add("sources", ModbusSource(sensors.modbus, profiles, on_observation, known_devices=known))
+        source = graph.add("sources", ModbusSource(sensors.modbus, profiles, on_observation, known_devices=known))
+        rule_state.trackers[source.name] = source.intake.counters
     if sensors.http_ingest.enabled:
-        from gateway.sources.http_ingest import HttpIngestServer, build_ingest_app
+        from gateway.sources.http_ingest import INTAKE, HttpIngestServer, build_ingest_app
 
         h = sensors.http_ingest
         app = build_ingest_app(profiles, on_observation, token=h.token or "", max_body_bytes=h.max_body_bytes,
                                known_devices=known)
-        graph.add("sources", HttpIngestServer(app, h.host, h.port))
+        source = graph.add("sources", HttpIngestServer(app, h.host, h.port))
+        rule_state.trackers[source.name] = app[INTAKE].counters
 
 
 def _add_replays(graph: Graph) -> None:

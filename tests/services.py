@@ -62,13 +62,15 @@ class Mosquitto:
 
 
 @contextlib.contextmanager
-def mosquitto(workdir: Path) -> Iterator[Mosquitto]:
+def mosquitto(workdir: Path, *, max_inflight_messages: int | None = None) -> Iterator[Mosquitto]:
+    """`max_inflight_messages`: Mosquitto's in-flight window per client (its default is 20; 0 = no limit)."""
     port = free_port()
     config = workdir / "mosquitto.conf"
+    inflight = f"max_inflight_messages {max_inflight_messages}\n" if max_inflight_messages is not None else ""
     config.write_text(
         f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-        "max_queued_messages 100000\n"  # as docker/mosquitto.conf recommends for gateways
-        f"log_dest stderr\nlog_type error\n"
+        "max_queued_messages 1000000\nmax_queued_bytes 536870912\n"  # as docker/mosquitto.conf
+        f"{inflight}log_dest stderr\nlog_type error\n"
     )
     proc = subprocess.Popen([_find("mosquitto"), "-c", str(config)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -109,7 +111,8 @@ def victoria_metrics(workdir: Path) -> Iterator[VictoriaMetrics]:
     data = workdir / "vmdata"
     proc = subprocess.Popen(
         [_find("victoria-metrics"), f"-httpListenAddr=127.0.0.1:{port}", f"-storageDataPath={data}",
-         "-retentionPeriod=100y", "-search.disableCache", "-loggerLevel=ERROR"],
+         "-retentionPeriod=100y", "-search.disableCache", "-loggerLevel=ERROR",
+         "-dedup.minScrapeInterval=1ms"],  # as docker/compose.yaml: a redelivered point is kept once
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:

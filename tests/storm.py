@@ -76,6 +76,9 @@ def levels(rain: list[float], seed: int = 7) -> list[float]:
     return out
 
 
+TIPPED = tips(rain_per_minute())
+
+
 def storm(start: datetime = START) -> list[Reading]:
     rain = rain_per_minute()
     readings = []
@@ -84,6 +87,17 @@ def storm(start: datetime = START) -> list[Reading]:
         readings.append(Reading(GAUGE, t, {"rain_mm": mm}, units={"rain_mm": "mm"}))
         readings.append(Reading(PROBE, t + timedelta(seconds=5), {"level_cm": cm}, units={"level_cm": "cm"}))
     return readings
+
+
+def first_minute_reaching(window_min: int, mm: float) -> int:
+    """Brute force, independent of the rules' rolling sums: the first minute whose trailing window of
+    tips holds `mm`."""
+    return next(i for i in range(len(TIPPED)) if window_total(i, window_min) >= mm - 1e-9)
+
+
+def window_total(minute: int, window_min: int) -> float:
+    """The tips of the `window_min` minutes up to and including `minute`, summed directly."""
+    return round(sum(TIPPED[max(0, minute - window_min + 1):minute + 1]), 6)
 
 
 def write_csv(path, readings: list[Reading]) -> None:

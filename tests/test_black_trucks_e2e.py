@@ -34,6 +34,7 @@ def site(tmp_path: Path, camera_at: tuple[float, float], track: Path, *, speed: 
     path.write_text(textwrap.dedent(f"""
         site: bt
         data_dir: data
+        web: {{enabled: false}}
         video:
           detector: {{model: {MODEL}}}
           cameras:

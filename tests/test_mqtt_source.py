@@ -213,3 +213,19 @@ async def test_messages_published_while_the_gateway_is_away(broker, persistent):
                 await send("city/d1/water/wl-away/up", {**WATER, "ts": WATER["ts"] + 120_000, "data": {"level": 3000}})
             later = await asyncio.wait_for(inbox.get(), WAIT)
             assert later.values["level_cm"] == 300.0
+
+
+async def test_qos_2_device_messages_arrive_once_and_are_acknowledged(broker):
+    """With mqtt.qos 2 the source still subscribes at QoS 1 (acknowledged once handed on): a QoS 2
+    publish arrives, and a new connection of the same session does not get it again."""
+    config = cfg(broker.port).model_copy(update={"client_id": "gw-qos2", "qos": 2})
+    inbox, on = collector()
+    source = MqttSource(config, [PROFILES["generic-water-level-json"]], on)
+    assert source.qos == 1
+    async with running(source), aiomqtt.Client("127.0.0.1", broker.port, timeout=10) as client:
+        await client.publish("city/d1/water/wl-q2/up", json.dumps(WATER).encode(), qos=2)
+        reading = await asyncio.wait_for(inbox.get(), WAIT)
+    assert reading.device == "wl-q2"
+    async with running(MqttSource(config, [PROFILES["generic-water-level-json"]], on)):
+        await asyncio.sleep(0.5)  # a redelivery would come at once
+    assert inbox.empty()

@@ -1,15 +1,23 @@
-"""Rule state through a real gateway process killed with SIGKILL in the middle of a flood.
+"""Rule state through a real gateway process killed with SIGKILL in the middle of a storm.
 
-The gateway replays the storm (tests/storm.py) up to 11:00, with the underpass deep under water and
-its 道路积水 case filed; it is killed with SIGKILL. While it is down the water recedes. The restarted
-gateway only sees the readings from 13:30 on, all below the shallow level: the restored episode
-clears and the case closes. Without the saved state (the control) the new gateway never knew of the
-episode and the case stays open for ever.
+Flood: the gateway replays the storm (tests/storm.py) up to 11:00, with the underpass deep under
+water and its 道路积水 case filed; it is killed with SIGKILL. While it is down the water recedes. The
+restarted gateway only sees the readings from 13:30 on, all below the shallow level: the restored
+episode clears and the case closes. Without the saved state (the control) the new gateway never knew
+of the episode and the case stays open for ever.
+
+Rain counter: the storm's rain from a tipping bucket's cumulative u16 counter (tests/counter_storm.py,
+decoded by the MQTT source's intake), killed at 09:40 in the burst: the restarted gateway takes its
+next count against the saved one, so every 1/3/6/12/24 h total and every rainstorm signal equals an
+uninterrupted run's. Without the saved count (the control) the first count after the restart only
+primes the counter and that minute's rain is lost.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -19,7 +27,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from storm import GAUGE, PROBE, storm, write_csv
+from counter_storm import PROFILE, START_COUNT, uplinks, write_uplinks
+from storm import GAUGE, PROBE, START, TIPPED, first_minute_reaching, storm, window_total, write_csv
 
 REPO = Path(__file__).resolve().parent.parent
 WAIT_S = 60
@@ -57,11 +66,19 @@ def gateway(config: Path, *extra: str) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def state(data: Path) -> dict:
+def saved(data: Path, device: str) -> dict:
+    """The device's row in the saved rule state (its rules' state and its counters), {} before any."""
     try:
-        return json.loads((data / "sensor_rules.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        with contextlib.closing(sqlite3.connect(data / "sensor_rules.sqlite3", timeout=10)) as db:
+            row = db.execute("SELECT state FROM devices WHERE device=?", (device,)).fetchone()
+    except sqlite3.OperationalError:  # no file or no table yet
         return {}
+    return json.loads(row[0]) if row else {}
+
+
+def forget_state(data: Path) -> None:
+    for name in ("sensor_rules.sqlite3", "sensor_rules.sqlite3-wal", "sensor_rules.sqlite3-shm"):
+        (data / name).unlink(missing_ok=True)
 
 
 def underpass_cases(data: Path) -> list[tuple[str, str | None]]:
@@ -82,12 +99,11 @@ def run_storm(tmp: Path, *, keep_state: bool) -> tuple[list, datetime]:
     try:
         last = max(r.time for r in before if r.device == PROBE).timestamp()
         deadline = time.monotonic() + WAIT_S
-        while state(data).get("last_time", {}).get(PROBE) != last:  # saved only once its alerts are committed
+        while saved(data, PROBE).get("rules", {}).get("last_time") != last:  # saved once its alerts are committed
             assert first.poll() is None, first.stderr.read()
             assert time.monotonic() < deadline, "the first gateway never saved the flood's state"
             time.sleep(0.05)
-        saved = state(data)
-        (episode,) = [e for e in saved["level"] if e["device"] == PROBE]
+        episode = saved(data, PROBE)["rules"]["level"]["underpass"]
         assert episode["open"]["case"] and episode["open"]["level"] == 2  # impassable, a case filed
         assert [closed for _, closed in underpass_cases(data)] == [None]
     finally:
@@ -95,7 +111,7 @@ def run_storm(tmp: Path, *, keep_state: bool) -> tuple[list, datetime]:
         first.wait(timeout=10)
 
     if not keep_state:
-        (data / "sensor_rules.json").unlink()
+        forget_state(data)
     second = gateway(site(tmp, tmp / "after.csv"), "--for", "4")
     _, err = second.communicate(timeout=WAIT_S)
     assert second.returncode == 0, err
@@ -128,14 +144,106 @@ def test_an_unreadable_state_file_is_moved_aside_and_the_rules_start_empty(tmp_p
     config = site(tmp_path, tmp_path / "before.csv")
     write_csv(tmp_path / "before.csv", storm()[:10])
     (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "sensor_rules.json").write_text('{"version": 1, "level": [{"rule"', encoding="utf-8")
+    (tmp_path / "data" / "sensor_rules.sqlite3").write_bytes(b'{"version": 1, "level": [{"rule"' * 200)
     graph = build_graph(load_deployment(config))
     try:
         store = graph.find("rule-state")
         assert store.stats()["errors"] == 1 and not store.stats()["loaded"]
-        assert (tmp_path / "data" / "sensor_rules.json.bad").exists()
-        assert not (tmp_path / "data" / "sensor_rules.json").exists()
+        assert (tmp_path / "data" / "sensor_rules.sqlite3.bad").exists()
+        assert not (tmp_path / "data" / "sensor_rules.sqlite3").exists()
     finally:
         graph.desk.close()
         graph.outbox.close()
         graph.timeseries.close()
+
+
+# -- a rain gauge's cumulative counter across a kill -9 ------------------------------------------------
+COUNTER_CUT = START + timedelta(hours=9, minutes=40)  # in the burst, ten minutes before the red signal
+
+
+def counter_site(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "site.yaml"
+    path.write_text(textwrap.dedent(f"""
+        site: storm
+        data_dir: data
+        web: {{enabled: false}}
+        mqtt: {{host: 127.0.0.1, port: 1}}  # never connected: the uplinks are handed to its decoding
+        mqtt_source: {{profiles: [{PROFILE}]}}
+        sensors:
+          devices:
+            - {{id: {GAUGE}, kind: rain_gauge, profile: {PROFILE}, lon: 116.400, lat: 39.910}}
+          rain_rules: [{{name: rainstorm}}]
+          health: {{offline_after_s: 86400}}
+          state_save_s: 0.2
+        """), encoding="utf-8")
+    return path
+
+
+def counter_life(folder: Path, items) -> None:
+    """One gateway life (tests/counter_storm.py) fed `items`, killed with SIGKILL once the state of
+    its last uplink is saved (which is after its alerts are committed and recorded)."""
+    config = counter_site(folder)
+    write_uplinks(folder / "uplinks.jsonl", items)
+    child = subprocess.Popen([sys.executable, str(REPO / "tests" / "counter_storm.py"), str(config),
+                              str(folder / "uplinks.jsonl"), str(folder / "alerts.jsonl")],
+                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        last = items[-1][0].timestamp()
+        deadline = time.monotonic() + WAIT_S
+        while saved(folder / "data", GAUGE).get("rules", {}).get("last_time") != last:
+            assert child.poll() is None, child.stderr.read()
+            assert time.monotonic() < deadline, "the gateway never saved the gauge's state"
+            time.sleep(0.05)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=10)
+
+
+def rain_alerts(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "alerts.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def test_rain_from_a_counter_gauge_is_exact_across_kill_9(tmp_path):
+    items = uplinks()
+    before = [u for u in items if u[0] < COUNTER_CUT]
+    after = [u for u in items if u[0] >= COUNTER_CUT]
+    tips_before = round(sum(TIPPED[:len(before)]) / 0.2)
+    assert START_COUNT + tips_before < 65536 < START_COUNT + round(sum(TIPPED) / 0.2)  # it wraps after the restart
+
+    counter_life(tmp_path / "whole", items)  # the uninterrupted run
+    whole = rain_alerts(tmp_path / "whole")
+    counter_life(tmp_path / "killed", before)
+    assert saved(tmp_path / "killed" / "data", GAUGE)["counters"] == {
+        "mqtt-source": {"rain_mm": START_COUNT + tips_before}}
+    shutil.copytree(tmp_path / "killed", tmp_path / "control")
+    counter_life(tmp_path / "killed", after)
+    assert rain_alerts(tmp_path / "killed") == whole
+
+    # and the uninterrupted run is right: each signal at the minute its window first holds it, with
+    # every window total equal to the tips summed directly
+    windows = {"1h": 60, "3h": 180, "6h": 360, "12h": 720, "24h": 1440}
+    for a in whole:
+        minute = storm_minute(a)
+        assert a["totals"] == {k: round(window_total(minute, w), 2) for k, w in windows.items()}, a["time"]
+    rises = {a["level"]: a["time"] for a in whole if a["change"] in ("opened", "escalated")}
+    for level, window_min, mm in (("blue", 720, 50), ("yellow", 360, 50), ("orange", 180, 50), ("red", 180, 100)):
+        at = START + timedelta(minutes=first_minute_reaching(window_min, mm), seconds=30)
+        assert datetime.fromisoformat(rises[level]) == at, level
+    assert [a["change"] for a in whole][-1] == "cleared"
+
+    # the control: the same saved state without the counter's count loses the rain of the first minute
+    # after the restart (it only primes the counter)
+    with contextlib.closing(sqlite3.connect(tmp_path / "control" / "data" / "sensor_rules.sqlite3")) as db, db:
+        db.execute("UPDATE devices SET state = json_remove(state, '$.counters')")
+    counter_life(tmp_path / "control", after)
+    control = rain_alerts(tmp_path / "control")
+    red = next(a for a in whole if a["level"] == "red")
+    red_control = next(a for a in control if a["level"] == "red")
+    lost = TIPPED[len(before)]  # 2.6 mm
+    assert lost > 0 and red_control["time"] > red["time"]  # the red signal comes late
+    assert red_control["totals"]["24h"] == round(window_total(storm_minute(red_control), 1440) - lost, 2)
+
+
+def storm_minute(alert: dict) -> int:
+    return round((datetime.fromisoformat(alert["time"]) - START).total_seconds() - 30) // 60

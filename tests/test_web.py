@@ -173,13 +173,16 @@ async def test_nothing_but_healthz_and_login_is_served_without_credentials(site)
     server = site["server"]
     routes = every_route(server)
     assert ("GET", f"/evidence/{PARKING}/clip.avi/frames/0.jpg") in routes and ("GET", "/metrics") in routes
+    assert ("GET", "/devices") in routes and ("GET", "/api/devices") in routes
+    assert ("GET", "/cameras/clip.avi/last.jpg") in routes  # a camera's last frame: an image, answered 401
     async with client(site["base"]) as anon, client(site["base"], "not-a-token-" + "q" * 20) as forged:
         for method, path in routes:
             if path in ("/healthz", "/login") or path.startswith("/static"):
                 continue
             for c in (anon, forged):
                 r = await c.request(method, path, follow_redirects=False)
-                if c is anon and method == "GET" and not path.startswith(("/api/", "/evidence/", "/metrics")):
+                if c is anon and method == "GET" and not path.startswith(("/api/", "/evidence/", "/metrics",
+                                                                           "/cameras/")):
                     assert r.status_code == 302 and r.headers["location"].startswith("/login?next="), (method, path)
                 else:
                     assert r.status_code == 401, (method, path, r.status_code)
@@ -472,8 +475,9 @@ async def test_openapi_lists_every_api_route(site):
 
 
 async def test_healthz_answers_while_100_idle_connections_are_open(site):
-    port = site["server"].port
-    idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(100)]
+    port = site["server"].port  # from four other addresses: within the per-address limit of 64
+    idle = [await asyncio.open_connection("127.0.0.1", port, local_addr=(f"127.0.0.{2 + i % 4}", 0))
+            for i in range(100)]
     try:
         half = idle[0][1]
         half.write(b"GET / HTTP/1.1\r\nHost: x\r\n")  # one never finishes its request head
@@ -487,6 +491,48 @@ async def test_healthz_answers_while_100_idle_connections_are_open(site):
     finally:
         for _, writer in idle:
             writer.close()
+
+
+async def refused(port: int, source: str) -> bool:
+    """Open a connection from `source`; True when the console closes it at once."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    try:
+        return await asyncio.wait_for(reader.read(1), 0.5) == b""
+    except TimeoutError:  # held open, waiting for a request
+        return False
+    finally:
+        writer.close()
+
+
+async def test_connections_over_the_limits_are_closed_and_the_rest_keep_working(tmp_path):
+    outbox = Outbox(tmp_path / "cases.sqlite3")
+    cfg = WebConfig(tokens=[WebToken(name="dashboard", role="viewer", token=VIEW_TOKEN)],
+                    max_connections=12, max_connections_per_address=5)
+    server = ConsoleServer(outbox, lambda: json.loads(json.dumps(SNAPSHOT)), evidence_root=tmp_path, port=0,
+                           web_config=cfg, timezone=CST)
+    await server.start()
+    port, held = server.port, []
+    try:
+        for _ in range(5):  # one address up to its limit
+            held.append(await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.0.2", 0)))
+        assert await refused(port, "127.0.0.2")
+        async with client(f"http://127.0.0.1:{port}", VIEW_TOKEN) as c:  # others are served
+            assert (await c.get("/healthz")).status_code == 200
+            assert (await c.get("/api/cases")).status_code == 200
+        for i in range(7):  # the whole console up to its limit, from two more addresses
+            held.append(await asyncio.open_connection("127.0.0.1", port, local_addr=(f"127.0.0.{3 + i % 2}", 0)))
+        await asyncio.sleep(0.1)
+        assert await refused(port, "127.0.0.9")  # a fresh address finds the console full
+        assert server.stats()["connections_refused"] == 2
+        for _, writer in held[:3]:  # freed connections are available again
+            writer.close()
+        await asyncio.sleep(0.2)
+        assert not await refused(port, "127.0.0.9")
+    finally:
+        for _, writer in held:
+            writer.close()
+        await server.stop()
+        outbox.close()
 
 
 @pytest.mark.parametrize("request_bytes", [

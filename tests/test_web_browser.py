@@ -3,7 +3,8 @@ gateway that has processed replayed vehicle tracks and sensor series plus a vide
 the case desk from real frames: log in, see the cases with their thumbnails, open a case whose
 snapshot and clip frames load, send it again while the platform is down, open a vehicle case held
 for review with its map and confirm it (it then reaches the local receiver), reject another held
-case (never sent).
+case (never sent), see the devices (the street camera's last analysed frame, vehicles, each sensor's
+last hours).
 
 Screenshots go to $CITYGATE_TEST_ARTIFACTS (default: test-artifacts/ in the checkout)."""
 
@@ -29,6 +30,7 @@ from gateway.web.auth import hash_password
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "configs" / "data"
 CLIP = REPO / "tests" / "fixtures" / "video" / "pedestrians_480x360_10fps.mp4"
+MODEL = REPO / "models" / "yolo11n_int8_openvino_model"
 ARTIFACTS = Path(os.environ.get("CITYGATE_TEST_ARTIFACTS", REPO / "test-artifacts")) / "console"
 PASSWORD = "operator-password-1"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -47,6 +49,11 @@ def config_file(tmp_path: Path, central_url: str) -> Path:
           host: 127.0.0.1
           port: 0
           users: [{{name: wang.li, role: operator, password_hash: '{hash_password(PASSWORD)}'}}]
+        video:
+          detector: {{backend: openvino, model: {MODEL}, threads: 1}}
+          cameras:
+            - {{name: 东门-01, url: {CLIP}, realtime: true, detect_fps: 1, address: 东华门大街北侧,
+               zones: [{{name: 路边, polygon: [[395, 25], [470, 25], [470, 80], [395, 80]]}}]}}
         vehicles:
           fleet:
             vehicles:
@@ -173,9 +180,16 @@ def browse(base: str, case_id: str, platform_up) -> dict:
         seen["rejected_text"] = driver.find_element(By.TAG_NAME, "main").text
         driver.save_screenshot(str(ARTIFACTS / "10-rejected.png"))
 
-        driver.get(base + "/devices")
+        driver.get(base + "/devices")  # the page reloads itself every 10 s: the camera's first frame comes
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "img.frame")))
+        seen["devices_frame"] = loaded("img.frame")
+        seen["devices_sparks"] = len(driver.find_elements(By.CSS_SELECTOR, "#sensors svg.spark polyline"))
         seen["devices_text"] = driver.find_element(By.TAG_NAME, "main").text
+        driver.set_window_size(1400, 1500)  # the whole page: cameras, vehicles and sensors
         driver.save_screenshot(str(ARTIFACTS / "06-devices.png"))
+        driver.set_window_size(1400, 1000)
+        driver.find_element(By.CSS_SELECTOR, "#counters summary").click()  # the raw counters, folded away
+        seen["counters_text"] = driver.find_element(By.ID, "counters").text
         driver.get(base + "/map")
         wait.until(lambda d: d.find_element(By.ID, "map").get_attribute("data-ready") == "1")
         seen["map_shapes"] = len(driver.find_elements(By.CSS_SELECTOR, "#map path.leaflet-interactive"))
@@ -229,9 +243,13 @@ async def test_an_operator_uses_the_console_in_a_real_browser(tmp_path):
     assert "dwell_s" in seen["case_text"] and "pending" in seen["case_text"]
     assert seen["map"] and all(w > 0 for w in seen["map"])
     assert seen["retried_url"].endswith("?retried=1")
-    assert "Device health" in seen["devices_text"] and "positions" in seen["devices_text"]
+    assert seen["devices_frame"] == [480]  # the camera's last analysed frame, drawn by the gateway
+    assert "东门-01" in seen["devices_text"] and "东华门大街北侧" in seen["devices_text"]
+    assert seen["devices_sparks"] == 2  # the water levels' last hours (no rain rule watches the gauge here)
+    assert "Device health" in seen["counters_text"] and "positions" in seen["counters_text"]
     assert "Outbox" in seen["overview_text"]
-    assert "Vehicles (2)" in seen["devices_text"] and "mixer-01" in seen["devices_text"]
+    assert "Vehicles 2" in seen["devices_text"] and "mixer-01" in seen["devices_text"]
+    assert "not in the fleet" in seen["devices_text"]  # the unknown truck's terminal
     assert "wl-underpass-01" in seen["devices_text"]  # sensors with their last reading
     for layer in ("grid", "forbidden zones", "sites", "sensors", "vehicles", "cases (24 h)"):
         assert layer in seen["map_legend"]

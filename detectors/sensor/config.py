@@ -292,7 +292,9 @@ class SensorsConfig(StrictModel):
     health: SensorHealthConfig = Field(default_factory=SensorHealthConfig,
                                        description="Offline / stuck / flat-line / spike / range / battery checks.")
     state_save_s: float = Field(30.0, gt=0, description="Seconds between saves of the rules' state (open episodes, "
-                                "rain windows) to data_dir/sensor_rules.json; it is also saved at shutdown.")
+                                "rain windows, rain-gauge counters) to data_dir/sensor_rules.sqlite3, of the devices "
+                                "that changed; also within a second of a sensor alert that touched a case, and at "
+                                "shutdown. A kill -9 loses what the rules saw since the last save.")
 
     @model_validator(mode="after")
     def _references(self) -> SensorsConfig:

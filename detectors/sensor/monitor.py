@@ -11,14 +11,16 @@ case open for ever). Never one alert per reading.
 
 Input hygiene, in this order: unknown devices, readings dated in the future, out-of-order and
 duplicate readings, non-finite and out-of-range values, single-sample spikes (see `_despike`).
-`export_state` / `restore_state` carry open episodes, rain windows and last values across a restart.
+`export_state` / `restore_state` carry open episodes, rain windows and last values across a restart,
+per device: `take_dirty()` names the devices whose state changed since it was last asked, so a save
+writes only those.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from operator import itemgetter
@@ -41,7 +43,7 @@ STAT_KEYS = ("readings", "unknown_device", "future", "out_of_order", "duplicate"
              "missing_field", "negative_rain", "counter_reset", "spike_dropped", "restore_dropped")
 # Rain totals always reported in facts (besides the ladder's own windows): 1, 3, 6, 12 and 24 h.
 STANDARD_RAIN_WINDOWS = (3600.0, 10800.0, 21600.0, 43200.0, 86400.0)
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: one entry per device (1 was one document of rule-wide lists)
 
 
 @dataclass
@@ -177,6 +179,7 @@ class SensorMonitor:
         self._flat: set[tuple[str, str]] = set()
         self._bad_range: set[tuple[str, str]] = set()
         self._low_battery: set[tuple[str, str]] = set()
+        self._dirty: set[str] = set()  # devices whose state changed since take_dirty(): what the next save writes
 
     def _rules_by_device(self) -> dict[str, tuple[tuple[Any, Callable[..., list[Alert]], str], ...]]:
         """Per device, the (rule, check, field) of every rule that watches it, in rule order (level, rise,
@@ -242,6 +245,7 @@ class SensorMonitor:
         self.stats["readings"] += 1
         t = reading.time
         self._last_time[dev.id] = t
+        self._dirty.add(dev.id)  # every state change of a device comes from an accepted reading or a tick
         if self._epoch is None:
             self._epoch = t
         alerts = self._back_online(dev, t)
@@ -290,6 +294,7 @@ class SensorMonitor:
             silent = _seconds(now, seen or self._epoch)
             if silent >= limit:
                 self._offline[dev.id] = now
+                self._dirty.add(dev.id)
                 facts = {"last_seen": seen.isoformat() if seen else None, "silent_s": round(silent, 1),
                          "limit_s": limit}
                 what = f"no report for {silent:.0f} s" if seen else f"never reported in {silent:.0f} s"
@@ -303,6 +308,7 @@ class SensorMonitor:
                     continue
                 st = self._rain.get((rule.name, dev_id))
                 if st is not None and st.open is not None:
+                    self._dirty.add(dev_id)
                     alerts += self._rain_evaluate(rule, self.devices[dev_id], st, now, unit="mm")
         return alerts
 
@@ -714,95 +720,183 @@ class SensorMonitor:
 
     # -- state across restarts ---------------------------------------------------------------
 
-    def export_state(self) -> dict[str, Any]:
-        """Everything a restarted monitor needs to carry on (JSON-able; times as epoch seconds): open
-        episodes, the level debounce clocks, rise histories, rain windows, last times and values, open
-        health conditions."""
-        def iso(t: datetime | None) -> float | None:  # epoch seconds: ten times cheaper than isoformat
-            return t.timestamp() if t is not None else None
+    def take_dirty(self) -> set[str]:
+        """The devices whose state changed since the last call, and forgets them: what a save writes."""
+        dirty, self._dirty = self._dirty, set()
+        return dirty
 
-        def episode(ep: _Episode | None) -> dict[str, Any] | None:
-            return None if ep is None else {"level": ep.level, "opened_at": iso(ep.opened_at), "peak": ep.peak,
-                                            "case": ep.case}
+    def export_state(self, devices: Iterable[str] | None = None) -> dict[str, Any]:
+        """What a restarted monitor needs to carry on, JSON-able, times as epoch seconds: the version,
+        the epoch and one entry per device of `devices` (default: all) that has any state (open
+        episodes, level debounce clocks, rise histories, rain windows, last times and values, open
+        health conditions). An entry is one device's state at one moment; no entry refers to another
+        device, so entries exported at different moments still make a valid state."""
+        entries: dict[str, Any] = {}
+        for device in self.devices if devices is None else devices:
+            if device in self.devices and (entry := self._export_device(device)):
+                entries[device] = entry
+        return {"version": STATE_VERSION, "epoch": _epoch_s(self._epoch), "devices": entries}
 
-        return {
-            "version": STATE_VERSION,
-            "epoch": iso(self._epoch),
-            "last_time": {d: iso(t) for d, t in self._last_time.items()},
-            "offline": {d: iso(t) for d, t in self._offline.items()},
-            "same": [[d, f, v, iso(t)] for (d, f), (v, t) in self._same.items()],
-            "conditions": {"stuck": sorted(self._stuck), "flat": sorted(self._flat),
-                           "bad_range": sorted(self._bad_range), "low_battery": sorted(self._low_battery)},
-            "spikes": [[d, f, s.accepted, s.pending] for (d, f), s in self._spikes.items()],
-            "series": [[d, f, s.export()] for (d, f), s in self._series.items()],
-            "level": [{"rule": r, "device": d, "since": [iso(x) for x in st.since], "open": episode(st.open)}
-                      for (r, d), st in self._level.items()],
-            "rise": [{"rule": r, "device": d, "history": [[iso(t), v] for t, v in st.history],
-                      "open": episode(st.open)} for (r, d), st in self._rise.items()],
-            "rain": [{"rule": r, "device": d, "sums": st.sums.export(), "last_counter": st.last_counter,
-                      "open": episode(st.open)} for (r, d), st in self._rain.items()],
-        }
+    def _export_device(self, d: str) -> dict[str, Any]:
+        h, dev = self.cfg.health, self.devices[d]
+        entry: dict[str, Any] = {}
+        if (t := self._last_time.get(d)) is not None:
+            entry["last_time"] = t.timestamp()
+        if (t := self._offline.get(d)) is not None:
+            entry["offline"] = t.timestamp()
+        if same := {f: [x[0], x[1].timestamp()] for f in h.stuck_fields if (x := self._same.get((d, f)))}:
+            entry["same"] = same
+        conditions = {name: found for name, opened, fields in self._conditions(dev)
+                      if (found := [f for f in fields if (d, f) in opened])}
+        if conditions:
+            entry["conditions"] = conditions
+        if spikes := {f: [s.accepted, s.pending] for f in h.spike_jump if (s := self._spikes.get((d, f)))}:
+            entry["spikes"] = spikes
+        if series := {f: s.export() for f in self._series_fields if (s := self._series.get((d, f)))}:
+            entry["series"] = series
+        level = {r.name: {"since": [_epoch_s(x) for x in st.since], "open": _export_episode(st.open)}
+                 for r, ids in self._level_rules if d in ids and (st := self._level.get((r.name, d)))}
+        rise = {r.name: {"history": [[t.timestamp(), v] for t, v in st.history], "open": _export_episode(st.open)}
+                for r, ids in self._rise_rules if d in ids and (st := self._rise.get((r.name, d)))}
+        rain = {r.name: {"sums": st.sums.export(), "last_counter": st.last_counter, "open": _export_episode(st.open)}
+                for r, ids in self._rain_rules if d in ids and (st := self._rain.get((r.name, d)))}
+        for name, rules in (("level", level), ("rise", rise), ("rain", rain)):
+            if rules:
+                entry[name] = rules
+        return entry
+
+    def _conditions(self, dev: SensorDeviceConfig) -> list[tuple[str, set[tuple[str, str]], Iterable[str]]]:
+        """The open health conditions' sets, with the fields each can hold for this device."""
+        h = self.cfg.health
+        return [("stuck", self._stuck, h.stuck_fields), ("flat", self._flat, h.stuck_fields),
+                ("bad_range", self._bad_range, dev.ranges), ("low_battery", self._low_battery, h.low_battery)]
 
     def restore_state(self, state: dict[str, Any]) -> None:
-        """Take over a state from `export_state` (of this or an earlier config). Entries of devices or
-        rules that are no longer configured are dropped and counted (`restore_dropped`); an episode of a
-        device that has gone silent meanwhile is closed by the offline check on the next tick."""
+        """Take over a state from `export_state` (of this or an earlier config), into a monitor that has
+        seen no reading yet: all of it or, when an entry is malformed (ValueError), none of it. Devices
+        or rules that are no longer configured are dropped and counted (`restore_dropped`); an episode
+        of a device that has gone silent meanwhile is closed by the offline check on the next tick."""
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"sensor rule state version {state.get('version')!r}; this gateway reads "
                              f"{STATE_VERSION}")
-
-        def when(epoch: float | None) -> datetime | None:
-            return datetime.fromtimestamp(epoch, UTC) if epoch is not None else None
-
-        def episode(data: dict[str, Any] | None, levels: int) -> _Episode | None:
-            if data is None:
-                return None
-            return _Episode(min(int(data["level"]), levels - 1), when(data["opened_at"]),  # type: ignore[arg-type]
-                            float(data["peak"]), bool(data.get("case", False)))
-
-        known = self.devices
+        rules = ({r.name: ids for r, ids in self._level_rules}, {r.name: ids for r, ids in self._rise_rules},
+                 {r.name: (r, ids) for r, ids in self._rain_rules})
+        parsed: list[tuple[Any, Any]] = []
         dropped = 0
-        self._epoch = when(state.get("epoch"))
-        self._last_time = {d: when(t) for d, t in state.get("last_time", {}).items() if d in known}  # type: ignore[misc]
-        self._offline = {d: when(t) for d, t in state.get("offline", {}).items() if d in known}  # type: ignore[misc]
-        self._same = {(d, f): (float(v), when(t)) for d, f, v, t in state.get("same", []) if d in known}  # type: ignore[misc]
-        conditions = state.get("conditions", {})
-        for name, target in (("stuck", self._stuck), ("flat", self._flat), ("bad_range", self._bad_range),
-                             ("low_battery", self._low_battery)):
-            target.clear()
-            target.update((d, f) for d, f in conditions.get(name, []) if d in known)
-        self._spikes = {(d, f): _Spike(float(a), None if p is None else float(p))
-                        for d, f, a, p in state.get("spikes", []) if d in known}
-        self._series = {(d, f): MinuteSeries.restore(self._series_span, pts)
-                        for d, f, pts in state.get("series", []) if d in known}
-        levels = {r.name: ids for r, ids in self._level_rules}
-        self._level = {}
-        for item in state.get("level", []):
-            rule, dev = item["rule"], item["device"]
-            if dev not in levels.get(rule, ()):
+        for device, entry in state.get("devices", {}).items():
+            if device not in self.devices:
+                dropped += 1
+                continue
+            try:
+                dropped += self._parse_device(self.devices[device], entry, rules, parsed)
+            except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+                raise ValueError(f"device {device!r}: malformed rule state ({type(exc).__name__}: {exc})") from None
+        self._epoch = _when(state.get("epoch"))
+        for target, items in parsed:  # nothing is taken over before every entry has been read
+            target.update(items)
+        self.stats["restore_dropped"] += dropped
+
+    def _parse_device(self, dev: SensorDeviceConfig, entry: dict[str, Any], rules: tuple[dict, dict, dict],
+                      parsed: list[tuple[Any, Any]]) -> int:
+        """One device's entry as (the monitor's dict or set, what to update it with), appended to
+        `parsed`; returns how many of its rule entries were dropped (rule gone, or no longer watching
+        this device)."""
+        d = dev.id
+        add = parsed.append
+        if (t := entry.get("last_time")) is not None:
+            add((self._last_time, {d: _when(float(t))}))
+        if (t := entry.get("offline")) is not None:
+            add((self._offline, {d: _when(float(t))}))
+        add((self._same, {(d, f): (float(v), _when(float(t))) for f, (v, t) in entry.get("same", {}).items()}))
+        conditions = entry.get("conditions", {})
+        for name, opened, _ in self._conditions(dev):
+            add((opened, [(d, str(f)) for f in conditions.get(name, [])]))
+        add((self._spikes, {(d, f): _Spike(float(a), None if p is None else float(p))
+                            for f, (a, p) in entry.get("spikes", {}).items()}))
+        add((self._series, {(d, f): MinuteSeries.restore(self._series_span, points)
+                            for f, points in entry.get("series", {}).items()}))
+        levels, rises, rains = rules
+        dropped = 0
+        for rule, item in entry.get("level", {}).items():
+            if d not in levels.get(rule, ()):
                 dropped += 1
                 continue
             n = len(self._ladders[rule])
-            since = [when(x) for x in item["since"]][:n]
-            self._level[(rule, dev)] = _LevelState(since + [None] * (n - len(since)), episode(item["open"], n))
-        rises = {r.name: ids for r, ids in self._rise_rules}
-        self._rise = {}
-        for item in state.get("rise", []):
-            if item["device"] not in rises.get(item["rule"], ()):
+            since = [_when(x) for x in item["since"]][:n]
+            add((self._level, {(rule, d): _LevelState(since + [None] * (n - len(since)),
+                                                      _restore_episode(item["open"], n))}))
+        for rule, item in entry.get("rise", {}).items():
+            if d not in rises.get(rule, ()):
                 dropped += 1
                 continue
-            history = deque((when(t), float(v)) for t, v in item["history"])
-            self._rise[(item["rule"], item["device"])] = _RiseState(history, episode(item["open"], 1))  # type: ignore[arg-type]
-        rains = {r.name: (r, ids) for r, ids in self._rain_rules}
-        self._rain = {}
-        for item in state.get("rain", []):
-            rule, ids = rains.get(item["rule"], (None, ()))
-            if rule is None or item["device"] not in ids:
+            history = deque((_when(t), float(v)) for t, v in item["history"])
+            add((self._rise, {(rule, d): _RiseState(history, _restore_episode(item["open"], 1))}))  # type: ignore[arg-type]
+        for name, item in entry.get("rain", {}).items():
+            rule, ids = rains.get(name, (None, ()))
+            if rule is None or d not in ids:
                 dropped += 1
                 continue
             counter = item.get("last_counter")
-            self._rain[(rule.name, item["device"])] = _RainState(
-                RollingSums.restore(self._rain_windows(rule), item["sums"]),
-                None if counter is None else float(counter), episode(item["open"], len(rule.thresholds)))
-        self.stats["restore_dropped"] += dropped
+            add((self._rain, {(name, d): _RainState(RollingSums.restore(self._rain_windows(rule), item["sums"]),
+                                                    None if counter is None else float(counter),
+                                                    _restore_episode(item["open"], len(rule.thresholds)))}))
+        return dropped
 
+    # -- read-only views (the console's devices page) ------------------------------------------
+
+    def open_episodes(self) -> list[dict[str, Any]]:
+        """Every episode open now: rule, device, kind (level, rise, rain), level name, severity, since
+        (the episode's opening time), peak."""
+        out: list[dict[str, Any]] = []
+        for (rule, dev), st in self._level.items():
+            if st.open is not None:
+                lv = self._ladders[rule][st.open.level]
+                out.append({"rule": rule, "device": dev, "kind": "level", "level": lv.name, "label": lv.label,
+                            "severity": lv.severity, "since": st.open.opened_at, "peak": st.open.peak})
+        rises = {r.name: r for r, _ in self._rise_rules}
+        for (rule, dev), rise in self._rise.items():
+            if rise.open is not None:
+                out.append({"rule": rule, "device": dev, "kind": "rise", "level": "rising", "label": "",
+                            "severity": rises[rule].severity, "since": rise.open.opened_at,
+                            "peak": rise.open.peak})
+        rains = {r.name: r for r, _ in self._rain_rules}
+        for (rule, dev), rain in self._rain.items():
+            if rain.open is not None:
+                th = rains[rule].thresholds[rain.open.level]
+                out.append({"rule": rule, "device": dev, "kind": "rain", "level": th.level_name,
+                            "label": th.signal, "severity": th.severity, "since": rain.open.opened_at,
+                            "peak": rain.open.peak})
+        return out
+
+    def recent_values(self, device: str, since: datetime) -> dict[str, list[tuple[float, float]]]:
+        """A device's values per minute since `since` (minute start as epoch seconds): the highest of
+        each minute for the level fields the rules keep a series of (the evidence chart's series), and
+        each minute's rain for the fields of rain rules."""
+        lo = math.floor(since.timestamp() / 60)  # windows.minute_of
+        out = {name: [(m * 60.0, v) for m, v in series.points if m >= lo]
+               for name in sorted(self._series_fields) if (series := self._series.get((device, name))) is not None}
+        for rule, _ in self._rain_rules:
+            st = self._rain.get((rule.name, device))
+            if st is not None:
+                out[rule.value_field] = [(m * 60.0, mm) for m, mm in st.sums.buckets if m >= lo]
+        return out
+
+
+def _epoch_s(t: datetime | None) -> float | None:  # epoch seconds: ten times cheaper than isoformat
+    return t.timestamp() if t is not None else None
+
+
+def _when(epoch: float | None) -> datetime | None:
+    return datetime.fromtimestamp(epoch, UTC) if epoch is not None else None
+
+
+def _export_episode(ep: _Episode | None) -> dict[str, Any] | None:
+    return None if ep is None else {"level": ep.level, "opened_at": ep.opened_at.timestamp(), "peak": ep.peak,
+                                    "case": ep.case}
+
+
+def _restore_episode(data: dict[str, Any] | None, levels: int) -> _Episode | None:
+    if data is None:
+        return None
+    return _Episode(min(int(data["level"]), levels - 1), _when(data["opened_at"]),  # type: ignore[arg-type]
+                    float(data["peak"]), bool(data.get("case", False)))

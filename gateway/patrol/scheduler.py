@@ -36,6 +36,7 @@ from detectors.video.backends import ObjectDetector
 from detectors.video.config import CameraConfig, ZoneConfig
 from detectors.video.patrol_rules import PatrolRules, PictureBudget
 from detectors.video.rules import schedule_active
+from gateway.camera_view import KeptPicture, LastPictures, Outline, outlines
 from gateway.patrol.config import PatrolConfig, PatrolPreset
 from gateway.patrol.fair_queue import FairQueue
 from gateway.patrol.inventory import PatrolCamera, shard_of
@@ -73,6 +74,7 @@ class _Camera:
     size: tuple[int, int] | None = None
     last_visit: float | None = None
     last_error: str = ""
+    phase: str = "scheduled"  # scheduled | fetching | queued (for inference) | analysing | out_of_hours
 
 
 @dataclass(eq=False)
@@ -114,6 +116,7 @@ class PatrolScheduler:
                                                max_bytes=config.max_picture_bytes, concurrency=config.concurrency,
                                                verify_tls=config.verify_tls)
         self.budget = PictureBudget(config.evidence_memory_mb * 1024 * 1024)
+        self.pictures = LastPictures()  # each camera's newest picture for the console, bounded in bytes
         self.groups = {name: _Group() for name in config.groups}
         self.cameras: list[_Camera] = []
         now = clock()
@@ -123,6 +126,7 @@ class PatrolScheduler:
             phase = shard_of(cam.id, 10_000) / 10_000
             self.cameras.append(_Camera(cam, interval, due=now + phase * interval))
             self.groups[cam.group].cameras += 1
+        self._by_id = {c.cam.id: c for c in self.cameras}
         self._heap = [(c.due, i, c) for i, c in enumerate(self.cameras)]
         heapq.heapify(self._heap)
         self._seq = len(self.cameras)
@@ -182,7 +186,9 @@ class PatrolScheduler:
                 group = self.config.groups[c.cam.group]
                 if group.schedule is not None and not schedule_active(group.schedule, datetime.fromtimestamp(now, UTC)):
                     self._reschedule(c, now + OUT_OF_HOURS_RECHECK_S)
+                    c.phase = "out_of_hours"
                     continue
+                c.phase = "fetching"
                 self.groups[c.cam.group].late_s += 0.05 * (now - due - self.groups[c.cam.group].late_s)
                 self._fetching[id(c)] = time.perf_counter()  # now, not when the task first runs: the gate counts it
                 task = asyncio.create_task(self._visit(c, due))
@@ -217,6 +223,7 @@ class PatrolScheduler:
                 self._changed.set()
             job = _Job(c, picture, datetime.fromtimestamp(self.clock(), UTC), asyncio.get_running_loop().create_future())
             self._waiting += 1
+            c.phase = "queued"
             self._queue.put(c.cam.group, job)
             try:
                 alerts = await job.done
@@ -241,6 +248,7 @@ class PatrolScheduler:
                 gap = end - c.last_visit
                 group.revisit_s = gap if group.revisit_s is None else group.revisit_s + 0.05 * (gap - group.revisit_s)
             c.last_visit = end
+            c.phase = "scheduled"
             self._reschedule(c, max(due + c.interval_s, end))
 
     async def _worker(self, pool: ThreadPoolExecutor) -> None:
@@ -250,6 +258,7 @@ class PatrolScheduler:
             if job.done.done():
                 continue
             began = time.perf_counter()
+            job.camera.phase = "analysing"
             try:
                 alerts = await loop.run_in_executor(pool, self._analyse, job)
             except Exception as exc:  # noqa: BLE001 - handed to the visit, which counts it
@@ -287,6 +296,7 @@ class PatrolScheduler:
             c.rules = PatrolRules(camera_config(c.cam, preset, size), revisit, budget=self.budget,
                                   timezone=self.timezone)
             c.size = size
+        self.pictures.keep(c.cam.id, KeptPicture(jpeg, size, tuple(detections), job.when))  # a reference
         return c.rules.visit(detections, job.when, size, jpeg)
 
     # ------------------------------------------------------------------ outcomes (event loop)
@@ -330,6 +340,28 @@ class PatrolScheduler:
                           message=message, lon=c.cam.lon, lat=c.cam.lat,
                           facts={"failed_visits": c.failures, "last_error": c.last_error, "group": c.cam.group}))
 
+    # ------------------------------------------------------------------ the console
+
+    def camera_states(self) -> list[dict[str, Any]]:
+        """Each camera's patrol state, for the console's devices view (call on the event loop)."""
+        return [{"id": c.cam.id, "name": c.cam.name, "address": c.cam.address, "group": c.cam.group,
+                 "preset": c.cam.preset, "interval_s": c.interval_s, "phase": c.phase,
+                 "online": None if c.last_visit is None and not c.offline else not c.offline,
+                 "failures": c.failures, "last_error": c.last_error, "last_visit": c.last_visit,
+                 "next_visit": c.due, "picture": c.cam.id in self.pictures}
+                for c in self.cameras]
+
+    def camera(self, camera_id: str) -> PatrolCamera | None:
+        c = self._by_id.get(camera_id)
+        return c.cam if c is not None else None
+
+    def camera_outlines(self, camera_id: str, size: tuple[int, int]) -> list[Outline]:
+        """The zones of a camera's preset in the pixels of a picture of `size`."""
+        c = self._by_id.get(camera_id)
+        if c is None:
+            return []
+        return outlines(camera_config(c.cam, self.config.presets[c.cam.preset], size))
+
     # ------------------------------------------------------------------ stats
 
     def stats(self) -> dict[str, Any]:
@@ -358,4 +390,5 @@ class PatrolScheduler:
                 "waiting_for_inference": self._waiting, "prefetch": self.prefetch,
                 "fetch_ms": round(self._fetch_s * 1000, 1), "analysis_ms": round(self._infer_s * 1000, 1), "inference_workers": self.workers,
                 "alerts": self.counters["alerts"], "evidence_bytes_kept": self.budget.used,
-                "evidence_pictures_refused": self.budget.refused}
+                "evidence_pictures_refused": self.budget.refused,
+                "console_pictures": len(self.pictures), "console_picture_bytes": self.pictures.bytes}

@@ -55,12 +55,14 @@ def topic_level(name: str) -> str:
     return _UNSAFE.sub("_", str(name)) or "_"
 
 
-def make_client(cfg: MqttConfig, role: str, will: aiomqtt.Will | None = None, **kwargs: Any) -> aiomqtt.Client:
-    """An aiomqtt client for `cfg`. `role` suffixes a configured client id, so that the alert sink and
-    the source of one gateway never share an id (the broker would keep kicking one of them off)."""
+def make_client(cfg: MqttConfig, role: str, will: aiomqtt.Will | None = None, *,
+                client_type: type[aiomqtt.Client] = aiomqtt.Client, **kwargs: Any) -> aiomqtt.Client:
+    """An aiomqtt client (or `client_type`, a subclass) for `cfg`. `role` suffixes a configured client id,
+    so that the alert sink and the source of one gateway never share an id (the broker would keep
+    kicking one of them off)."""
     if not cfg.host:
         raise ValueError("mqtt.host is not set: MQTT is disabled in this config")
-    return aiomqtt.Client(
+    return client_type(
         cfg.host,
         cfg.port,
         username=cfg.username,

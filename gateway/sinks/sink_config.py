@@ -21,7 +21,10 @@ class MqttConfig(StrictModel):
     )
     tls: bool = Field(False, description="Connect with TLS, verifying the broker with the system CA store.")
     topic_prefix: str = Field("citygate", description="First topic level of everything the gateway publishes.")
-    qos: Literal[0, 1, 2] = Field(1, description="QoS of published alerts and of source subscriptions.")
+    qos: Literal[0, 1, 2] = Field(
+        1, description="QoS of published alerts and of source subscriptions (those at most 1: a device message is "
+        "acknowledged once the rules have it; 0 = the broker neither keeps nor redelivers device messages).",
+    )
     keepalive: int = Field(30, ge=5, le=3600, description="Keep-alive interval in seconds.")
     timeout_s: float = Field(10.0, gt=0, description="How long one publish/subscribe may wait for the broker.")
     reconnect_min_s: float = Field(0.5, gt=0, description="First wait before reconnecting after a failure.")

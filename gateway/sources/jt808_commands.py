@@ -280,6 +280,13 @@ class CommandBook:
         """A vehicle's commands, newest first."""
         return [c for c in reversed(self._commands.values()) if c.vehicle == vehicle]
 
+    def pending(self) -> dict[str, int]:
+        """Commands waiting per terminal key: queued, or sent and not yet answered."""
+        out = {key: len(queue) for key, queue in self._queued.items() if queue}
+        for key, _ in self._sent:
+            out[key] = out.get(key, 0) + 1
+        return out
+
     def stats(self) -> dict[str, int]:
         return {**self.counters, "tracked": len(self._commands),
                 "queued": sum(len(q) for q in self._queued.values()), "awaiting_answer": len(self._sent)}

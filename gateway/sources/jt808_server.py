@@ -153,6 +153,8 @@ class Jt808Server:
         self.commands = CommandBook(ttl_s=command_ttl_s, reply_timeout_s=command_reply_timeout_s,
                                     max_commands=max_commands, max_queued_per_terminal=max_queued_commands)
         self._online: dict[str, _Connection] = {}  # terminal key -> the connection it authenticated on last
+        # terminal key -> (address, connected at, last data at, ended at) of its last authenticated connection
+        self._ended: collections.OrderedDict[str, tuple[str, float, float | None, float]] = collections.OrderedDict()
         self.state_path = state_path  # where the commands are saved (None: memory only)
         self._saved_version = 0
         self._saver: asyncio.Task | None = None
@@ -330,6 +332,10 @@ class Jt808Server:
     def _forget(self, conn: _Connection) -> None:
         if conn.key is not None and self._online.get(conn.key) is conn:
             del self._online[conn.key]
+            self._ended.pop(conn.key, None)
+            self._ended[conn.key] = (conn.peer, conn.connected_at, conn.last_data_at, time.time())
+            if len(self._ended) > len(self._codes) + MAX_ISSUED_CODES:
+                self._ended.popitem(last=False)
         if conn in self._connections:
             self._connections.discard(conn)
             self._per_address[conn.address] -= 1
@@ -343,6 +349,28 @@ class Jt808Server:
         self._online[conn.key] = conn
         self._deliver(conn.key)
         self._save_commands()
+
+    def terminals(self) -> dict[str, dict[str, Any]]:
+        """Each terminal's connection by terminal key, for the console's devices view: connected now
+        (authenticated, or not yet: registered or failing to authenticate), its address, since when and
+        when it last sent anything, or when its last authenticated connection ended; and how many of its
+        commands wait (queued, or sent and unanswered). Times are epoch seconds."""
+        out: dict[str, dict[str, Any]] = {}
+        for key, (peer, opened, last, ended) in self._ended.items():
+            out[key] = {"connected": False, "authenticated": False, "address": peer, "connected_at": opened,
+                        "last_message_at": last, "disconnected_at": ended}
+        for conn in self._waiting:
+            if conn.claimed is not None and conn.claimed not in self._online:
+                out[conn.claimed] = {"connected": True, "authenticated": False, "address": conn.peer,
+                                     "connected_at": conn.connected_at, "last_message_at": conn.last_data_at,
+                                     "auth_failures": conn.auth_failures}
+        for key, conn in self._online.items():
+            out[key] = {"connected": True, "authenticated": True, "address": conn.peer,
+                        "connected_at": conn.connected_at, "last_message_at": conn.last_data_at,
+                        "protocol": "2019" if conn.version else "2011/2013"}
+        for key, waiting in self.commands.pending().items():
+            out.setdefault(key, {"connected": False, "authenticated": False})["pending_commands"] = waiting
+        return out
 
     # -------------------------------------------------------------- platform commands
 
@@ -472,6 +500,9 @@ class _Connection:
         self.key: str | None = None
         self.device = ""
         self.version = 0  # header version of its authentication: commands are written in it
+        self.claimed: str | None = None  # the terminal key it registered or tried to authenticate as
+        self.connected_at = time.time()
+        self.last_data_at: float | None = None  # wall clock of its last read: the console's "last message"
 
     async def run(self) -> None:
         stats = self.server.counters
@@ -535,6 +566,7 @@ class _Connection:
             last_read = loop.time()
             if not chunk:
                 return
+            self.last_data_at = time.time()
             data = buffer + chunk
             frames, buffer = jt808.split_frames(data)
             self.garbage_bytes += len(data) - len(buffer) - sum(len(f) for f in frames)
@@ -729,6 +761,7 @@ class _Connection:
         server = self.server
         terminal = msg.terminal
         key = terminal_key(terminal)
+        self.claimed = self.claimed or key
         code = server.registry.get(key)
         if code is None and not (server.accept_unknown and server.unknown_allowed(self, key)):
             if not server.accept_unknown:
@@ -757,6 +790,7 @@ class _Connection:
     async def _authenticate(self, msg: jt808.Message) -> None:
         server = self.server
         key = terminal_key(msg.terminal)
+        self.claimed = self.claimed or key
         expected = server.auth_code(key)
         given = msg.fields.get("auth_code", "")
         # one connection speaks for one terminal: a second one's code does not switch it

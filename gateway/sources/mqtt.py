@@ -19,6 +19,14 @@ spike and offline checks) lives in that replica's memory:
 No payload can stop the source: each message is decoded on its own through `Intake` (see there),
 which counts and rate-limits every problem (undecodable, oversize, unknown device, wrong profile,
 values out of range, a decoder exception) per device; the next message is handled as usual.
+
+Nothing the broker kept is lost here (`FlowClient`, gateway/sources/mqtt_flow.py): a QoS 1 message
+is acknowledged only once it has been handed to the rules, or refused for good (undecodable,
+unknown device, ... : counted, acknowledged, never redelivered for ever). What the gateway has not
+handled stays in the broker's session, so a backlog of any size drains at the pipeline's pace and a
+crash redelivers what was in hand (at least once: the rules drop a reading whose device and time they
+have seen). The source subscribes at QoS 1 at most: QoS 2 would need the receiver to keep its half of
+the handshake across a crash to avoid a loss, which at-least-once with duplicate-proof rules does not.
 """
 
 from __future__ import annotations
@@ -27,7 +35,6 @@ import asyncio
 import logging
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any
 
 import aiomqtt
 
@@ -37,6 +44,7 @@ from gateway.profiles import DeviceProfile
 from gateway.sinks.mqtt import make_client
 from gateway.sinks.sink_config import MqttConfig
 from gateway.sources.intake import Intake, Observation, OnObservation
+from gateway.sources.mqtt_flow import FlowClient
 
 __all__ = ["MqttSource", "Observation"]
 
@@ -57,7 +65,7 @@ class MqttSource:
         max_devices: int = 100_000,
         max_payload_bytes: int = 65_536,
         log_interval_s: float = 60.0,
-        max_queued_messages: int = 10_000,
+        high_water: int = 1_000,
         partition: tuple[int, int] | None = None,
     ) -> None:
         if not mqtt_cfg.enabled:
@@ -68,7 +76,11 @@ class MqttSource:
             raise ValueError("MqttSource needs at least one MQTT device profile")
         self.shared_group = shared_group
         self.max_payload_bytes = max_payload_bytes
-        self.max_queued_messages = max_queued_messages
+        self.high_water = high_water  # messages received and not yet handled at most (see FlowClient)
+        self.qos = min(mqtt_cfg.qos, 1)
+        if self.qos == 0:
+            log.warning("mqtt.qos is 0: the broker keeps no device message for the gateway while it is away, "
+                        "and a message the gateway has not handled is lost when it stops")
         self.intake = Intake(on_observation, known_devices=known_devices, max_devices=max_devices,
                              log_interval_s=log_interval_s, logger=log)
         self.known_devices = known_devices
@@ -91,8 +103,8 @@ class MqttSource:
             self.subscriptions = [prefix + f for f in filters]
         self.subscribed = asyncio.Event()  # set while the subscriptions are active
         self.counts: dict[str, int] = self.intake.stats  # one set of counters, shared with the intake
-        self.counts.update({"unmatched": 0, "oversize": 0, "reconnects": 0, "other_partition": 0, "queue_full": 0})
-        self.client_log = _ClientLog(self)
+        self.counts.update({"unmatched": 0, "oversize": 0, "reconnects": 0, "other_partition": 0,
+                            "handling_errors": 0, "pauses": 0, "most_held": 0})
         self.device_problems = self.intake.device_problems
         self._connects = 0
         self.restart_backoff_s = (mqtt_cfg.reconnect_min_s, mqtt_cfg.reconnect_max_s)
@@ -175,63 +187,56 @@ class MqttSource:
             self.counts["reconnects"] += 1
         self._connects += 1
         try:
-            # bounded incoming queue: when the callback falls behind, aiomqtt drops (and logs) messages
             # a persistent session needs a stable id: the broker keeps the subscription and queues
-            # QoS 1 messages for it while the gateway restarts
-            client = make_client(cfg, "source", max_queued_incoming_messages=self.max_queued_messages,
-                                 logger=self.client_log,
-                                 clean_session=not (cfg.persistent_session and cfg.client_id))
+            # QoS 1 messages for it while the gateway restarts (or drains a backlog at its own pace)
+            client = make_client(cfg, "source", client_type=FlowClient, high_water=self.high_water,
+                                 stats=self.counts, clean_session=not (cfg.persistent_session and cfg.client_id))
             async with client:
-                # a partition may name thousands of topics: several per SUBSCRIBE packet
-                for i in range(0, len(self.subscriptions), 500):
-                    await client.subscribe([(t, cfg.qos) for t in self.subscriptions[i:i + 500]])
-                shown = ", ".join(self.subscriptions[:5]) + (", ..." if len(self.subscriptions) > 5 else "")
-                share = f" (partition {self.partition[0]} of {self.partition[1]})" if self.partition else ""
-                log.info("MQTT source subscribed to %d topic filters%s on %s:%d: %s", len(self.subscriptions),
-                         share, cfg.host, cfg.port, shown)
-                self.subscribed.set()
                 try:
-                    await self._consume(client, stop_event)
+                    # a resumed session's backlog flows at once, before the SUBACKs: handled meanwhile
+                    # (a paused reader would never read the SUBACK otherwise)
+                    await race(self._pump(client), self._subscribe(client, stop_event))
                 finally:
                     self.subscribed.clear()
+                    client.send_acks()  # what was handled before a stop: written before the DISCONNECT
         except aiomqtt.MqttError as exc:
             raise ConnectionError(f"MQTT broker {cfg.host}:{cfg.port}: {exc}") from exc
 
-    async def _consume(self, client: aiomqtt.Client, stop_event: asyncio.Event) -> None:
-        """Deliver messages until stopped; raises MqttError when the connection is lost."""
-        await race(self._pump(client), stop_event.wait())
+    async def _subscribe(self, client: FlowClient, stop_event: asyncio.Event) -> None:
+        """Subscribe, then wait until stopped (while `_pump` delivers)."""
+        cfg = self.config
+        # a partition may name thousands of topics: several per SUBSCRIBE packet
+        for i in range(0, len(self.subscriptions), 500):
+            await client.subscribe([(t, self.qos) for t in self.subscriptions[i:i + 500]])
+        shown = ", ".join(self.subscriptions[:5]) + (", ..." if len(self.subscriptions) > 5 else "")
+        share = f" (partition {self.partition[0]} of {self.partition[1]})" if self.partition else ""
+        log.info("MQTT source subscribed to %d topic filters%s on %s:%d: %s", len(self.subscriptions),
+                 share, cfg.host, cfg.port, shown)
+        self.subscribed.set()
+        await stop_event.wait()
 
-    async def _pump(self, client: aiomqtt.Client) -> None:
-        async for message in client.messages:
+    async def _pump(self, client: FlowClient) -> None:
+        """Hand each message on, then acknowledge it; raises MqttError when the connection is lost."""
+        async for batch in client.batches():
+            for message in batch:
+                await self._hand_on(message)
+                client.handled(message)
+            client.send_acks()
+
+    async def _hand_on(self, message: aiomqtt.Message) -> None:
+        try:
             payload = message.payload
             if not isinstance(payload, bytes | bytearray):  # aiomqtt hands bytes; be safe with str/None
                 payload = str(payload or "").encode()
             for obs in self.decode(message.topic.value, bytes(payload)):
                 await self.intake.deliver(obs)
+        except Exception:  # noqa: BLE001 - acknowledged all the same: redelivering it would fail again
+            self.counts["handling_errors"] += 1
+            if self.intake.throttle.allow("handling")[0]:
+                log.exception("a message on %s could not be handled: dropped", str(message.topic)[:200])
 
 
 def _device_topic(profile: DeviceProfile, device: str) -> str:
     """The topic filter of one device: its profile's filter with the device id in its level."""
     levels = (profile.topic or "").split("/")
     return "/".join(device if level == "{device_id}" else level for level in levels)
-
-
-class _ClientLog(logging.LoggerAdapter):
-    """aiomqtt's logger for the source: aiomqtt logs every message it drops from its full incoming
-    queue; those are counted (`queue_full`) and logged once per interval instead."""
-
-    def __init__(self, source: MqttSource) -> None:
-        super().__init__(log.getChild("client"), {})
-        self.source = source
-
-    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
-        if not str(msg).startswith("Message queue is full"):
-            super().log(level, msg, *args, **kwargs)
-            return
-        counts = self.source.counts
-        counts["queue_full"] += 1
-        allowed, held_back = self.source.intake.throttle.allow("queue-full")
-        if allowed:
-            super().log(logging.WARNING, "the incoming queue of %d messages is full: a message was dropped (%d so far, "
-                        "%d since the last line); the rules are slower than the devices",
-                        self.source.max_queued_messages, counts["queue_full"], held_back)

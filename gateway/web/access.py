@@ -26,7 +26,7 @@ PRINCIPAL = web.RequestKey("principal", Principal)
 SESSION = web.RequestKey("session", Session)
 NEXT_URL = web.RequestKey("next_url", str)
 _SAFE = ("GET", "HEAD", "OPTIONS")
-_API_PREFIXES = ("/api/", "/metrics", "/evidence/")
+_API_PREFIXES = ("/api/", "/metrics", "/evidence/", "/cameras/")  # answered 401, not sent to the login page
 MAX_PASSWORD = 1024  # characters; Argon2 hashes anything, but an attacker's megabyte costs us time
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

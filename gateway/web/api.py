@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.devices import KINDS, MAX_LIMIT, DeviceQuery, DeviceQueryError
 from gateway.outbox import ReviewError
 from gateway.review import WINDOWS_DAYS, precision
 from gateway.web import maps
@@ -156,12 +157,22 @@ async def review_precision(request: web.Request) -> web.Response:
                   "rules": {rule: {str(d): p.to_json() for d, p in per.items()} for rule, per in table.items()}})
 
 
+COUNTER_SECTIONS = ("cameras", "devices", "rules", "patrol", "jt808", "mqtt-source", "modbus", "http-ingest")
+
+
 async def devices(request: web.Request) -> web.Response:
-    snap, error = request.app[CONSOLE].snapshot()
+    """The devices view of gateway/devices.py (what /devices shows) and the runtime's device counters."""
+    console = request.app[CONSOLE]
+    try:
+        query = DeviceQuery.from_params(request.query)
+    except DeviceQueryError as exc:
+        return _json({"error": str(exc)}, 400)
+    snap, error = console.snapshot()
     if error is not None:
         return _json({"error": error}, 500)
-    keys = ("cameras", "devices", "rules", "jt808", "mqtt-source", "modbus", "http-ingest")
-    return _json({k: v for k, v in snap.items() if k in keys or k.startswith("nmea:")})
+    body = console.devices.view(query) if console.devices is not None else {}
+    body["counters"] = {k: v for k, v in snap.items() if k in COUNTER_SECTIONS or k.startswith("nmea:")}
+    return _json(body)
 
 
 async def me(request: web.Request) -> web.Response:
@@ -296,6 +307,86 @@ def _q(name: str, description: str, schema: dict | None = None) -> dict:
             "description": description}
 
 
+_TIME = {"type": ["string", "null"], "format": "date-time"}
+_OPEN_ALERTS = {"type": "array", "items": {"$ref": "#/components/schemas/OpenAlert"}}
+
+
+def _section(item: str, extra: dict | None = None) -> dict:
+    return {"type": "object", "properties": {
+        "total": {"type": "integer", "description": "Devices that match, in all."},
+        "offset": {"type": "integer"},
+        "summary": {"type": "object", "description": "online, offline, unknown (never heard), alerting: counts "
+                    "over every match", "additionalProperties": {"type": "integer"}},
+        "items": {"type": "array", "items": {"$ref": f"#/components/schemas/{item}"}}, **(extra or {})}}
+
+
+DEVICE_SCHEMAS: dict[str, Any] = {
+    "OpenAlert": {"type": "object", "description": "A rule's condition open now (from its first opening alert).",
+                  "properties": {"rule": {"type": "string"}, "place": {"type": "string"},
+                                 "track_id": {"type": ["integer", "null"]}, "severity": {"type": "string"},
+                                 "since": _TIME, "latest": _TIME, "message": {"type": "string"},
+                                 "category": {"type": ["string", "null"]},
+                                 "case_id": {"type": ["string", "null"], "description": "The case it filed."}}},
+    "Camera": {"type": "object", "properties": {
+        "id": {"type": "string"}, "address": {"type": "string"}, "online": {"type": "boolean"},
+        "decoded_fps": {"type": "number"}, "analysed_fps": {"type": "number"}, "detect_fps": {"type": "number"},
+        "last_analysed_at": _TIME, "frame_url": {"type": ["string", "null"]},
+        "frame_size": {"type": ["array", "null"], "items": {"type": "integer"}, "description": "[width, height]"},
+        "detections": {"type": "object", "description": "Objects of the last inference by label",
+                       "additionalProperties": {"type": "integer"}},
+        "zones": {"type": "array", "items": {"type": "string"}}, "last_error": {"type": ["string", "null"]},
+        "open_alerts": _OPEN_ALERTS}},
+    "PatrolCamera": {"type": "object", "properties": {
+        "id": {"type": "string"}, "name": {"type": "string"}, "group": {"type": "string"},
+        "preset": {"type": "string"}, "online": {"type": ["boolean", "null"]},
+        "phase": {"enum": ["scheduled", "fetching", "queued", "analysing", "out_of_hours"]},
+        "last_visit": _TIME, "next_visit": _TIME, "failures": {"type": "integer"},
+        "last_error": {"type": ["string", "null"]}, "frame_url": {"type": ["string", "null"],
+                                                                  "description": "while the memory budget keeps it"},
+        "open_alerts": _OPEN_ALERTS}},
+    "Vehicle": {"type": "object", "properties": {
+        "id": {"type": "string"}, "plate": {"type": "string"}, "type": {"type": "string"},
+        "company": {"type": "string"}, "registered": {"type": "boolean", "description": "false: a terminal or "
+                                                      "tracker not in the fleet that reported positions"},
+        "online": {"type": ["boolean", "null"]},
+        "last_fix": {"type": ["object", "null"], "properties": {
+            "time": _TIME, "lon": {"type": "number"}, "lat": {"type": "number"}, "speed_kmh": {"type": "number"},
+            "course": {"type": "number"}, "valid": {"type": "boolean"}, "history": {"type": "boolean"}}},
+        "open_violations": _OPEN_ALERTS,
+        "terminal": {"type": ["object", "null"], "description": "The JT/T 808 terminal's connection; null when it "
+                     "never connected or no JT/T 808 server runs", "properties": {
+                         "connected": {"type": "boolean"}, "authenticated": {"type": "boolean"},
+                         "address": {"type": "string"}, "connected_at": _TIME, "last_message_at": _TIME,
+                         "disconnected_at": _TIME, "pending_commands": {"type": "integer"},
+                         "protocol": {"type": "string"}}}}},
+    "Sensor": {"type": "object", "properties": {
+        "id": {"type": "string"}, "name": {"type": "string"}, "kind": {"type": "string"},
+        "online": {"type": ["boolean", "null"]},
+        "last_reading": {"type": ["object", "null"], "properties": {"time": _TIME, "values": {
+            "type": "array", "items": {"type": "object", "properties": {
+                "field": {"type": "string"}, "value": {"type": "number"}, "unit": {"type": "string"}}}}}},
+        "series": {"type": ["object", "null"], "description": "Per minute over the last hours: the highest level, "
+                   "or the rain fallen since the first point (kind rain_total)", "properties": {
+                       "field": {"type": "string"}, "unit": {"type": "string"},
+                       "kind": {"enum": ["level", "rain_total"]}, "hours": {"type": "number"},
+                       "points": {"type": "array", "items": {"type": "array", "items": {"type": "number"},
+                                                             "description": "[epoch seconds, value]"}},
+                       "thresholds": {"type": "array", "items": {"type": "object"}}}},
+        "open_episodes": {"type": "array", "items": {"type": "object", "properties": {
+            "rule": {"type": "string"}, "kind": {"enum": ["level", "rise", "rain"]}, "level": {"type": "string"},
+            "label": {"type": "string"}, "severity": {"type": "string"}, "since": _TIME, "peak": {"type": "number"}}}},
+        "open_alerts": _OPEN_ALERTS}},
+    "Devices": {"type": "object", "properties": {
+        "generated_at": _TIME, "query": {"type": "object"},
+        "cameras": _section("Camera"),
+        "patrol": _section("PatrolCamera", {"groups": {"type": "object", "description": "Per group: cameras, "
+                                                        "cycle time, visits per minute, offline, behind schedule"}}),
+        "vehicles": _section("Vehicle", {"jt808": {"type": "boolean", "description": "a JT/T 808 server runs"}}),
+        "sensors": _section("Sensor"),
+        "counters": {"type": "object", "description": "The runtime's device counters (as in /api/status)"}}},
+}
+
+
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "citygate console API", "version": "1",
@@ -336,6 +427,7 @@ OPENAPI: dict[str, Any] = {
                                     "last_error": {"type": ["string", "null"]},
                                     "created_at": {"type": "string", "format": "date-time"},
                                     "delivered_at": {"type": ["string", "null"], "format": "date-time"}}},
+            **DEVICE_SCHEMAS,
             "CommandRequest": {"type": "object", "required": ["kind"], "description": "text: 0x8300 to the "
                                "driver's display (read aloud); query: 0x8201 position query; params: 0x8103 "
                                "terminal parameters by name (gateway/protocols/jt808.py PARAMETERS) or hex id.",
@@ -413,9 +505,21 @@ OPENAPI: dict[str, Any] = {
                     "rules": {"type": "object", "additionalProperties": {
                         "type": "object", "additionalProperties": {"$ref": "#/components/schemas/Precision"}}}}}}}},
                 **_AUTH_ERRORS}}},
-        "/api/devices": {"get": {"summary": "Cameras, vehicles, sensors and receivers as the runtime reports them.",
-                                 "responses": {"200": {"description": "Devices", "content": {"application/json": {
-                                     "schema": {"type": "object"}}}}, **_AUTH_ERRORS}}},
+        "/api/devices": {"get": {
+            "summary": "What /devices shows: cameras (online, fps, the last analysed frame at frame_url: "
+                       "/cameras/<name>/last.jpg, a JPEG with the zones and detections drawn, same credentials), "
+                       "patrol cameras, vehicles (last fix, open violations, JT/T 808 terminal), sensors (last "
+                       "reading, the last hours per minute, open episodes); problems first, then by id. Plus the "
+                       "runtime's device counters. Sections are left out when the gateway has no such device "
+                       "source (patrol) or the query asks for another kind.",
+            "parameters": [_q("kind", " | ".join(KINDS) + "; default all", {"enum": list(KINDS)}),
+                           _q("q", "part of an id, name, plate, company or address (any case)"),
+                           _q("limit", f"rows per section, 1-{MAX_LIMIT}, default 100",
+                              {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}),
+                           _q("offset", "rows to skip in each section", {"type": "integer", "minimum": 0})],
+            "responses": {"200": {"description": "Devices", "content": {"application/json": {"schema": {
+                "$ref": "#/components/schemas/Devices"}}}},
+                "400": _error("a parameter is invalid"), "500": _error("snapshot failed"), **_AUTH_ERRORS}}},
         "/api/me": {"get": {"summary": "Who the credentials belong to.",
                             "responses": {"200": {"description": "Name, role and how authenticated", "content": {
                                 "application/json": {"schema": {"type": "object"}}}}, **_AUTH_ERRORS}}},

@@ -8,7 +8,8 @@ Routes (everything but /healthz, /login and /static/ needs a session or a Bearer
     POST /cases/<case_id>/retry         send again (operator; form with CSRF token)
     POST /cases/<case_id>/confirm|reject  review before dispatch (operator; form with CSRF token, reason)
     /review                             cases held for review, each rule's precision (7 and 30 days)
-    /devices                            cameras, vehicles, sensors
+    /devices?kind&q&limit&offset        cameras (last frames), patrol cameras, vehicles, sensors
+    /cameras/<name>/last.jpg            a camera's last analysed frame with its zones and detections drawn
     /evidence/<case_id>/<name>          an evidence file the case lists (?size=thumb: a small JPEG)
     /evidence/<case_id>/<name>/frames/<i>.jpg   frame i of an MJPEG clip
     /metrics                            Prometheus (session, API token or web.metrics_token)
@@ -28,8 +29,9 @@ from pathlib import Path
 from aiohttp import web
 from PIL import Image
 
+from gateway.devices import DeviceQuery, DeviceQueryError
 from gateway.review import WINDOWS_DAYS
-from gateway.web import access, api, metrics, pages
+from gateway.web import access, api, device_pages, metrics, pages
 from gateway.web.access import public, requires, viewer
 from gateway.web.clips import ClipError
 from gateway.web.evidence import find_item, media_type
@@ -155,13 +157,31 @@ async def case_retry(request: web.Request) -> web.Response:
 async def devices_page(request: web.Request) -> web.Response:
     console = request.app[CONSOLE]
     snap, error = console.snapshot()
-    vehicles = readings = None
-    if console.series is not None:
-        now = time.time()
-        vehicles, readings = await asyncio.to_thread(
-            lambda: (console.series.vehicles(now), console.series.readings(now)))
-    names = {d.id: d.name for d in console.config.sensors.devices} if console.config is not None else {}
-    return _html(pages.devices_page(viewer(request), snap, error, vehicles, readings, names))
+    try:
+        query, query_error = DeviceQuery.from_params(request.query), None
+    except DeviceQueryError as exc:
+        query, query_error = DeviceQuery(), str(exc)
+    view = console.devices.view(query) if console.devices is not None and query_error is None else None
+    return _html(device_pages.devices_page(viewer(request), view, snap, error, query_error),
+                 400 if query_error else 200)
+
+
+async def camera_frame(request: web.Request) -> web.Response:
+    """A camera's last analysed frame, drawn now (at most once a second per camera, two cameras at a time)."""
+    console = request.app[CONSOLE]
+    name = request.match_info["name"]
+    if console.devices is None or not console.devices.has_camera(name):
+        return _not_found(f"no camera {name!r} with a picture")
+    async with console.drawing:
+        try:
+            data = await asyncio.to_thread(console.devices.camera_jpeg, name)
+        except (ValueError, OSError) as exc:
+            log.warning("camera %s: last frame not drawn: %s", name, exc)
+            return _not_found(f"the last frame of camera {name!r} cannot be drawn")
+    if data is None:
+        return _not_found(f"camera {name!r} has not analysed a frame yet")
+    return web.Response(body=data, content_type="image/jpeg",
+                        headers={"Content-Security-Policy": "default-src 'none'; sandbox"})
 
 
 async def map_page(request: web.Request) -> web.Response:
@@ -267,6 +287,7 @@ def build_app(console: Console) -> web.Application:
     r.add_post("/cases/{case_id}/reject", case_reject)
     r.add_get("/review", review_page)
     r.add_get("/devices", devices_page)
+    r.add_get("/cameras/{name}/last.jpg", camera_frame)
     r.add_get("/map", map_page)
     r.add_get("/evidence/{case_id}/{name}", evidence)
     r.add_get(r"/evidence/{case_id}/{name}/frames/{index:\d{1,6}}.jpg", clip_frame)

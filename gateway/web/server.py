@@ -22,6 +22,7 @@ from gateway.outbox import Outbox
 from gateway.web.app import build_app
 from gateway.web.auth import Accounts, RateLimiter, Sessions
 from gateway.web.evidence import EvidenceStore
+from gateway.web.gate import ConnectionLimits
 from gateway.web.maps import SeriesReader
 from gateway.web.queries import CaseSearch
 from gateway.web.state import Console
@@ -33,8 +34,6 @@ KEEPALIVE_S = 30.0  # an idle keep-alive connection is closed after this long
 
 class ConsoleServer:
     """The operator console of one gateway over its outbox, snapshot and evidence folder."""
-
-    name = "web"
 
     name = "web"
 
@@ -52,6 +51,7 @@ class ConsoleServer:
         gateway_config: Any = None,
         notify_central: Callable[[], None] | None = None,
         commands: Any = None,
+        devices: Any = None,
     ) -> None:
         cfg = web_config or (gateway_config.web if gateway_config is not None else WebConfig())
         if not is_loopback(host) and not (cfg.users or cfg.tokens or users_file):
@@ -65,11 +65,13 @@ class ConsoleServer:
             by_address=RateLimiter(2 * cfg.login_attempts, cfg.login_window_s),
             by_user=RateLimiter(cfg.login_attempts, cfg.login_window_s),
             timezone=timezone or datetime.now().astimezone().tzinfo, secure_cookies=cfg.secure_cookies,
-            notify_central=notify_central, commands=commands)
+            notify_central=notify_central, commands=commands, devices=devices)
         if gateway_config is not None:
             self._add_map_sources(gateway_config)
         self.app = build_app(self.console)
+        self.limits = ConnectionLimits(cfg.max_connections, cfg.max_connections_per_address, self.console.stats)
         self._runner: web.AppRunner | None = None
+        self._server: asyncio.Server | None = None
 
     def _add_map_sources(self, config: Any) -> None:
         from gateway.deployment import demo_grid_path
@@ -91,14 +93,15 @@ class ConsoleServer:
         self._runner = web.AppRunner(self.app, access_log=None, keepalive_timeout=KEEPALIVE_S,
                                      handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, backlog=256)
         try:
-            await site.start()
+            server = await asyncio.get_running_loop().create_server(
+                self.limits.factory(self._runner.server), self.host, self.port, backlog=256)
         except OSError:
             await self._runner.cleanup()
             self._runner = None
             raise
-        self.port = self._runner.addresses[0][1]
+        self._server = server
+        self.port = server.sockets[0].getsockname()[1]
         log.info("console on http://%s:%d/", self.host, self.port)
         if self.console.accounts.generated_password:
             log.warning("no console users configured: log in as 'admin' with password %s (this run only; "
@@ -114,6 +117,9 @@ class ConsoleServer:
         await serve_until(self, stop)
 
     async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()  # no new connections; the runner's cleanup closes the open ones
+            self._server = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

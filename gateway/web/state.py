@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections import Counter
@@ -44,6 +45,8 @@ class Console:
     static_layers: dict | None = None  # built on first use (the grid may be large)
     notify_central: Callable[[], None] | None = None  # wakes the delivery worker (a confirmed case)
     commands: Any = None  # the JT/T 808 server (its `command` / `commands_of`), when it runs
+    devices: Any = None  # gateway.devices.Devices over the running gateway's components, when there is one
+    drawing: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))  # cameras drawn at once
 
     def snapshot(self) -> tuple[dict[str, Any], str | None]:
         """The runtime's snapshot, or ({}, why) when it fails. Called on the loop: the runtime's state

@@ -389,7 +389,8 @@ class DeviceProfile(StrictModel):
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> DeviceProfile:
         copy = super().model_copy(update=update, deep=deep)
-        copy.__dict__.pop("_plan", None)  # worked out from the copy's own fields when it is used
+        for cached in ("_plan", "device_id_in_payload"):  # worked out from the copy's own fields when used
+            copy.__dict__.pop(cached, None)
         return copy
 
     # -- topics ----------------------------------------------------------------------------------
@@ -423,7 +424,7 @@ class DeviceProfile(StrictModel):
                 return None
         return device if len(levels) == len(pattern) and device else None
 
-    @property
+    @functools.cached_property
     def device_id_in_payload(self) -> bool:
         """The device id is known only after parsing the payload (not from the topic)."""
         return self.envelope is not None and self.envelope.device_id is not None

@@ -170,19 +170,22 @@ class _SqliteBackend:
                          "tags TEXT NOT NULL, fields TEXT NOT NULL)")
         self._db.execute("CREATE INDEX IF NOT EXISTS points_measurement_time ON points (measurement, time)")
         self._last_prune = 0.0
-        self._tag_texts: dict[tuple[tuple[str, str], ...], str] = {}
+        self._tag_texts: dict[tuple[tuple[str, str], ...], str] = {}  # used by row(), on the loop's thread
 
-    def write(self, points: Sequence[Point]) -> None:
-        values: list[Any] = []  # the rows' columns one after the other, for the multi-row INSERTs
-        tag_texts = self._tag_texts
-        for p in points:
-            tags = tuple(p.tags.items())
-            tags_text = tag_texts.get(tags)
-            if tags_text is None:
-                if len(tag_texts) >= self.MAX_TAG_TEXTS:
-                    tag_texts.clear()
-                tags_text = tag_texts[tags] = _json_text(dict(p.tags))
-            values += (p.measurement, p.time.timestamp(), tags_text, _json_text(dict(p.fields)))
+    def row(self, p: Point) -> tuple[str, float, str, str]:
+        """The point as the table's row, made when it is buffered. Strings and a float: the garbage
+        collector stops tracking the row, where a buffer of Points (and their dicts) waiting for the next
+        flush would be promoted to its oldest generation and bring on full collections."""
+        tags = tuple(p.tags.items())
+        tags_text = self._tag_texts.get(tags)
+        if tags_text is None:
+            if len(self._tag_texts) >= self.MAX_TAG_TEXTS:
+                self._tag_texts.clear()
+            tags_text = self._tag_texts[tags] = _json_text(dict(p.tags))
+        return p.measurement, p.time.timestamp(), tags_text, _json_text(dict(p.fields))
+
+    def write(self, rows: Sequence[tuple[str, float, str, str]]) -> None:
+        values = [value for row in rows for value in row]  # one after the other, for the multi-row INSERTs
         with self._lock:
             self._db.execute("BEGIN")
             try:
@@ -260,6 +263,10 @@ class _InfluxBackend:
                                       retries=False)
         self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
 
+    @staticmethod
+    def row(p: Point) -> Point:
+        return p
+
     def write(self, points: Sequence[Point]) -> None:
         from influxdb_client import Point as InfluxPoint
         from influxdb_client import WritePrecision
@@ -303,7 +310,7 @@ class TimeSeriesSink:
         else:
             self._backend = _InfluxBackend(config)
             self.where = f"influxdb {config.url} bucket {config.bucket}"
-        self._buffer: collections.deque[Point] = collections.deque()
+        self._buffer: collections.deque[Any] = collections.deque()  # the backend's rows of the points
         self._flush_lock = asyncio.Lock()
         self._full = asyncio.Event()
         self._backoff = Backoff(config.retry_min_s, config.retry_max_s)
@@ -322,7 +329,7 @@ class TimeSeriesSink:
             if self.counters["dropped"] == 1 or self.counters["dropped"] % 10_000 == 0:
                 log.warning("time-series buffer full (%d points, %s): dropping the oldest, %d dropped so far",
                             self.config.buffer_size, self.where, self.counters["dropped"])
-        self._buffer.append(point)
+        self._buffer.append(self._backend.row(point))
         self.counters["buffered"] = len(self._buffer)
         if len(self._buffer) >= self.config.batch_size:
             self._full.set()
@@ -358,7 +365,7 @@ class TimeSeriesSink:
                     self.counters["buffered"] = len(self._buffer)
             return True
 
-    def _requeue(self, batch: list[Point]) -> None:
+    def _requeue(self, batch: list[Any]) -> None:
         self._buffer.extendleft(reversed(batch))
         while len(self._buffer) > self.config.buffer_size:
             self._buffer.popleft()

@@ -5,6 +5,7 @@ gateway/routing.py; the shape every part shares is in gateway/component.py.
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 from gateway.deployment import Deployment
@@ -25,10 +26,17 @@ class Gateway:
         return self.graph.find(name)
 
     async def start(self) -> None:
+        # what start-up built (config, profiles, device tables: at 10,000 devices a third of the heap) lives
+        # as long as the gateway: kept out of every full garbage collection, each then that much shorter
+        gc.collect()
+        gc.freeze()
         await self.runner.start()
 
     async def shutdown(self) -> bool:
-        return await self.runner.shutdown()
+        try:
+            return await self.runner.shutdown()
+        finally:
+            gc.unfreeze()  # collectable again once dropped (tests run many gateways in one process)
 
     def snapshot(self) -> dict[str, Any]:
         return self.runner.snapshot()

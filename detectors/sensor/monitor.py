@@ -158,8 +158,12 @@ class SensorMonitor:
         self._near = Neighbourhood(cfg.devices, h.neighbour_radius_m)
         self._series_fields = {r.field for r in cfg.level_rules} | set(h.stuck_fields)
         self._series_span = max([r.chart_hours * 3600 for r in cfg.level_rules] + [h.flatline_after_s or 0, 3600.0])
+        # what every reading needs, copied out of the config once: reading a pydantic model's attribute costs
+        # ten times a plain one (its __getattr__ hook defeats the interpreter's attribute caches)
         self._checks = self._rules_by_device()
-        self._spike_jump = list(h.spike_jump.items())  # config read once: every reading goes through these
+        self._ranges = {d.id: d.ranges for d in cfg.devices if d.ranges}
+        self._future_tolerance_s = h.future_tolerance_s
+        self._spike_jump = list(h.spike_jump.items())
         self._battery_low = list(h.low_battery.items())
         self._stuck_fields = list(h.stuck_fields) if h.stuck_after_s is not None or h.flatline_after_s is not None \
             else []
@@ -210,7 +214,7 @@ class SensorMonitor:
         if dev is None:
             self.stats["unknown_device"] += 1
             return []
-        held = self._ahead.pop(dev.id, None) if self._ahead else None
+        held = self._ahead.pop(reading.device, None) if self._ahead else None
         if held is None:
             return self._judge(dev, reading)
         out: list[DetectorOutput] = []
@@ -225,43 +229,44 @@ class SensorMonitor:
         reading "out of order"). Live, the wall-clock tick is the reference: a reading more than
         future_tolerance_s ahead of it is dropped. On a recording's clock, or before any tick, a reading
         that far ahead of the device's last one is held until the next reading shows which was wrong."""
-        tolerance = self.cfg.health.future_tolerance_s
-        if self._wall is not None and dev.id not in self._recorded:
+        tolerance = self._future_tolerance_s
+        if self._wall is not None and reading.device not in self._recorded:
             if _seconds(reading.time, self._wall) > tolerance:
                 self.stats["future"] += 1
                 return []
         else:
-            last = self._last_time.get(dev.id)
+            last = self._last_time.get(reading.device)
             if last is not None and _seconds(reading.time, last) > tolerance:
-                self._ahead[dev.id] = reading
+                self._ahead[reading.device] = reading
                 return []
         return self._accept(dev, reading)
 
     def _accept(self, dev: SensorDeviceConfig, reading: Reading) -> list[DetectorOutput]:
-        last = self._last_time.get(dev.id)
+        dev_id = reading.device  # dev.id, the key of `dev` in self.devices
+        last = self._last_time.get(dev_id)
         if last is not None and reading.time <= last:
             self.stats["out_of_order" if reading.time < last else "duplicate"] += 1
             return []
         self.stats["readings"] += 1
         t = reading.time
-        self._last_time[dev.id] = t
-        self._dirty.add(dev.id)  # every state change of a device comes from an accepted reading or a tick
+        self._last_time[dev_id] = t
+        self._dirty.add(dev_id)  # every state change of a device comes from an accepted reading or a tick
         if self._epoch is None:
             self._epoch = t
         alerts = self._back_online(dev, t)
         values = self._clean_values(dev, reading, alerts)
-        spiking = self._despike(dev, values)
+        spiking = self._despike(dev_id, values)
         for name in self._series_fields:
             if name in values:
-                series = self._series.get((dev.id, name))
+                series = self._series.get((dev_id, name))
                 if series is None:
-                    series = self._series[(dev.id, name)] = MinuteSeries(self._series_span)
+                    series = self._series[(dev_id, name)] = MinuteSeries(self._series_span)
                 series.add(t, values[name])
         if self._battery_low:
             self._check_battery(dev, t, values, alerts)
         if self._stuck_fields:
-            self._check_stuck(dev, t, values, alerts)
-        for rule, check, name in self._checks[dev.id]:
+            self._check_stuck(dev, dev_id, t, values, alerts)
+        for rule, check, name in self._checks[dev_id]:
             value = values.get(name)
             if value is None:  # this report lacks the rule's field (or holds back a spike): the rule skips it
                 if name not in spiking:
@@ -358,7 +363,7 @@ class SensorMonitor:
         """The reading's values that the rules may use: finite and inside the device's ranges (alerts about
         ranges go to `alerts`)."""
         values: dict[str, float] = {}
-        ranges, bad_range = dev.ranges, self._bad_range
+        ranges, bad_range = self._ranges.get(reading.device), self._bad_range
         for name, raw in reading.values.items():
             value = float(raw)
             if not math.isfinite(value):
@@ -382,7 +387,7 @@ class SensorMonitor:
             values[name] = value
         return values
 
-    def _despike(self, dev: SensorDeviceConfig, values: dict[str, float]) -> set[str]:
+    def _despike(self, dev_id: str, values: dict[str, float]) -> set[str]:
         """Confirm-next-sample: a value further than spike_jump from the last accepted one is held back;
         the next reading decides. Near the held value: the jump was real, the next value goes through.
         Near the old one: the held value was a single-sample spike (3 -> 180 -> 3 cm), dropped and
@@ -393,7 +398,7 @@ class SensorMonitor:
             value = values.get(name)
             if value is None:
                 continue
-            key = (dev.id, name)
+            key = (dev_id, name)
             st = self._spikes.get(key)
             if st is None:
                 self._spikes[key] = _Spike(value)
@@ -436,14 +441,13 @@ class SensorMonitor:
                                                  f"{self._who(dev)}: battery recovered ({name} = {value:g})",
                                                  {"field": name, "value": value, "threshold": low}))
 
-    def _check_stuck(self, dev: SensorDeviceConfig, time: datetime, values: dict[str, float],
+    def _check_stuck(self, dev: SensorDeviceConfig, dev_id: str, time: datetime, values: dict[str, float],
                      alerts: list[DetectorOutput]) -> None:
-        h = self.cfg.health
         for name in self._stuck_fields:
             value = values.get(name)
             if value is None:
                 continue
-            key = (dev.id, name)
+            key = (dev_id, name)
             prev = self._same.get(key)
             if prev is None or prev[0] != value:
                 self._same[key] = (value, time)
@@ -457,6 +461,7 @@ class SensorMonitor:
                                                          f"{self._who(dev)}: {name} {what}",
                                                          {"field": name, "value": value}))
                 continue
+            h = self.cfg.health
             same_s = _seconds(time, prev[1])
             if h.stuck_after_s is not None and value != 0 and same_s >= h.stuck_after_s and key not in self._stuck:
                 self._stuck.add(key)
@@ -499,9 +504,9 @@ class SensorMonitor:
                     value: float) -> list[Alert]:
         t = reading.time
         ladder = self._ladders[rule.name]
-        st = self._level.get((rule.name, dev.id))
+        st = self._level.get((rule.name, reading.device))
         if st is None:
-            st = self._level[(rule.name, dev.id)] = _LevelState([None] * len(ladder))
+            st = self._level[(rule.name, reading.device)] = _LevelState([None] * len(ladder))
         since = st.since
         reached = -1  # the highest level the value has stayed at for its minimum duration
         for i, lv in enumerate(ladder):
@@ -598,9 +603,9 @@ class SensorMonitor:
     def _rise_rule(self, rule: RiseRuleConfig, dev: SensorDeviceConfig, reading: Reading,
                    value: float) -> list[Alert]:
         t = reading.time
-        st = self._rise.get((rule.name, dev.id))
+        st = self._rise.get((rule.name, reading.device))
         if st is None:
-            st = self._rise[(rule.name, dev.id)] = _RiseState()
+            st = self._rise[(rule.name, reading.device)] = _RiseState()
         history = st.history
         history.append((t, value))
         while _seconds(t, history[0][0]) > rule.window_s:

@@ -311,6 +311,7 @@ class TimeSeriesSink:
             self._backend = _InfluxBackend(config)
             self.where = f"influxdb {config.url} bucket {config.bucket}"
         self._buffer: collections.deque[Any] = collections.deque()  # the backend's rows of the points
+        self._buffer_size, self._batch_size = config.buffer_size, config.batch_size  # read per point: plain copies
         self._flush_lock = asyncio.Lock()
         self._full = asyncio.Event()
         self._backoff = Backoff(config.retry_min_s, config.retry_max_s)
@@ -323,15 +324,15 @@ class TimeSeriesSink:
 
     def write(self, point: Point) -> None:
         """Buffer one point (never blocks); the oldest point is dropped when the buffer is full."""
-        if len(self._buffer) >= self.config.buffer_size:
+        if len(self._buffer) >= self._buffer_size:
             self._buffer.popleft()
             self.counters["dropped"] += 1
             if self.counters["dropped"] == 1 or self.counters["dropped"] % 10_000 == 0:
                 log.warning("time-series buffer full (%d points, %s): dropping the oldest, %d dropped so far",
-                            self.config.buffer_size, self.where, self.counters["dropped"])
+                            self._buffer_size, self.where, self.counters["dropped"])
         self._buffer.append(self._backend.row(point))
         self.counters["buffered"] = len(self._buffer)
-        if len(self._buffer) >= self.config.batch_size:
+        if len(self._buffer) >= self._batch_size:
             self._full.set()
 
     def write_many(self, points: Iterable[Point]) -> None:

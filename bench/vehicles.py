@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import gc
 import math
 import random
@@ -117,13 +118,15 @@ def bench_pipeline(cfg: FleetConfig, frames: list[bytes]) -> dict:
     the throughput pass must not count as pipeline work."""
     mon = FleetMonitor(cfg)
     decode, process = jt808.decode, mon.process
-    alerts = 0
+    alerts: list = []
+    keep = alerts.extend
     gc.collect()
     t0, c0 = time.perf_counter(), time.thread_time()
     for frame in frames:
         for p in decode(frame).positions:
-            alerts += len(process(p))
+            keep(process(p))
     wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
+    by_rule = collections.Counter(f"{a.rule}:{a.state}" for a in alerts)
     verdicts = dict(mon.filter.counts)
     del mon, process
 
@@ -143,8 +146,8 @@ def bench_pipeline(cfg: FleetConfig, frames: list[bytes]) -> dict:
     lat.sort()
     return {"positions": len(frames), "wall_s": wall, "cpu_s": cpu, "per_s": len(frames) / cpu,
             "wall_per_s": len(frames) / wall, "p50_us": lat[len(lat) // 2] / 1000,
-            "p99_us": lat[int(len(lat) * 0.99)] / 1000, "max_us": lat[-1] / 1000, "alerts": alerts,
-            "filter": verdicts,
+            "p99_us": lat[int(len(lat) * 0.99)] / 1000, "max_us": lat[-1] / 1000, "alerts": len(alerts),
+            "by_rule": by_rule, "filter": verdicts,
             "decode_us": decode_us, "rules_us": cpu / len(frames) * 1e6 - decode_us}
 
 
@@ -256,12 +259,14 @@ def main() -> None:
         ("mean CPU per position: decode / filters+rules",
          f"{pipe['decode_us']:.1f} / {pipe['rules_us']:.1f} us"),
         ("alerts raised (with evidence when opening)", f"{pipe['alerts']}"),
+        ("alerts by rule:state", ", ".join(f"{k}={v}" for k, v in sorted(pipe["by_rule"].items()))),
         ("filter verdicts", ", ".join(f"{k}={v}" for k, v in sorted(pipe["filter"].items()))),
         ("TCP: terminals x frames", f"{args.terminals} x {args.frames_each}"),
         ("TCP: connections open at the start", f"{tcp['peak_connections']}"),
         ("TCP: positions received / expected", f"{tcp['positions']} / {tcp['expected']}"),
         ("TCP: positions/s (server + rules + clients, 1 process)", f"{tcp['per_s']:,.0f}"),
         ("TCP: replies received by terminals", f"{tcp['replies']}"),
+        ("TCP: alerts raised", f"{tcp['alerts']}"),
         ("peak RSS", f"{rss:.0f} MB"),
     ]
     w = max(len(r[0]) for r in rows)

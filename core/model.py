@@ -150,6 +150,11 @@ class Evidence:
     data: bytes
 
 
+def condition_key(rule: str, subject_kind: str, subject_id: str, place: str) -> str:
+    """An alert's `key`, from its parts (what the case desk files a condition's cases under)."""
+    return f"{rule}|{subject_kind}:{subject_id}|{place}"
+
+
 @dataclass(frozen=True, slots=True)
 class Alert:
     """A rule's verdict about one subject: a violation opens, later it clears.
@@ -188,7 +193,7 @@ class Alert:
     @property
     def key(self) -> str:
         """Identity of the condition, the same for its open and its close."""
-        return f"{self.rule}|{self.subject_kind}:{self.subject_id}|{self.place}"
+        return condition_key(self.rule, self.subject_kind, self.subject_id, self.place)
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,7 @@ from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Literal, Protocol
 
-from core.model import SEVERITIES, Alert, Case, Evidence
+from core.model import SEVERITIES, Alert, Case, Evidence, condition_key
 from gateway.catalog import Catalog
 from gateway.geo import GridIndex
 from gateway.ids import case_id as new_case_id
@@ -121,6 +121,15 @@ class CaseDesk:
         unknown or already withdrawn, or was held for review (then it is rejected: never sent)."""
         with self._lock:
             return self.outbox.withdraw(case_id, reason, by)
+
+    def latest_case(self, rule: str, subject_kind: str, subject_id: str, place: str) -> str | None:
+        """The case most recently filed for a condition (an alert's rule, subject and place, without a
+        tracked object), or None: whose state says whether a restored episode outlived its clear."""
+        key = f"{condition_key(rule, subject_kind, subject_id, place)}|"
+        with self._lock:
+            row = self._db.execute("SELECT case_id FROM case_state WHERE alert_key=? ORDER BY rowid DESC LIMIT 1",
+                                   (key,)).fetchone()
+        return row[0] if row else None
 
     # -- internals ---------------------------------------------------------------------------
 

@@ -113,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--port", type=int, default=6808)
     simulate.add_argument("--terminal", help="terminal number (default: the track's device)")
     simulate.add_argument("--speed", type=float, default=1.0, help="replay speed factor; 0 = as fast as answered")
+    simulate.add_argument("--auth-code", help="the code an earlier registration handed out: authenticate with it "
+                          "instead of registering (a terminal registers once)")
     simulate.set_defaults(func=cmd_simulate)
 
     user = sub.add_parser("user", help="console users: add or change one (password read from the terminal)")
@@ -125,8 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     add.set_defaults(func=cmd_user_add)
 
     from gateway.cli_command import add_parser as add_command_parser
+    from gateway.cli_jt808 import add_parser as add_jt808_parser
 
     add_command_parser(sub)
+    add_jt808_parser(sub)
 
     bench = sub.add_parser("bench", help="run a benchmark from bench/ (outbox, video, vehicles, patrol, detection, "
                            "sensors, rule_state)")
@@ -507,7 +511,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         print(f"{args.track}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        acknowledged = asyncio.run(simulate(args.host, args.port, track, terminal=args.terminal, speed=args.speed))
+        acknowledged = asyncio.run(simulate(args.host, args.port, track, terminal=args.terminal, speed=args.speed,
+                                              auth_code=args.auth_code))
     except (OSError, ConnectionError, TimeoutError) as exc:
         print(f"cannot talk to {args.host}:{args.port}: {exc or type(exc).__name__}", file=sys.stderr)
         return EXIT_FAILED

@@ -101,9 +101,11 @@ class Jt808Config(StrictModel):
                                     "frames in a row.")
     backlog: int = Field(1024, ge=16, description="Listen backlog: how many terminals may be connecting "
                          "at once (a whole fleet reconnects together after a network outage).")
-    auth_secret: str | None = Field(None, description="Secret mixed into the auth codes handed to terminals "
-                                    "(e.g. ${CITYGATE_JT808_SECRET}); empty = derived from the gateway id "
-                                    "only, which anyone who knows it can recompute.")
+    auth_secret: str | None = Field(None, description="Secret mixed into the auth codes configured for fleet "
+                                    "terminals (e.g. ${CITYGATE_JT808_SECRET}), which a terminal that never "
+                                    "registered here may authenticate with (a registration hands out a random "
+                                    "code instead); empty = derived from the gateway id only, which anyone who "
+                                    "knows it can recompute.")
     auth_timeout_s: float = Field(30.0, gt=0, description="Close a connection that has not authenticated "
                                   "(0x0102) within this many seconds.")
     max_auth_failures: int = Field(3, ge=1, description="Close a connection after this many wrong auth codes.")
@@ -119,6 +121,12 @@ class Jt808Config(StrictModel):
                                         "may register (with accept_unknown).")
     unknown_per_address_per_min: float = Field(10.0, ge=0, description="Registrations of terminals not in the "
                                                "fleet allowed per source address and minute (with accept_unknown).")
+    registrations_per_connection: int = Field(3, ge=1, description="Registrations (0x0100) one connection may "
+                                              "try; one more closes it. A terminal registers once, then "
+                                              "authenticates with its code.")
+    registrations_per_address_per_min: float = Field(10.0, gt=0, description="Registrations allowed per source "
+                                                     "address and minute (this many saved up); more close the "
+                                                     "connection.")
     log_interval_s: float = Field(60.0, gt=0, description="A repeated connection problem (refusals, failed "
                                   "authentications, accept errors) is logged once per this many seconds.")
     command_ttl_s: float = Field(3600.0, gt=0, description="A platform command (driver text, position query, "

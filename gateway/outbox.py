@@ -574,6 +574,15 @@ class Outbox:
             return self._reader.execute("SELECT state, severity FROM cases WHERE case_id = ?",
                                         (case_id,)).fetchone()
 
+    def open_cases(self, subject_kind: str) -> list[CaseRecord]:
+        """The cases about subjects of one kind whose condition is still open (state open, held ones
+        included), oldest first: what the sensor rules square their restored state with at start-up."""
+        with self._lock:
+            rows = self._db.execute(
+                _SELECT + " WHERE c.state = 'open' AND json_extract(c.json, '$.subject.kind') = ?"
+                " ORDER BY c.created_at, c.case_id", (subject_kind,)).fetchall()
+        return [_record(r) for r in rows]
+
     def events(self, case_id: str) -> list[CaseEvent]:
         """The events after ``opened``, in sequence order."""
         with self._lock:

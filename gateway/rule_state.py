@@ -24,7 +24,13 @@ repeat an alert (at least once, deduplicated by the desk) but never lose one. On
 transaction: a kill leaves the previous save or the new one.
 
 A kill -9 loses the readings the rules saw after the last save (see docs/DESIGN.md, "State across
-restarts", for what that means for episodes, cases and rain).
+restarts", for what that means for episodes, cases and rain); `reconcile()`, right after `load()`,
+squares the restored episodes with the case desk (gateway/sensor_cases.py), so no case is left open
+by an alert the last save missed.
+
+Upgrading: a gateway from before this store kept the whole state in one JSON document,
+`data_dir/sensor_rules.json` (version 1). When the SQLite file does not exist yet, `load()` converts
+that document into it once and renames it `sensor_rules.json.imported`.
 """
 
 from __future__ import annotations
@@ -40,16 +46,21 @@ from typing import Any
 
 from core.model import Alert
 from detectors.sensor.monitor import STATE_VERSION, SensorMonitor
+from detectors.sensor.state_v1 import upgrade_v1
 from gateway.aio import wait_or_stop
 from gateway.alerts import AlertBus
-from gateway.cases import CaseOutcome
+from gateway.cases import CaseDesk, CaseOutcome
+from gateway.outbox import Outbox
 from gateway.profiles import CounterTracker
+from gateway.sensor_cases import reconcile
 
 log = logging.getLogger(__name__)
 
 SETTLE_POLL_S = 0.05
 SLICE_S = 0.005  # how long a slice encodes devices before the loop gets its turn
 PROMPT_S = 1.0  # a sensor alert that touched a case is saved within this (the hole a kill can leave)
+LEGACY_NAME = "sensor_rules.json"  # the whole state as one document (version 1), beside the SQLite file
+SHOWN_ORPHANS = 50  # open cases nothing can clear, listed by id in the status
 
 
 class RuleStateStore:
@@ -64,7 +75,9 @@ class RuleStateStore:
         self._db: sqlite3.Connection | None = None
         bus.listeners.append(self._after_alert)
         self.counters: dict[str, Any] = {"saves": 0, "deferred": 0, "errors": 0, "bytes": 0, "devices": 0,
-                                         "longest_slice_ms": 0.0, "loaded": False, "last_save": None}
+                                         "longest_slice_ms": 0.0, "loaded": False, "last_save": None,
+                                         "imported": False, "adopted": 0, "forgotten": 0, "orphaned": 0,
+                                         "orphaned_cases": []}
 
     def _after_alert(self, alert: Alert, outcome: CaseOutcome | None) -> None:
         self._handled += 1
@@ -84,6 +97,9 @@ class RuleStateStore:
         """Restore the saved state, if any, into the monitor and the trackers (register those first).
         A file that cannot be read is moved aside (`.bad`) and the rules start empty: a broken state
         file must not keep the gateway from starting."""
+        legacy = self.path.with_name(LEGACY_NAME)
+        if not self.path.exists() and legacy.exists():
+            self._import(legacy)
         if not self.path.exists():
             return False
         try:
@@ -111,6 +127,42 @@ class RuleStateStore:
         self.counters["loaded"] = True
         log.info("sensor rule state of %d device(s) restored from %s", len(state["devices"]), self.path)
         return True
+
+    def _import(self, legacy: Path) -> None:
+        """The version-1 JSON document written into a new SQLite file in one transaction, then renamed
+        aside (a kill in between leaves both: the next start reads the SQLite file and ignores the JSON).
+        One that cannot be read is moved aside (`.bad`) like an unreadable SQLite file."""
+        try:
+            state = upgrade_v1(json.loads(legacy.read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            bad = legacy.with_name(legacy.name + ".bad")
+            log.error("old sensor rule state %s unreadable (%s); moved to %s, rules start empty", legacy, exc, bad)
+            legacy.replace(bad)
+            self.counters["errors"] += 1
+            return
+        rows = [(device, json.dumps({"rules": entry}, separators=(",", ":")))
+                for device, entry in state["devices"].items()]
+        try:
+            with contextlib.closing(self._connect()) as db, db:
+                db.executemany("INSERT OR REPLACE INTO devices(device, state) VALUES (?, ?)", rows)
+                db.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                               [("version", str(STATE_VERSION)), ("epoch", json.dumps(state["epoch"]))])
+        except (OSError, sqlite3.Error) as exc:  # a full disk: the JSON stays, the next start tries again
+            log.error("could not import %s into %s (%s); rules start empty", legacy, self.path, exc)
+            for suffix in ("", "-wal", "-shm"):
+                self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
+            self.counters["errors"] += 1
+            return
+        legacy.replace(legacy.with_name(legacy.name + ".imported"))
+        self.counters["imported"] = True
+        log.info("sensor rule state of %d device(s) imported from %s into %s", len(rows), legacy, self.path)
+
+    def reconcile(self, outbox: Outbox, desk: CaseDesk) -> None:
+        """After `load()`, before any source starts: the case desk's open sensor cases and the restored
+        episodes made to agree (gateway/sensor_cases.py); what it did goes into the stats."""
+        done = reconcile(self.monitor, outbox, desk)
+        self.counters.update(adopted=len(done.adopted), forgotten=len(done.forgotten), orphaned=len(done.orphaned),
+                             orphaned_cases=done.orphaned[:SHOWN_ORPHANS])
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, check_same_thread=False)  # saves use it from a thread, one at a time

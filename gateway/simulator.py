@@ -72,20 +72,26 @@ class Terminal:
 
 
 async def simulate(host: str, port: int, track: list[Position], *, terminal: str | None = None,
-                   speed: float = 1.0, say: Callable[[str], None] = print) -> int:
-    """Replay `track` as one terminal; returns how many locations the platform acknowledged."""
+                   speed: float = 1.0, auth_code: str | None = None, say: Callable[[str], None] = print) -> int:
+    """Replay `track` as one terminal; returns how many locations the platform acknowledged. It registers
+    first, unless given the `auth_code` an earlier registration handed out (a terminal registers once)."""
     if not track:
         raise ValueError("the track has no positions")
     terminal = terminal or track[0].device
     reader, writer = await asyncio.open_connection(host, port)
     sim = Terminal(reader, writer, terminal, say)
     try:
-        reply = await sim.request(jt808.MSG_REGISTER, jt808.encode_register_body(terminal_id=terminal[-7:],
-                                                                                  plate="SIM"))
-        result, code = reply.fields.get("result"), reply.fields.get("auth_code", "")
-        say(f"register {terminal}: result {result}" + (f", auth code {code}" if code else ""))
-        if result != 0:
-            return 0
+        code = auth_code
+        if code is None:
+            reply = await sim.request(jt808.MSG_REGISTER, jt808.encode_register_body(terminal_id=terminal[-7:],
+                                                                                      plate="SIM"))
+            result, code = reply.fields.get("result"), reply.fields.get("auth_code", "")
+            say(f"register {terminal}: result {result}" + (f", auth code {code}" if code else ""))
+            if result == jt808.REGISTER_TERMINAL_TAKEN:
+                say("the terminal registered before: pass the code it was given (--auth-code), or have an "
+                    "operator reset it (citygate jt808 reset)")
+            if result != 0:
+                return 0
         reply = await sim.request(jt808.MSG_AUTH, jt808.encode_auth_body(code))
         say(f"authenticate: result {reply.fields.get('result')}")
         if reply.fields.get("result") != 0:  # the platform would refuse every location

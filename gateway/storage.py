@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import logging
 import os
 import shutil
@@ -182,3 +183,45 @@ def write_durably(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+class JsonSaver:
+    """Saves a state document (`snapshot()`, JSON) soon after it changed (`version()` moved on): off the
+    event loop, one writer at a time, the last state winning. `on_error(exc)` hears a failed write; the
+    next change tries again."""
+
+    def __init__(self, path: Path | None, snapshot: Callable[[], Any], version: Callable[[], int],
+                 on_error: Callable[[OSError], None]) -> None:
+        self.path, self._snapshot, self._version, self._on_error = path, snapshot, version, on_error
+        self.saved_version = version()
+        self._task: asyncio.Task | None = None
+
+    def soon(self) -> None:
+        """Start a save if something changed (a no-op without a path, or outside the event loop: the
+        next change on it saves)."""
+        if self.path is None or self._version() == self.saved_version:
+            return
+        if self._task is None or self._task.done():
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            self._task = loop.create_task(self._save())
+
+    async def flush(self) -> None:
+        """Save what is pending and wait for it (at shutdown)."""
+        self.soon()
+        if self._task is not None:
+            await self._task
+
+    async def _save(self) -> None:
+        assert self.path is not None
+        while self._version() != self.saved_version:
+            version = self._version()
+            data = json.dumps(self._snapshot(), ensure_ascii=False).encode()  # on the loop: a consistent state
+            try:
+                await asyncio.to_thread(write_durably, self.path, data)
+            except OSError as exc:
+                self._on_error(exc)
+                return
+            self.saved_version = version

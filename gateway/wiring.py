@@ -129,6 +129,7 @@ def build_graph(deployment: Deployment) -> Graph:
     _add_device_sources(graph, rule_state)
     _add_replays(graph)
     rule_state.load()  # before any reading: episodes, rain windows and counters carry on where they stopped
+    rule_state.reconcile(outbox, desk)  # open sensor cases the last save missed are adopted, so they can clear
     if config.web.enabled:
         from gateway.devices import Devices
         from gateway.web.server import ConsoleServer
@@ -191,6 +192,8 @@ def _add_vehicle_sources(graph: Graph) -> None:
     config = graph.deployment.config
     jt = config.vehicles.jt808
     if jt.enabled:
+        from detectors.vehicle.identity import TerminalFacts
+        from gateway.sources.jt808_registrations import REGISTRATIONS_FILE
         from gateway.sources.jt808_server import Jt808Server
 
         vehicles = config.vehicles.fleet.vehicles
@@ -198,16 +201,20 @@ def _add_vehicle_sources(graph: Graph) -> None:
         # the server logs unknown terminals itself, rate-limited
         graph.add("sources", Jt808Server(
             jt.host, jt.port, registry, graph.router.on_position, vehicles={v.terminal: v.id for v in vehicles},
+            terminals={v.terminal: TerminalFacts.of(v) for v in vehicles},
             idle_timeout_s=jt.idle_timeout_s, max_frame_bytes=jt.max_frame_bytes,
             max_garbage_frames=jt.max_garbage_frames, backlog=jt.backlog, accept_unknown=jt.accept_unknown,
             auth_timeout_s=jt.auth_timeout_s, max_auth_failures=jt.max_auth_failures,
             max_connections=jt.max_connections, max_connections_per_address=jt.max_connections_per_address,
             max_pending_packet_bytes=jt.max_pending_packet_bytes, unknown_per_connection=jt.unknown_per_connection,
-            unknown_per_address_per_min=jt.unknown_per_address_per_min, log_interval_s=jt.log_interval_s,
+            unknown_per_address_per_min=jt.unknown_per_address_per_min,
+            registrations_per_connection=jt.registrations_per_connection,
+            registrations_per_address_per_min=jt.registrations_per_address_per_min, log_interval_s=jt.log_interval_s,
             command_ttl_s=jt.command_ttl_s, command_reply_timeout_s=jt.command_reply_timeout_s,
             max_commands=jt.max_commands, max_queued_commands=jt.max_queued_commands,
             packet_timeout_s=jt.packet_timeout_s, packet_retries=jt.packet_retries,
-            state_path=config.data_path / "jt808_commands.json"))
+            state_path=config.data_path / "jt808_commands.json",
+            registrations_path=config.data_path / REGISTRATIONS_FILE))
         from gateway.sources.jt808_commands import DriverTexts
 
         # a vehicle rule with a driver_text that opens sends it to the vehicle's display

@@ -7,6 +7,7 @@ In a test::
         rx.set_status(422, body=b"bad")    # then every request gets 422 ...
         rx.delay_s = 3                     # ... after sleeping 3 s (to provoke client timeouts)
         rx.fail_key("c-1:2", 3, status=503)  # the next 3 requests with this idempotency key get 503
+        rx.on_request = fn                 # fn(Received) before each answer (e.g. kill the sender)
         ... rx.url, rx.received, rx.accepted_ids()
 
 As a process (a kill -9 test, the benchmark)::
@@ -30,6 +31,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -127,6 +129,7 @@ class CentralReceiver:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, log_path: str | Path | None = None) -> None:
         self.received: list[Received] = []
         self.delay_s = 0.0
+        self.on_request: Callable[[Received], None] | None = None  # called before each answer, in its thread
         self._default = _Answer()
         self._script: deque[_Answer] = deque()
         self._by_key: dict[str, deque[_Answer]] = {}
@@ -261,6 +264,8 @@ def _make_handler(rx: CentralReceiver) -> type[BaseHTTPRequestHandler]:
             except ValueError as exc:
                 rec.status = 400
                 answer = _Answer(400, f"unreadable body: {exc}".encode())
+            if rx.on_request is not None:
+                rx.on_request(rec)
             if answer.delay_s:
                 time.sleep(answer.delay_s)
             rx._record(rec)

@@ -143,6 +143,13 @@ def register_reply(phone: str, serial: int, answer_serial: int, result: int, cod
     return frame(0x8100, phone, serial, body, **kw)
 
 
+def registered(raw: bytes) -> tuple[int, str]:
+    """(result, auth code) of the platform's 0x8100 frame; the code is "" unless the result is 0."""
+    got = Parsed(raw)
+    assert got.msg_id == 0x8100, f"expected 0x8100, got {got.msg_id:#06x}"
+    return got.body[2], got.body[3:].decode()
+
+
 def terminal_reply(phone: str, serial: int, answer_serial: int, answer_id: int, result: int, **kw) -> bytes:
     """The 0x0001 frame a terminal sends to answer a platform command."""
     return frame(0x0001, phone, serial, word(answer_serial) + word(answer_id) + bytes([result]), **kw)

@@ -83,7 +83,8 @@ def site_config(tmp_path: Path, terminal: str, *, jt_port: int | None = None, re
           {jt}
           {feed}
           fleet:
-            vehicles: [{{id: mixer-01, type: mixer, terminal: "{terminal}", speed_limit_kmh: 50}}]
+            vehicles: [{{id: mixer-01, type: mixer, terminal: "{terminal}", speed_limit_kmh: 50,
+                         working_hours: ["00:00-24:00"]}}]  # one case (overspeed) whatever the hour
         """), encoding="utf-8")
     return path
 
@@ -132,5 +133,8 @@ async def test_configured_terminal_reporting_with_a_2019_header_is_recognised(tm
         [case] = await cases_of(gateway)
         assert (case.rule, case.subject["id"]) == ("overspeed", "mixer-01")
         assert gateway.snapshot()["rules"]["vehicles"]["rules"]["unregistered"] == 0
+        jt = gateway.snapshot()["jt808"]  # the registration is counted, shown and kept in the data dir
+        assert (jt["registrations"], jt["registered_terminals"]) == (1, 1)
+        assert (gateway.config.data_path / "jt808_registrations.json").exists()
     finally:
         assert await gateway.shutdown()

@@ -1,20 +1,26 @@
 """The sensor rules' state store (gateway/rule_state.py) in a gateway graph: a save writes only the
 devices that changed, a restarted graph takes the state over exactly, a save of many devices gives
-the event loop back between devices, and a case's episode is saved promptly, not only every
-`state_save_s`. (Kill -9 in the middle of a storm: tests/test_sensor_restart.py.)"""
+the event loop back between devices, a case's episode is saved promptly, not only every
+`state_save_s`, and an older gateway's JSON state is imported once. (Kill -9 in the middle of a storm:
+tests/test_sensor_restart.py; inside the window the saves leave: tests/test_sensor_reconcile.py.)"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import shutil
 import sqlite3
 import textwrap
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import yaml
+from legacy_state import SENSORS, readings
+
 import gateway.rule_state as rule_state
 from core.model import Reading
+from detectors.sensor.monitor import SensorMonitor
 from gateway.deployment import load_deployment
 from gateway.wiring import Graph, build_graph
 
@@ -45,14 +51,18 @@ def site(tmp: Path, save_s: float = 3600) -> Path:
 
 
 @contextlib.contextmanager
-def gateway_graph(tmp: Path, save_s: float = 3600):
-    graph = build_graph(load_deployment(site(tmp, save_s)))  # loads the saved state, as a start does
+def gateway_graph_at(config: Path):
+    graph = build_graph(load_deployment(config))  # loads the saved state, as a start does
     try:
         yield graph
     finally:
         graph.desk.close()
         graph.outbox.close()
         graph.timeseries.close()
+
+
+def gateway_graph(tmp: Path, save_s: float = 3600):
+    return gateway_graph_at(site(tmp, save_s))
 
 
 def report(graph: Graph, device: str, minute: int, level_cm: float) -> None:
@@ -156,3 +166,41 @@ async def test_a_malformed_device_row_sets_the_whole_state_aside_and_the_rules_s
         assert store.stats()["errors"] == 1 and not store.stats()["loaded"]
         assert restarted.router.sensors.export_state()["devices"] == {}  # not the nine good ones either
         assert (tmp_path / "data" / "sensor_rules.sqlite3.bad").exists()
+
+
+def test_the_state_file_of_an_older_gateway_is_imported_once(tmp_path):
+    """`data_dir/sensor_rules.json` (version 1, tests/legacy_state.py says how it was made) becomes
+    the SQLite store at the first start: the rules carry on exactly as if this gateway had seen the
+    readings itself; the JSON is renamed aside and the next start reads SQLite."""
+    config = tmp_path / "site.yaml"
+    config.write_text(yaml.safe_dump({"site": "upgrade", "data_dir": "data", "web": {"enabled": False},
+                                      "sensors": SENSORS}), encoding="utf-8")
+    (tmp_path / "data").mkdir()
+    shutil.copy(Path(__file__).parent / "fixtures" / "sensor_rules_v1.json", tmp_path / "data" / "sensor_rules.json")
+    with gateway_graph_at(config) as graph:
+        store = graph.find("rule-state")
+        assert store.stats()["imported"] and store.stats()["loaded"] and store.stats()["errors"] == 0
+        uninterrupted = SensorMonitor(graph.deployment.config.sensors)
+        for reading in readings():
+            uninterrupted.process(reading)
+        imported = graph.router.sensors.export_state()
+        assert imported == uninterrupted.export_state()
+        assert imported["devices"]["wl-1"]["level"]["underpass"]["open"]["case"]  # the flood's episode
+        assert {e["rule"]: e["level"] for e in graph.router.sensors.open_episodes()} == {
+            "underpass": "deep", "rainstorm": "orange"}
+    assert sorted(p.name for p in (tmp_path / "data").glob("sensor_rules.*")) == [
+        "sensor_rules.json.imported", "sensor_rules.sqlite3"]
+    with gateway_graph_at(config) as again:
+        assert again.find("rule-state").stats()["loaded"] and not again.find("rule-state").stats()["imported"]
+        assert again.router.sensors.export_state() == imported
+
+
+def test_an_unreadable_state_file_of_an_older_gateway_is_set_aside(tmp_path):
+    config = site(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "sensor_rules.json").write_text('{"version": 1, "level": [{"rule"', encoding="utf-8")
+    with gateway_graph_at(config) as graph:
+        store = graph.find("rule-state")
+        assert store.stats()["errors"] == 1 and not store.stats()["loaded"] and not store.stats()["imported"]
+    assert sorted(p.name for p in (tmp_path / "data").glob("sensor_rules.*")) == ["sensor_rules.json.bad"]
+

@@ -3,8 +3,9 @@
 Flood: the gateway replays the storm (tests/storm.py) up to 11:00, with the underpass deep under
 water and its 道路积水 case filed; it is killed with SIGKILL. While it is down the water recedes. The
 restarted gateway only sees the readings from 13:30 on, all below the shallow level: the restored
-episode clears and the case closes. Without the saved state (the control) the new gateway never knew
-of the episode and the case stays open for ever.
+episode clears and the case closes. Without the saved state the new gateway would never know of the
+episode; it adopts it from the case desk's open case instead, and the case closes all the same (a kill
+inside the window the saves leave: tests/test_sensor_reconcile.py).
 
 Rain counter: the storm's rain from a tipping bucket's cumulative u16 counter (tests/counter_storm.py,
 decoded by the MQTT source's intake), killed at 09:40 in the burst: the restarted gateway takes its
@@ -132,9 +133,13 @@ def test_a_flood_episode_survives_kill_9_and_its_case_closes(tmp_path):
     assert case["facts"]["level"] == "deep"
 
 
-def test_without_the_saved_state_the_case_would_stay_open(tmp_path):
-    cases, _ = run_storm(tmp_path, keep_state=False)
-    assert [closed for _, closed in cases] == [None]
+def test_without_the_saved_state_the_case_desk_s_open_case_is_adopted_and_closes_all_the_same(tmp_path):
+    """The state file lost (deleted, or set aside as unreadable): the restarted rules know no episode,
+    but the case desk still holds the case open; its episode is adopted at start-up
+    (gateway/sensor_cases.py) and clears at the same reading as with the saved state."""
+    cases, start = run_storm(tmp_path, keep_state=False)
+    assert [datetime.fromisoformat(closed) for _, closed in cases] == [start + timedelta(hours=13, minutes=44,
+                                                                                          seconds=35)]
 
 
 def test_an_unreadable_state_file_is_moved_aside_and_the_rules_start_empty(tmp_path):

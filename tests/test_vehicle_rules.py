@@ -151,6 +151,50 @@ def test_forbidden_zone_is_silent_outside_its_window_and_for_other_types():
     assert run(FleetMonitor(world()), sprinkler) == []
 
 
+# The zone's edge (centre: 1000..2000 square) is outside for entering and inside for staying: a truck on
+# the road that bounds a zone is not in it, and one that went in stays in until a fix lies off the zone.
+
+
+def zone_cases(legs, start_xy, every_s=5.0) -> list[Alert]:
+    fixes = drive(MUCK, DAY.replace(hour=10), legs, every_s, start_xy=start_xy)
+    return of(run(FleetMonitor(world()), fixes), "forbidden_zone")
+
+
+def test_driving_along_a_zone_edge_and_through_its_corners_is_not_entering():
+    # along the bottom edge y = 1000 and past both corners, a fix every 50 m (on the edge, on the vertices)
+    assert zone_cases([(2500, 1000, 36)], (500, 1000)) == []
+    assert zone_cases([(2000, 2500, 36)], (2000, 500)) == []  # up the right edge
+
+
+def test_a_fix_on_the_edge_or_a_vertex_then_leaving_is_not_entering():
+    assert zone_cases([(500, 1500, 36)], (1000, 1500)) == []  # starts on the left edge, drives away
+    assert zone_cases([(1000, 1000, 36), (800, 1200, 36)], (800, 800)) == []  # to the corner and back out
+    # touches the bottom edge from outside, turns back
+    assert zone_cases([(1500, 1000, 36), (1500, 700, 36)], (1500, 800)) == []
+
+
+def test_sparse_fixes_straddling_a_corner_catch_the_cut_with_the_interpolated_entry():
+    # (900, 1850) then (1150, 2100) 30 s later: y = x + 950 goes in across x = 1000 at y = 1950, 40 % along
+    start = DAY.replace(hour=10)
+    fixes = [Position(lon=at(x, y)[0], lat=at(x, y)[1], time=start + timedelta(seconds=s), speed_kmh=42.0,
+                      status=3, device=MUCK) for x, y, s in ((900, 1850, 0), (1150, 2100, 30))]
+    opened, closed = once(run(FleetMonitor(world()), fixes), "forbidden_zone")
+    assert near(opened, 1000, 1950, 1.0) and opened.facts["crossed_between_fixes"] is True
+    entered = datetime.fromisoformat(opened.facts["entered_at"])
+    assert abs((entered - (start + timedelta(seconds=12))).total_seconds()) < 0.01  # 40 % of 30 s
+    assert closed.time == fixes[1].time
+
+
+def test_standing_on_the_edge_after_entering_is_one_episode():
+    # in from the south, back to the edge, stands there 2 min, a step inside, the edge again, then out
+    legs = [(1500, 1200, 36), (1500, 1000, 36), (120, 0, 0), (1500, 1050, 18), (1500, 1000, 18), (1500, 700, 36)]
+    fixes = drive(MUCK, DAY.replace(hour=10), legs, 5, start_xy=(1500, 800))
+    opened, closed = once(run(FleetMonitor(world()), fixes), "forbidden_zone")
+    assert near(opened, 1500, 1000, 1.0)
+    left = next(p for p in fixes if p.time > opened.time and p.lat < at(0, 1000)[1])  # the first fix off the edge
+    assert closed.time == left.time
+
+
 def read_csv(name: str) -> list[Position]:
     with open(TRACKS / name, newline="") as f:
         return [Position(lat=float(r["lat"]), lon=float(r["lon"]), time=datetime.fromisoformat(r["time"]),
@@ -161,7 +205,7 @@ def read_csv(name: str) -> list[Position]:
 def test_sparse_fixes_both_outside_a_narrow_zone_still_catch_the_crossing():
     fixes = read_csv("sparse_crossing.csv")  # every 30 s, 300 m apart; the zone is 30 m wide
     mon = FleetMonitor(world())
-    inside = [p for p in fixes if mon.zone_layer.any_contains(*mon.plane.xy(p.lon, p.lat))]
+    inside = [p for p in fixes if mon.zone_layer.any_covers(*mon.plane.xy(p.lon, p.lat))]
     assert inside == []  # no fix lies in the zone
     opened, closed = once(run(mon, fixes), "forbidden_zone")
     assert opened.place == "bridge" and opened.time == fixes[3].time

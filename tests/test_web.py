@@ -613,7 +613,8 @@ async def test_metrics_of_a_running_gateway_move_when_a_terminal_drives(tmp_path
           jt808: {{enabled: true, host: 127.0.0.1, port: 0}}
           fleet:
             vehicles:
-              - {{id: mixer-01, type: mixer, terminal: "013912340002", speed_limit_kmh: 50}}
+              - {{id: mixer-01, type: mixer, terminal: "013912340002", speed_limit_kmh: 50,
+                  working_hours: ["00:00-24:00"]}}  # one case (overspeed) whatever the hour
         """), encoding="utf-8")
     gateway = Gateway(load_deployment(config))
     await gateway.start()

@@ -13,7 +13,8 @@ Input hygiene, in this order: unknown devices, readings dated in the future, out
 duplicate readings, non-finite and out-of-range values, single-sample spikes (see `_despike`).
 `export_state` / `restore_state` carry open episodes, rain windows and last values across a restart,
 per device: `take_dirty()` names the devices whose state changed since it was last asked, so a save
-writes only those.
+writes only those. `adopt_episode` / `forget_episode` square a restored state with the case desk at
+start-up (an open case's episode the last save missed; an episode whose clear it missed).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from operator import itemgetter
-from typing import Any
+from typing import Any, Literal
 
 from core.model import Alert, DetectorOutput, Evidence, HealthChange, Reading
 
@@ -847,6 +848,79 @@ class SensorMonitor:
                                                     _restore_episode(item["open"], len(rule.thresholds)))}))
         return dropped
 
+    # -- the case desk's view at start-up (gateway/sensor_cases.py) -----------------------------
+
+    def adopt_episode(self, device: str, rule: str, place: str, since: datetime, *, level: str | None = None,
+                      value: float | None = None) -> Literal["adopted", "open", "unknown"]:
+        """Take over the episode of a case the case desk holds open but the restored state does not know
+        (its alert was committed after the last save): `rule` and `place` as on the case, `since` when the
+        episode opened, `level` the level name of the case's latest alert (a level or rain ladder's; an
+        unknown name: the lowest level that files a case), `value` its peak (a stuck value for stuck and
+        flat-line conditions). From then on the episode is this monitor's own: its next change updates
+        the case and what ends it (water below the clear point, rain windows drained, the device back
+        online or gone silent) clears the case. Returns "adopted", "open" (the restored state had it open:
+        it now counts as the case's episode at `level`) or "unknown" (no configured rule watches the
+        device, or the device is gone: nothing here could ever clear that case)."""
+        dev = self.devices.get(device)
+        if dev is None:
+            return "unknown"
+        self._dirty.add(device)
+        for r, ids in self._level_rules:
+            if r.name == rule == place and device in ids:
+                ladder = self._ladders[rule]
+                at = next((i for i, lv in enumerate(ladder) if lv.name == level), None)
+                lst = self._level.setdefault((rule, device), _LevelState([None] * len(ladder)))
+                peak = ladder[r.case_index if at is None else at].at if value is None else value
+                return _take_over(lst, at, r.case_index, since, peak)
+        for r, ids in self._rise_rules:
+            if r.name == rule == place and device in ids:
+                return _take_over(self._rise.setdefault((rule, device), _RiseState()), 0, 0, since, value or 0.0)
+        for r, ids in self._rain_rules:
+            if r.name == rule == place and device in ids:
+                at = next((i for i, th in enumerate(r.thresholds) if th.level_name == level), None)
+                peak = r.thresholds[at or 0].mm if value is None else value
+                return _take_over(self._rain_state(r, device), at, 0, since, peak)
+        if rule == self.cfg.health.name:
+            return self._adopt_condition(dev, place, since, value)
+        return "unknown"
+
+    def _adopt_condition(self, dev: SensorDeviceConfig, place: str, since: datetime,
+                         value: float | None) -> Literal["adopted", "open", "unknown"]:
+        """A health case: offline (closed by the next reading) or a per-field condition, when a check
+        that can close it is still configured."""
+        if place == "offline":
+            known = dev.id in self._offline
+            self._offline.setdefault(dev.id, since)
+            return "open" if known else "adopted"
+        h = self.cfg.health
+        kind, _, name = place.partition(":")
+        watching = name in h.stuck_fields and (h.stuck_after_s, h.flatline_after_s) != (None, None)
+        opened = {"stuck": self._stuck if watching else None, "flatline": self._flat if watching else None,
+                  "range": self._bad_range, "battery": self._low_battery if name in h.low_battery else None}.get(kind)
+        if opened is None or not name:
+            return "unknown"
+        key = (dev.id, name)
+        if kind in ("stuck", "flatline") and value is not None:
+            self._same.setdefault(key, (value, since))  # the same value keeps it open, another closes it
+        known = key in opened
+        opened.add(key)
+        return "open" if known else "adopted"
+
+    def forget_episode(self, device: str, rule: str) -> bool:
+        """Drop a restored open episode that the case desk saw end after the state was saved (its clear
+        was committed, the save that would have recorded it was not), as its closing reading would
+        have: no alert; the next readings judge afresh, and water that is back opens a new episode.
+        False when no such episode is open."""
+        for table in (self._level, self._rise, self._rain):
+            st = table.get((rule, device))
+            if st is not None and st.open is not None:
+                st.open = None
+                if isinstance(st, _LevelState):
+                    st.since = [None] * len(st.since)  # the closing reading was below every level
+                self._dirty.add(device)
+                return True
+        return False
+
     # -- read-only views (the console's devices page) ------------------------------------------
 
     def open_episodes(self) -> list[dict[str, Any]]:
@@ -905,3 +979,17 @@ def _restore_episode(data: dict[str, Any] | None, levels: int) -> _Episode | Non
         return None
     return _Episode(min(int(data["level"]), levels - 1), _when(data["opened_at"]),  # type: ignore[arg-type]
                     float(data["peak"]), bool(data.get("case", False)))
+
+
+def _take_over(st: _LevelState | _RiseState | _RainState, level: int | None, lowest: int, since: datetime,
+               peak: float) -> Literal["adopted", "open"]:
+    """An open case's episode on a rule's state: a new one at the case's level, or the restored one set
+    to it (the case's latest alert is newer than any save); a level the ladder no longer names: the
+    lowest that files a case, or the restored one's if higher."""
+    ep = st.open
+    if ep is None:
+        st.open = _Episode(lowest if level is None else level, since, peak, case=True)
+        return "adopted"
+    ep.level = max(ep.level, lowest) if level is None else level
+    ep.case, ep.peak = True, max(ep.peak, peak)
+    return "open"

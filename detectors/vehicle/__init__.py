@@ -1,7 +1,8 @@
-"""Vehicle supervision (五车监管): position filters, zone/route/time-window/speed/load rules, coverage.
+"""Vehicle supervision (五车监管): position filters, then one module per rule (rules/: zones, route, hours,
+speed, dumping, stop, alarms, coverage, offline, unregistered) over places loaded once (world.py).
 
 Entry point: `FleetMonitor(FleetConfig)`, with `process(position)` per fix and `tick(now)` every few
-seconds; both return `list[Alert]`.
+seconds; both return `list[Alert]` (and `HealthChange` when a terminal goes offline or comes back).
 """
 
 from .config import FleetConfig

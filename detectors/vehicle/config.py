@@ -41,10 +41,19 @@ def _check_windows(windows: list[str]) -> list[str]:
 
 class VehicleConfig(StrictModel):
     id: str = Field(description="Vehicle id used in alerts and cases (e.g. the fleet number).")
-    plate: str = Field("", description="Licence plate, shown in alerts and cases.")
+    plate: str = Field("", description="Licence plate, shown in alerts and cases. A JT/T 808 registration "
+                       "that names a plate must name this one.")
     type: VehicleType = Field("other", description="Vehicle kind: decides which zones and rules apply.")
     company: str = Field("", description="Operating company, shown in alerts and cases.")
     terminal: str = Field(description="JT/T 808 terminal number (digits) or tracker id the positions carry.")
+    terminal_id: str | None = Field(
+        None, description="The terminal's own id (its serial) as its JT/T 808 registration (0x0100) carries it: "
+        "when set, a registration must carry it. A number and a plate can be read off a truck; this cannot."
+    )
+    manufacturer: str | None = Field(
+        None, description="The terminal maker's id as its JT/T 808 registration carries it: when set, a "
+        "registration must carry it."
+    )
     speed_limit_kmh: float | None = Field(
         None, gt=0, description="This vehicle's speed limit; empty uses rules.overspeed.default_limit_kmh."
     )

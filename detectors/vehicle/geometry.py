@@ -38,6 +38,9 @@ class LocalPlane:
         return [self.xy(lon, lat) for lon, lat in points]
 
 
+EDGE_M = 1e-3  # a point this close to a polygon's boundary is on it (absorbs rounding; far below GNSS error)
+
+
 @dataclass(slots=True)
 class Shape:
     """One indexed polygon with its id and bounding box (for the cheap pre-test)."""
@@ -47,9 +50,11 @@ class Shape:
     bounds: tuple[float, float, float, float]
     data: object  # the config entry it came from
     ring: tuple[tuple[float, float], ...] | None = None  # vertices of a small simple polygon, else None
+    edge: object = None  # else its boundary, prepared
 
 
 _SMALL = 24  # polygons with at most this many vertices are tested in pure Python (no geometry objects)
+_INSIDE, _EDGE, _OUTSIDE = 1, 0, -1
 
 
 def _ring_of(geom: Polygon) -> tuple[tuple[float, float], ...] | None:
@@ -58,23 +63,31 @@ def _ring_of(geom: Polygon) -> tuple[tuple[float, float], ...] | None:
     return tuple((float(x), float(y)) for x, y in geom.exterior.coords[:-1])
 
 
-def _inside(ring: tuple[tuple[float, float], ...], x: float, y: float) -> bool:
-    """Even-odd ray casting."""
+def _where(ring: tuple[tuple[float, float], ...], x: float, y: float) -> int:
+    """_INSIDE, _EDGE (within EDGE_M of an edge) or _OUTSIDE: even-odd ray casting off the edge."""
     inside = False
+    e = EDGE_M
     jx, jy = ring[-1]
     for ix, iy in ring:
+        if min(ix, jx) - e <= x <= max(ix, jx) + e and min(iy, jy) - e <= y <= max(iy, jy) + e:
+            ex, ey = ix - jx, iy - jy
+            l2 = ex * ex + ey * ey
+            u = 0.0 if l2 == 0.0 else max(0.0, min(1.0, ((x - jx) * ex + (y - jy) * ey) / l2))
+            dx, dy = x - jx - u * ex, y - jy - u * ey
+            if dx * dx + dy * dy <= e * e:
+                return _EDGE
         if (iy > y) != (jy > y) and x < (jx - ix) * (y - iy) / (jy - iy) + ix:
             inside = not inside
         jx, jy = ix, iy
-    return inside
+    return _INSIDE if inside else _OUTSIDE
 
 
-def _first_crossing(ring: tuple[tuple[float, float], ...], x0: float, y0: float, x1: float, y1: float,
-                    first: bool = True) -> float | None:
-    """Fraction along segment (x0,y0)-(x1,y1) where it first meets an edge of the ring (touching counts),
-    or None; with first=False, the fraction of any meeting (enough to know that they meet)."""
-    dx, dy = x1 - x0, y1 - y0
-    best = None
+def _boundary_fractions(ring: tuple[tuple[float, float], ...], x0: float, y0: float, dx: float, dy: float,
+                        l2: float) -> list[float]:
+    """Fractions along the segment where it meets the ring: edge crossings, and the projection of every
+    vertex within EDGE_M of it (the ends of a stretch along an edge, a graze past a corner)."""
+    out = []
+    e2 = EDGE_M * EDGE_M
     jx, jy = ring[-1]
     for ix, iy in ring:
         ex, ey = ix - jx, iy - jy
@@ -83,18 +96,15 @@ def _first_crossing(ring: tuple[tuple[float, float], ...], x0: float, y0: float,
             wx, wy = jx - x0, jy - y0
             t = (wx * ey - wy * ex) / den
             u = (wx * dy - wy * dx) / den
-            if 0.0 <= t <= 1.0 and 0.0 <= u <= 1.0:
-                if not first:
-                    return t
-                if best is None or t < best:
-                    best = t
+            if 0.0 < t < 1.0 and 0.0 <= u <= 1.0:
+                out.append(t)
+        t = ((ix - x0) * dx + (iy - y0) * dy) / l2
+        if 0.0 < t < 1.0:
+            px, py = ix - x0 - t * dx, iy - y0 - t * dy
+            if px * px + py * py <= e2:
+                out.append(t)
         jx, jy = ix, iy
-    return best
-
-
-def _crosses(ring: tuple[tuple[float, float], ...], x0: float, y0: float, x1: float, y1: float) -> bool:
-    """Whether segment (x0,y0)-(x1,y1) meets any edge of the ring (touching counts)."""
-    return _first_crossing(ring, x0, y0, x1, y1, first=False) is not None
+    return out
 
 
 class PolygonLayer:
@@ -109,6 +119,9 @@ class PolygonLayer:
         for s in shapes:
             shapely.prepare(s.geom)
             s.ring = _ring_of(s.geom)
+            if s.ring is None and s.edge is None:
+                s.edge = s.geom.boundary
+                shapely.prepare(s.edge)
         self._cells: dict[tuple[int, int], tuple[int, ...]] = {}
 
     def prefill(self, x0: float, y0: float, x1: float, y1: float, max_cells: int = 250_000) -> int:
@@ -169,51 +182,61 @@ class PolygonLayer:
                 found.update(self._cell(cx, cy))
         return tuple(sorted(found))
 
-    def contains(self, i: int, x: float, y: float) -> bool:
-        s = self.shapes[i]
+    def where(self, i: int, x: float, y: float) -> int:
+        """Whether the point is inside shape i, on its edge (within EDGE_M) or outside."""
+        s, e = self.shapes[i], EDGE_M
         b = s.bounds
-        if not (b[0] <= x <= b[2] and b[1] <= y <= b[3]):
-            return False
+        if not (b[0] - e <= x <= b[2] + e and b[1] - e <= y <= b[3] + e):
+            return _OUTSIDE
         if s.ring is not None:
-            return _inside(s.ring, x, y)
-        return bool(shapely.contains_xy(s.geom, x, y))
+            return _where(s.ring, x, y)
+        if shapely.dwithin(s.edge, shapely.points(x, y), e):
+            return _EDGE
+        return _INSIDE if shapely.contains_xy(s.geom, x, y) else _OUTSIDE
 
-    def segment_hits(self, i: int, x0: float, y0: float, x1: float, y1: float) -> bool:
-        s = self.shapes[i]
-        b = s.bounds
-        if max(x0, x1) < b[0] or min(x0, x1) > b[2] or max(y0, y1) < b[1] or min(y0, y1) > b[3]:
-            return False
-        if x0 == x1 and y0 == y1:
-            return self.contains(i, x0, y0)
-        if s.ring is not None:
-            return _inside(s.ring, x1, y1) or _crosses(s.ring, x0, y0, x1, y1)
-        return bool(s.geom.intersects(LineString([(x0, y0), (x1, y1)])))
+    def covers(self, i: int, x: float, y: float) -> bool:
+        """The point is inside shape i or on its edge."""
+        return self.where(i, x, y) != _OUTSIDE
 
-    def any_contains(self, x: float, y: float) -> str | None:
-        """Id of a shape containing the point, if any."""
+    def any_covers(self, x: float, y: float) -> str | None:
+        """Id of a shape the point is inside or on the edge of, if any."""
         for i in self.candidates(x, y, x, y):
-            if self.contains(i, x, y):
+            if self.covers(i, x, y):
                 return self.shapes[i].id
         return None
 
-    def entry_point(self, i: int, x0: float, y0: float, x1: float, y1: float) -> tuple[float, float, float]:
-        """Where the segment first meets shape i: (x, y, fraction along the segment)."""
-        if self.contains(i, x0, y0) or (x0 == x1 and y0 == y1):
-            return x0, y0, 0.0
-        ring = self.shapes[i].ring
-        if ring is not None:  # a small simple polygon: the first edge crossing, in pure Python (no GEOS)
-            frac = _first_crossing(ring, x0, y0, x1, y1)
-            if frac is None:
-                return x1, y1, 1.0
-            return x0 + frac * (x1 - x0), y0 + frac * (y1 - y0), frac
-        seg = LineString([(x0, y0), (x1, y1)])
-        inter = self.shapes[i].geom.intersection(seg)
-        if inter.is_empty:
-            return x1, y1, 1.0
-        # the intersection's point nearest the segment start is where the vehicle entered
-        frac = min(seg.project(shapely.points(c)) for c in shapely.get_coordinates(inter)) / seg.length
-        p = seg.interpolate(frac, normalized=True)
-        return p.x, p.y, frac
+    def entry(self, i: int, x0: float, y0: float, x1: float, y1: float) -> tuple[float, float, float] | None:
+        """Where the segment first goes into shape i's interior: (x, y, fraction along the segment); None
+        when it never does (it stays outside, or only touches or runs along the edge).
+
+        The segment is cut wherever it meets the boundary; each piece lies wholly inside, outside or
+        along an edge, so its midpoint tells which, and the first piece inside starts the entry."""
+        s, e = self.shapes[i], EDGE_M
+        b = s.bounds
+        if max(x0, x1) < b[0] - e or min(x0, x1) > b[2] + e or max(y0, y1) < b[1] - e or min(y0, y1) > b[3] + e:
+            return None
+        dx, dy = x1 - x0, y1 - y0
+        l2 = dx * dx + dy * dy
+        if l2 == 0.0:
+            return (x0, y0, 0.0) if self.where(i, x0, y0) == _INSIDE else None
+        if s.ring is not None:  # a small simple polygon: pure Python (no GEOS)
+            cuts = _boundary_fractions(s.ring, x0, y0, dx, dy, l2)
+        else:
+            seg = LineString([(x0, y0), (x1, y1)])
+            if not s.geom.intersects(seg):
+                return None
+            pts = shapely.get_coordinates(s.edge.intersection(seg))
+            cuts = shapely.line_locate_point(seg, shapely.points(pts), normalized=True).tolist() if len(pts) else []
+            vx, vy = (shapely.get_coordinates(s.edge) - (x0, y0)).T  # vertices grazing the segment, as above
+            t = (vx * dx + vy * dy) / l2
+            near = (t > 0.0) & (t < 1.0) & ((vx - t * dx) ** 2 + (vy - t * dy) ** 2 <= e * e)
+            cuts += t[near].tolist()
+        ts = sorted({0.0, 1.0, *cuts})
+        for a, c in zip(ts, ts[1:], strict=False):
+            m = (a + c) / 2
+            if self.where(i, x0 + m * dx, y0 + m * dy) == _INSIDE:
+                return x0 + a * dx, y0 + a * dy, a
+        return None
 
 
 def polygon(points_xy: Sequence[tuple[float, float]], buffer_m: float = 0.0) -> Polygon:

@@ -10,12 +10,17 @@ Convention downstream of a source: `Position.device` is the fleet vehicle's id w
 in the fleet; otherwise the terminal's canonical key, prefixed with `UNREGISTERED_PREFIX` only when
 that key happens to equal a vehicle id, so a stranger can never pass for a fleet vehicle.
 
+`TerminalFacts` is what the fleet config says about a terminal beyond its number (plate, the terminal's
+own id, its maker), which a registration (JT/T 808 0x0100) must match: a number alone is printed on
+paperwork and guessed easily, so it must not be enough to obtain a terminal's auth code.
+
 Pure: no I/O.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 UNREGISTERED_PREFIX = "unregistered:"
 _HEX = frozenset("0123456789abcdefABCDEF")
@@ -84,3 +89,46 @@ class TerminalDirectory:
             return vehicle
         key = terminal_key(terminal)
         return UNREGISTERED_PREFIX + key if key in self.vehicle_ids else key
+
+
+# why a registration does not match the config (the JT/T 808 server answers each with its 0x8100 result)
+PLATE_OF_ANOTHER = "plate_of_another_vehicle"  # the plate is another fleet vehicle's
+WRONG_PLATE = "wrong_plate"  # not this vehicle's plate, nor any fleet vehicle's
+WRONG_TERMINAL = "wrong_terminal"  # the terminal id or maker differ from the config
+
+_PLATE_NOISE = str.maketrans("", "", " \t·•.-_")
+
+
+def plate_key(plate: str) -> str:
+    """A plate as written in a config ("京A·M0001") or by a terminal ("京AM0001"): one spelling."""
+    return plate.translate(_PLATE_NOISE).upper()
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalFacts:
+    """What the fleet config says about one terminal; empty fields are not checked."""
+
+    plate: str = ""
+    terminal_id: str = ""
+    manufacturer: str = ""
+
+    @classmethod
+    def of(cls, vehicle: object) -> TerminalFacts:
+        """From a fleet vehicle config (anything with `plate`, `terminal_id` and `manufacturer`)."""
+        return cls(getattr(vehicle, "plate", "") or "", getattr(vehicle, "terminal_id", None) or "",
+                   getattr(vehicle, "manufacturer", None) or "")
+
+    def mismatch(self, fields: Mapping[str, object], plates: Mapping[str, str] | None = None) -> str | None:
+        """Why a registration's fields (the decoded 0x0100 body) do not match, or None when they do.
+        `plates` maps each fleet vehicle's plate_key to its vehicle id (to tell another vehicle's plate
+        from a wrong one). A plate is compared only when the terminal names one (plate colour not 0: with
+        0 the field holds the VIN of an unregistered vehicle)."""
+        if self.terminal_id and str(fields.get("terminal_id", "")).strip() != self.terminal_id.strip():
+            return WRONG_TERMINAL
+        if self.manufacturer and str(fields.get("maker", "")).strip().upper() != self.manufacturer.strip().upper():
+            return WRONG_TERMINAL
+        if self.plate and fields.get("plate_color", 0):
+            given = plate_key(str(fields.get("plate", "")))
+            if given != plate_key(self.plate):
+                return PLATE_OF_ANOTHER if plates and given in plates else WRONG_PLATE
+        return None

@@ -1,7 +1,11 @@
 """Asyncio TCP server for JT/T 808 vehicle terminals: frames in, Positions out, replies back.
 
 Per the standard a terminal registers once (0x0100, answered by 0x8100 with an auth code) and then
-authenticates (0x0102 with that code) on every connection. Until a connection has authenticated,
+authenticates (0x0102 with that code) on every connection. A fleet terminal's code is handed out once:
+the registration must match what the fleet config says about the terminal (plate, terminal id, maker),
+and a terminal already registered is answered "terminal already registered" without a code until an
+operator resets it (gateway/sources/jt808_registrations.py keeps who registered, across restarts).
+Registrations are limited per connection and per source address. Until a connection has authenticated,
 everything else it sends (locations, batches, heartbeats, subpackages...) is answered with a failure
 result and goes no further; a wrong code is answered with a failure, and after `max_auth_failures` the
 connection is closed. An authenticated connection speaks for that one terminal, resolved once to its
@@ -39,11 +43,20 @@ from pathlib import Path
 from typing import Any
 
 from core.model import Position
-from detectors.vehicle.identity import TerminalDirectory, terminal_key
+from detectors.vehicle.identity import (
+    PLATE_OF_ANOTHER,
+    WRONG_PLATE,
+    WRONG_TERMINAL,
+    TerminalDirectory,
+    TerminalFacts,
+    plate_key,
+    terminal_key,
+)
 from gateway.component import serve_until
 from gateway.protocols import jt808
 from gateway.sources.jt808_commands import Command, CommandBook, CommandRefused
-from gateway.storage import write_durably
+from gateway.sources.jt808_registrations import Registrations, digest, new_code
+from gateway.storage import JsonSaver
 from gateway.throttle import LogThrottle, throttle_resource_errors
 
 log = logging.getLogger(__name__)
@@ -53,6 +66,10 @@ EventCallback = Callable[[str, str, Mapping[str, Any]], Any]
 
 MAX_PENDING_PACKETS = 256  # subpackages held per connection while a message is reassembled
 MAX_ISSUED_CODES = 10_000  # auth codes remembered for terminals not in the fleet
+MAX_ADDRESSES = 10_000  # source addresses whose registration rate is tracked
+SELF_RESET_S = 3600.0  # a terminal that deregistered (0x0003) may register again within this
+_REFUSAL = {PLATE_OF_ANOTHER: jt808.REGISTER_VEHICLE_TAKEN, WRONG_PLATE: jt808.REGISTER_NO_VEHICLE,
+            WRONG_TERMINAL: jt808.REGISTER_NO_TERMINAL}
 
 
 def descriptor_budget(reserve_fraction: float = 0.125, min_reserve: int = 64) -> int | None:
@@ -88,11 +105,13 @@ class _TokenBucket:
 class Jt808Server:
     """JT/T 808 platform side.
 
-    registry maps terminal number (any spelling: leading zeros, 12 or 20 digits) to its auth code;
-    vehicles maps terminal number to vehicle id (the id positions carry; without it a terminal's key
-    is its id). on_position(Position) is called for every position of an authenticated terminal;
-    on_event(kind, terminal, info) for "unknown_terminal", "registered", "auth_failed" and
-    "unregistered". Either may be a plain function or a coroutine function.
+    registry maps terminal number (any spelling: leading zeros, 12 or 20 digits) to its configured auth
+    code (accepted until it has registered here; see jt808_registrations.py); vehicles maps terminal
+    number to vehicle id (the id positions carry; without it a terminal's key is its id); terminals maps
+    terminal number to what its registration must match. on_position(Position) is called for every
+    position of an authenticated terminal; on_event(kind, terminal, info) for "unknown_terminal",
+    "registered", "registration_refused", "auth_failed" and "unregistered". Either may be a plain
+    function or a coroutine function.
     """
 
     name = "jt808"
@@ -106,6 +125,7 @@ class Jt808Server:
         on_event: EventCallback | None = None,
         *,
         vehicles: Mapping[str, str] | None = None,
+        terminals: Mapping[str, TerminalFacts] | None = None,
         idle_timeout_s: float = 180,
         max_frame_bytes: int = 4096,
         max_garbage_frames: int = 5,
@@ -118,6 +138,8 @@ class Jt808Server:
         max_pending_packet_bytes: int = 65_536,
         unknown_per_connection: int = 1,
         unknown_per_address_per_min: float = 10,
+        registrations_per_connection: int = 3,
+        registrations_per_address_per_min: float = 10,
         log_interval_s: float = 60,
         command_ttl_s: float = 3600,
         command_reply_timeout_s: float = 60,
@@ -126,6 +148,7 @@ class Jt808Server:
         packet_timeout_s: float = 10,
         packet_retries: int = 2,
         state_path: Path | None = None,
+        registrations_path: Path | None = None,
     ) -> None:
         self.host = host
         self._port = port
@@ -144,10 +167,16 @@ class Jt808Server:
         self.max_pending_packet_bytes = max_pending_packet_bytes
         self.unknown_per_connection = unknown_per_connection
         self.unknown_per_address_per_min = unknown_per_address_per_min
+        self.registrations_per_connection = registrations_per_connection
+        self.registrations_per_address_per_min = registrations_per_address_per_min
         self.registry = registry
         vehicles = vehicles if vehicles is not None else {t: terminal_key(t) for t in registry}
         self.directory = TerminalDirectory(vehicles)
         self._key_by_vehicle = {vehicle: terminal_key(t) for t, vehicle in vehicles.items()}
+        self._vehicle_by_key = {key: vehicle for vehicle, key in self._key_by_vehicle.items()}
+        self._facts = {terminal_key(t): f for t, f in (terminals or {}).items()}
+        self._plates = {plate_key(f.plate): self._vehicle_by_key.get(terminal_key(t), t)
+                        for t, f in (terminals or {}).items() if f.plate}
         self.packet_timeout_s = packet_timeout_s
         self.packet_retries = packet_retries
         self.commands = CommandBook(ttl_s=command_ttl_s, reply_timeout_s=command_reply_timeout_s,
@@ -156,8 +185,9 @@ class Jt808Server:
         # terminal key -> (address, connected at, last data at, ended at) of its last authenticated connection
         self._ended: collections.OrderedDict[str, tuple[str, float, float | None, float]] = collections.OrderedDict()
         self.state_path = state_path  # where the commands are saved (None: memory only)
-        self._saved_version = 0
-        self._saver: asyncio.Task | None = None
+        self._command_saver = JsonSaver(state_path, lambda: {"commands": self.commands.export()},
+                                        lambda: self.commands.version, self._command_save_failed)
+        self.registrations = Registrations(registrations_path, self._registration_save_failed)
         self.throttle = LogThrottle(log_interval_s)
         self.counters: dict[str, int] = {
             "connections": 0,
@@ -178,6 +208,11 @@ class Jt808Server:
             "auth_failures": 0,
             "closed_after_auth_failures": 0,
             "unknown_rate_limited": 0,  # registrations of unknown terminals over the limits
+            "registrations": 0,  # auth codes handed out by a registration
+            "registrations_refused": 0,  # already registered (or locked after a reset ran out): no code
+            "registrations_mismatched": 0,  # plate, terminal id or maker differ from the fleet config
+            "registrations_rate_limited": 0,  # over the per-connection or per-address limit: closed
+            "registration_save_errors": 0,
             "refused_connections": 0,  # over the connection caps with nothing to make room
             "evicted_unauthenticated": 0,  # closed to make room at a cap
             "callback_errors": 0,
@@ -191,6 +226,7 @@ class Jt808Server:
         self._per_address: collections.Counter[str] = collections.Counter()
         self._waiting: dict[_Connection, None] = {}  # not yet authenticated, oldest first
         self._unknown_buckets: collections.OrderedDict[str, _TokenBucket] = collections.OrderedDict()
+        self._register_buckets: collections.OrderedDict[str, _TokenBucket] = collections.OrderedDict()
 
     @property
     def registry(self) -> Mapping[str, str]:
@@ -203,7 +239,9 @@ class Jt808Server:
     def stats(self) -> dict[str, Any]:
         self.commands.sweep(time.time())
         self._save_commands()
-        return {**self.counters, "commands": self.commands.stats()}
+        # registration_resets: codes revoked by an operator's reset or by the terminal deregistering
+        return {**self.counters, "registered_terminals": self.registrations.registered(),
+                "registration_resets": self.registrations.resets, "commands": self.commands.stats()}
 
     @property
     def port(self) -> int:
@@ -214,6 +252,8 @@ class Jt808Server:
 
     async def start(self) -> None:
         self._load_commands()
+        if not self.registrations.version:
+            self.registrations.load()
         throttle_resource_errors(asyncio.get_running_loop(), self.throttle.interval_s)
         self._server = await asyncio.start_server(self._accept, self.host, self._port, backlog=self.backlog)
         log.info("JT/T 808 server listening on %s:%d (at most %d connections, %d per address)",
@@ -241,9 +281,8 @@ class Jt808Server:
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
-        self._save_commands()
-        if self._saver is not None:
-            await self._saver
+        await self._command_saver.flush()
+        await self.registrations.saver.flush()
 
     # -------------------------------------------------------------- command state on disk
 
@@ -261,32 +300,21 @@ class Jt808Server:
             with contextlib.suppress(OSError):
                 path.replace(bad)
             return
-        self._saved_version = self.commands.version
+        self._command_saver.saved_version = self.commands.version
         log.info("JT/T 808: %d command(s) restored from %s", self.commands.stats()["tracked"], path)
 
     def _save_commands(self) -> None:
-        """Save the commands soon after they changed: one writer at a time, off the loop, the last state wins."""
-        if self.state_path is None or self.commands.version == self._saved_version:
-            return
-        if self._saver is None or self._saver.done():
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # stats() read outside the loop: the next change on it saves
-                return
-            self._saver = loop.create_task(self._save_loop())
+        """Save the commands soon after they changed."""
+        self._command_saver.soon()
 
-    async def _save_loop(self) -> None:
-        assert self.state_path is not None
-        while self.commands.version != self._saved_version:
-            version = self.commands.version
-            data = json.dumps({"commands": self.commands.export()}, ensure_ascii=False).encode()  # on the loop
-            try:
-                await asyncio.to_thread(write_durably, self.state_path, data)
-            except OSError as exc:
-                self.counters["command_save_errors"] += 1
-                self.warn("command-save", "JT/T 808 could not save commands to %s: %s", self.state_path, exc)
-                return
-            self._saved_version = version
+    def _command_save_failed(self, exc: OSError) -> None:
+        self.counters["command_save_errors"] += 1
+        self.warn("command-save", "JT/T 808 could not save commands to %s: %s", self.state_path, exc)
+
+    def _registration_save_failed(self, exc: OSError) -> None:
+        self.counters["registration_save_errors"] += 1
+        self.warn("registration-save", "JT/T 808 could not save registrations to %s: %s", self.registrations.path,
+                  exc)
 
     # -------------------------------------------------------------- admission
 
@@ -419,20 +447,39 @@ class Jt808Server:
                 return
             conn.send_command(cmd)
 
+    @staticmethod
+    def _take(buckets: collections.OrderedDict[str, _TokenBucket], address: str, rate_per_min: float) -> bool:
+        """One token from the address's bucket (the least recently seen addresses are forgotten first)."""
+        now = time.monotonic()
+        bucket = buckets.get(address)
+        if bucket is None:
+            if len(buckets) >= MAX_ADDRESSES:
+                buckets.popitem(last=False)
+            bucket = buckets[address] = _TokenBucket(rate_per_min, now)
+        else:
+            buckets.move_to_end(address)
+        return bucket.take(rate_per_min, now)
+
+    def registration_allowed(self, conn: _Connection) -> bool:
+        """Whether this connection may register (anything) now: a terminal registers once, so a few
+        tries per connection and a few a minute per address are plenty; more is someone guessing."""
+        conn.register_tries += 1
+        if conn.register_tries <= self.registrations_per_connection and self._take(
+                self._register_buckets, conn.address, self.registrations_per_address_per_min):
+            return True
+        self.counters["registrations_rate_limited"] += 1
+        self.counters["rejected"] += 1
+        self.warn("register-limit", "JT/T 808 %s: registration refused and connection closed (over %d per "
+                  "connection or %g per minute from one address)", conn.peer, self.registrations_per_connection,
+                  self.registrations_per_address_per_min)
+        return False
+
     def unknown_allowed(self, conn: _Connection, key: str) -> bool:
         """Whether a terminal not in the fleet may register from this connection now."""
-        if key in conn.unknown or len(conn.unknown) < self.unknown_per_connection:
-            now = time.monotonic()
-            bucket = self._unknown_buckets.get(conn.address)
-            if bucket is None:
-                if len(self._unknown_buckets) >= MAX_ISSUED_CODES:
-                    self._unknown_buckets.popitem(last=False)
-                bucket = self._unknown_buckets[conn.address] = _TokenBucket(self.unknown_per_address_per_min, now)
-            else:
-                self._unknown_buckets.move_to_end(conn.address)
-            if key in conn.unknown or bucket.take(self.unknown_per_address_per_min, now):
-                conn.unknown.add(key)
-                return True
+        if key in conn.unknown or (len(conn.unknown) < self.unknown_per_connection and self._take(
+                self._unknown_buckets, conn.address, self.unknown_per_address_per_min)):
+            conn.unknown.add(key)
+            return True
         self.counters["unknown_rate_limited"] += 1
         self.counters["rejected"] += 1
         self.warn("unknown-limit", "JT/T 808 %s: registration of unknown terminal %s refused (over %d per "
@@ -440,17 +487,50 @@ class Jt808Server:
                   self.unknown_per_connection, self.unknown_per_address_per_min)
         return False
 
+    def register_fleet_terminal(self, conn: _Connection, key: str, fields: Mapping[str, Any]) -> tuple[int, str, str]:
+        """(0x8100 result, auth code or "", why) for a registration of a fleet terminal."""
+        now = time.time()
+        entry = self.registrations.entry(key, now)
+        if entry is not None and (entry.get("code_sha256") or now > (entry.get("reset_until") or 0.0)):
+            return jt808.REGISTER_TERMINAL_TAKEN, "", "already registered (an operator's reset lets it register again)"
+        facts = self._facts.get(key)
+        why = facts.mismatch(fields, self._plates) if facts is not None else None
+        if why is not None:
+            return _REFUSAL[why], "", why.replace("_", " ")
+        code = new_code()
+        self.registrations.register(key, self._vehicle_by_key.get(key, key), code, conn.peer, fields, now)
+        return jt808.REGISTER_OK, code, ""
+
     def issue_code(self, key: str) -> str:
-        code = self._issued.get(key)
-        if code is None:
-            code = self._issued[key] = secrets.token_hex(8)
-            if len(self._issued) > MAX_ISSUED_CODES:
-                self._issued.popitem(last=False)
+        """An auth code for a terminal not in the fleet (remembered in memory only)."""
+        code = self._issued[key] = secrets.token_hex(8)
+        if len(self._issued) > MAX_ISSUED_CODES:
+            self._issued.popitem(last=False)
         return code
 
-    def auth_code(self, key: str) -> str | None:
-        code = self._codes.get(key)
-        return code if code is not None else self._issued.get(key)
+    def code_matches(self, conn: _Connection, key: str, given: str) -> bool:
+        """Whether `given` is the terminal's auth code: the one its registration here handed out, else
+        (never registered here) the one configured for it, which then counts as its registration."""
+        configured = self._codes.get(key)
+        if configured is None:
+            issued = self._issued.get(key)
+            return issued is not None and secrets.compare_digest(given.encode(), issued.encode())
+        now = time.time()
+        entry = self.registrations.entry(key, now)
+        if entry is not None:
+            stored = entry.get("code_sha256")
+            return stored is not None and secrets.compare_digest(digest(given).encode(), stored.encode())
+        if not secrets.compare_digest(given.encode(), configured.encode()):
+            return False
+        self.registrations.authenticated(key, self._vehicle_by_key.get(key, key), given, conn.peer, now)
+        return True
+
+    def deregistered(self, key: str) -> None:
+        """A fleet terminal deregistered itself (0x0003, authenticated): its code is revoked and it may
+        register again for a while, as the standard has it."""
+        if key in self._codes:
+            now = time.time()
+            self.registrations.reset(key, now + SELF_RESET_S, "the terminal (0x0003)", now)
 
     # -------------------------------------------------------------- callbacks and logging
 
@@ -493,6 +573,7 @@ class _Connection:
         self.packet_due: dict[tuple[str, int], list[float]] = {}  # same keys: [retransmit due (loop time), tries]
         self.packet_bytes = 0
         self.unknown: set[str] = set()  # keys of unknown terminals registered on this connection
+        self.register_tries = 0  # registrations (0x0100) tried on this connection
         self.auth_failures = 0
         # the terminal this connection authenticated as: its number as sent, its key, and the device id
         # its positions carry (vehicle id, or the key of a terminal not in the fleet)
@@ -739,6 +820,7 @@ class _Connection:
             reply(jt808.RESULT_OK)
         elif mid == jt808.MSG_UNREGISTER:
             reply(jt808.RESULT_OK)
+            server.deregistered(self.key or "")
             await server._event("unregistered", msg.terminal, {"peer": self.peer})
         elif mid == jt808.MSG_TERMINAL_REPLY:  # the terminal answering one of our frames: nothing to answer
             f = msg.fields
@@ -757,44 +839,59 @@ class _Connection:
         else:
             reply(jt808.RESULT_UNSUPPORTED)
 
+    def _register_reply(self, msg: jt808.Message, result: int, code: str = "") -> None:
+        self._send(jt808.encode_register_reply(msg.terminal, self._next_serial(), msg.serial, result, code,
+                                               msg.version))
+
     async def _register(self, msg: jt808.Message) -> None:
         server = self.server
         terminal = msg.terminal
         key = terminal_key(terminal)
         self.claimed = self.claimed or key
-        code = server.registry.get(key)
-        if code is None and not (server.accept_unknown and server.unknown_allowed(self, key)):
-            if not server.accept_unknown:
+        if not server.registration_allowed(self):
+            await self.writer.drain()
+            raise _Drop("registrations over the limits")
+        if key in server.registry:
+            result, code, why = server.register_fleet_terminal(self, key, msg.fields)
+            if result != jt808.REGISTER_OK:
+                mismatch = result != jt808.REGISTER_TERMINAL_TAKEN
+                server.counters["registrations_mismatched" if mismatch else "registrations_refused"] += 1
                 server.counters["rejected"] += 1
-                server.warn("unknown", "JT/T 808 refused registration of unknown terminal %s from %s",
-                            terminal, self.peer)
-            self._send(
-                jt808.encode_register_reply(
-                    terminal, self._next_serial(), msg.serial, jt808.REGISTER_NO_VEHICLE, "", msg.version
-                )
-            )
+                server.warn("register-refused", "JT/T 808 registration of fleet terminal %s from %s refused "
+                            "(result %d): %s", terminal, self.peer, result, why)
+                self._register_reply(msg, result)
+                await server._event("registration_refused", terminal, {"peer": self.peer, "result": result,
+                                                                       "why": why, **msg.fields})
+                return
+        elif key in server._issued:
+            server.counters["registrations_refused"] += 1
+            server.counters["rejected"] += 1
+            self._register_reply(msg, jt808.REGISTER_TERMINAL_TAKEN)
             return
-        if code is None:
+        elif server.accept_unknown and server.unknown_allowed(self, key):
             code = server.issue_code(key)
             server.counters["unknown_terminals"] += 1
             server.warn("unknown", "JT/T 808 unknown terminal %s registered from %s (flagged, not trusted)",
                         terminal, self.peer)
             await server._event("unknown_terminal", terminal, {"peer": self.peer, **msg.fields})
-        self._send(
-            jt808.encode_register_reply(
-                terminal, self._next_serial(), msg.serial, jt808.REGISTER_OK, code, msg.version
-            )
-        )
+        else:
+            if not server.accept_unknown:
+                server.counters["rejected"] += 1
+                server.warn("unknown", "JT/T 808 refused registration of unknown terminal %s from %s",
+                            terminal, self.peer)
+            self._register_reply(msg, jt808.REGISTER_NO_VEHICLE)
+            return
+        server.counters["registrations"] += 1
+        self._register_reply(msg, jt808.REGISTER_OK, code)
         await server._event("registered", terminal, {"peer": self.peer, **msg.fields})
 
     async def _authenticate(self, msg: jt808.Message) -> None:
         server = self.server
         key = terminal_key(msg.terminal)
         self.claimed = self.claimed or key
-        expected = server.auth_code(key)
         given = msg.fields.get("auth_code", "")
         # one connection speaks for one terminal: a second one's code does not switch it
-        ok = expected is not None and secrets.compare_digest(given, expected) and self.key in (None, key)
+        ok = self.key in (None, key) and server.code_matches(self, key, given)
         if not ok:
             self.auth_failures += 1
             server.counters["auth_failures"] += 1

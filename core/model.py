@@ -113,18 +113,32 @@ class Position(_PositionFields):
         return cls(*iterable)
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
-    """One sensor report: named numeric values already scaled to their units."""
-
+class _ReadingFields(NamedTuple):
     device: str
     time: datetime
     values: Mapping[str, float]
-    profile: str = ""
-    units: Mapping[str, str] = field(default_factory=dict)
+    profile: str
+    units: Mapping[str, str]
 
-    def __post_init__(self) -> None:
-        require_aware(self.time, "Reading.time")
+
+class Reading(_ReadingFields):
+    """One sensor report: named numeric values already scaled to their units.
+
+    Immutable; a NamedTuple like Position, for the same reason: one per sensor message, and a tuple is
+    several times cheaper to make than a frozen dataclass. Copy with changes via `r._replace(...)`.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, device: str, time: datetime, values: Mapping[str, float], profile: str = "",
+                units: Mapping[str, str] | None = None) -> Reading:  # units: None -> {}
+        if time.utcoffset() is None:  # one C call; also catches a tzinfo that gives no offset
+            require_aware(time, "Reading.time")
+        return tuple.__new__(cls, (device, time, values, profile, {} if units is None else units))
+
+    @classmethod
+    def _make(cls, iterable: Iterable[Any]) -> Reading:  # _replace goes through here: keep the check
+        return cls(*iterable)
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,10 +53,10 @@ import math
 import re
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Literal
+from types import MappingProxyType
+from typing import Any, Literal, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -94,6 +94,7 @@ class PayloadError(ValueError):
 # -- tiny path resolver ---------------------------------------------------------------------------
 _STEP = re.compile(r"""\.([A-Za-z_][\w-]*)|\[(\d+)\]|\[\s*(?:"([^"]*)"|'([^']*)')\s*\]""")
 _MISSING = object()
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -116,13 +117,13 @@ def compile_path(path: str) -> tuple[str | int, ...]:
 
 def resolve(doc: Any, steps: tuple[str | int, ...]) -> Any:
     """The value at `steps` in a JSON document, or _MISSING."""
-    for step in steps:
-        if isinstance(step, int):
-            if not isinstance(doc, list) or step >= len(doc):
-                return _MISSING
-        elif not isinstance(doc, dict) or step not in doc:
+    for step in steps:  # names (str) and list indexes (int >= 0), as compile_path makes them
+        if isinstance(doc, dict):
+            doc = doc.get(step, _MISSING) if step.__class__ is str else _MISSING
+        elif isinstance(doc, list) and step.__class__ is int and step < len(doc):
+            doc = doc[step]
+        else:
             return _MISSING
-        doc = doc[step]
     return doc
 
 
@@ -262,14 +263,56 @@ class EnvelopeSpec(StrictModel):
         return v
 
 
-@dataclass(frozen=True, slots=True)
-class DecodeResult:
+class DecodeResult(NamedTuple):
     """A decoded observation and the problems met on the way (values left out, with the reason)."""
 
     observation: Reading | Position
     device: str
     problems: list[str]
-    counters: Mapping[str, int] = field(default_factory=dict)  # raw counts of counter fields, see CounterTracker
+    counters: Mapping[str, int] = MappingProxyType({})  # raw counts of counter fields, see CounterTracker
+
+
+class _Field(NamedTuple):
+    """One field as decoding uses it: its spec's values copied out once per profile. Reading an attribute
+    of a pydantic model costs ten times a plain one (its __getattr__ hook defeats the interpreter's
+    attribute caches), and a message reads a dozen of them."""
+
+    name: str
+    spec: FieldSpec  # binary and register layouts are read from it
+    steps: tuple[str | int, ...]  # the compiled JSON path; () for binary and register fields
+    path: str | None
+    optional: bool
+    counter: bool
+    scale: float
+    offset: float
+    bounds: tuple[float, float] | None  # the range, or a vehicle attribute's default range
+    unit: str
+
+
+class _Clock(NamedTuple):
+    """A TimestampSpec's values, copied out as for _Field."""
+
+    path: str
+    steps: tuple[str | int, ...]
+    format: str
+    timezone: str
+    max_future_s: float
+
+
+class _Plan(NamedTuple):
+    """What decoding a message needs from its profile, worked out on first use (profiles are immutable)."""
+
+    name: str
+    kind: str
+    payload: str
+    envelope: EnvelopeSpec | None
+    fields: tuple[_Field, ...]
+    envelope_fields: tuple[_Field, ...]
+    units: dict[str, str]  # field -> unit, for the fields that have one
+    clock: _Clock | None  # the payload's timestamp
+    envelope_clock: _Clock | None  # the envelope's time
+    topic: tuple[str, ...]  # the topic's levels
+    device_level: int  # index of {device_id} in them
 
 
 class DeviceProfile(StrictModel):
@@ -353,6 +396,33 @@ class DeviceProfile(StrictModel):
                 blocks.append((table, first, max(e for _, e in spans) - first))
         return blocks
 
+    @functools.cached_property
+    def _plan(self) -> _Plan:
+        def fields(specs: Mapping[str, FieldSpec]) -> tuple[_Field, ...]:
+            return tuple(_Field(name, spec, compile_path(spec.path) if spec.path is not None else (), spec.path,
+                                spec.optional, spec.counter, spec.scale, spec.offset,
+                                spec.range or (_DEFAULT_RANGES.get(name) if self.kind == "vehicle" else None),
+                                spec.unit)
+                         for name, spec in specs.items())
+
+        def clock(spec: TimestampSpec | None) -> _Clock | None:
+            return None if spec is None else _Clock(spec.path, compile_path(spec.path), spec.format, spec.timezone,
+                                                    spec.max_future_s)
+
+        env = self.envelope
+        env_fields = env.fields if env else {}
+        topic = tuple((self.topic or "").split("/"))
+        return _Plan(self.name, self.kind, self.payload, env, fields(self.fields), fields(env_fields),
+                     {k: s.unit for k, s in {**env_fields, **self.fields}.items() if s.unit}, clock(self.timestamp),
+                     clock(env.time if env else None), topic,
+                     topic.index("{device_id}") if "{device_id}" in topic else -1)
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> DeviceProfile:
+        copy = super().model_copy(update=update, deep=deep)
+        for cached in ("_plan", "device_id_in_payload"):  # worked out from the copy's own fields when used
+            copy.__dict__.pop(cached, None)
+        return copy
+
     # -- topics ----------------------------------------------------------------------------------
     def topic_filter(self) -> str:
         """The MQTT subscription for all devices of this profile."""
@@ -364,8 +434,14 @@ class DeviceProfile(StrictModel):
         """The device id in a concrete topic, or None when the topic is not this profile's."""
         if self.topic is None:
             return None
-        pattern = self.topic.split("/")
+        plan = self._plan
+        pattern = plan.topic
         levels = topic.split("/")
+        if len(levels) == len(pattern) and pattern[-1] != "#":  # the usual shape: compare level by level
+            for want, level in zip(pattern, levels, strict=True):
+                if want != level and want != "+" and want != "{device_id}":
+                    return None
+            return levels[plan.device_level] or None
         device = None
         for i, want in enumerate(pattern):
             if want == "#":
@@ -378,7 +454,7 @@ class DeviceProfile(StrictModel):
                 return None
         return device if len(levels) == len(pattern) and device else None
 
-    @property
+    @functools.cached_property
     def device_id_in_payload(self) -> bool:
         """The device id is known only after parsing the payload (not from the topic)."""
         return self.envelope is not None and self.envelope.device_id is not None
@@ -403,15 +479,16 @@ class DeviceProfile(StrictModel):
 
         Raises PayloadError when the message itself is unusable (not JSON, no uplink)."""
         received = received or datetime.now(UTC)
-        if self.envelope is None:
-            if self.payload == "binary":
-                return [self._finish(self._binary_values(payload, device), device, received, None)]
-            doc = self._json(payload, device)
-            return [self._finish(self._json_values(self.fields, doc), device, received, doc)]
-        env = self.envelope
-        doc = self._json(payload, device)
+        plan = self._plan
+        env = plan.envelope
+        if env is None:
+            if plan.payload == "binary":
+                return [_finish(plan, _binary_values(plan, payload, device), device, received, None)]
+            doc = _json(plan, payload, device)
+            return [_finish(plan, _json_values(plan.fields, doc), device, received, doc)]
+        doc = _json(plan, payload, device)
         if env.records is None:
-            return [self._decode_envelope(doc, device, received)]
+            return [self._decode_envelope(plan, doc, device, received)]
         records = resolve(doc, compile_path(env.records))
         if not isinstance(records, list) or not records:
             raise PayloadError(f"no uplinks: {env.records} is not a non-empty list", profile=self.name,
@@ -419,7 +496,7 @@ class DeviceProfile(StrictModel):
         outcomes: list[DecodeResult | PayloadError] = []
         for record in records:
             try:
-                outcomes.append(self._decode_envelope(record, device, received))
+                outcomes.append(self._decode_envelope(plan, record, device, received))
             except PayloadError as exc:
                 outcomes.append(exc)
         return outcomes
@@ -427,32 +504,26 @@ class DeviceProfile(StrictModel):
     def decode_registers(self, device: str, registers: Mapping[tuple[str, int], int], *,
                          received: datetime) -> DecodeResult:
         """Decode one Modbus poll: (table, address) -> 16-bit register value."""
+        plan = self._plan
         values: dict[str, float] = {}
         problems: list[str] = []
         counts: dict[str, int] = {}
-        for name, spec in self.fields.items():
+        for f in plan.fields:
+            spec = f.spec
             assert spec.address is not None
             words = [registers.get((spec.table, spec.address + i)) for i in range(spec.register_count)]
             if any(w is None or not 0 <= w <= 0xFFFF for w in words):
-                problems.append(f"field {name!r}: {spec.table} register {spec.address} was not read")
+                problems.append(f"field {f.name!r}: {spec.table} register {spec.address} was not read")
                 continue
             if spec.word_order == "little":
                 words.reverse()
             raw = _unpack(b"".join(w.to_bytes(2, "big") for w in words), 0, spec, "big")
-            self._keep(name, spec, raw, values, problems, counts)
-        return self._finish((values, problems, counts), device, received, None)
+            _keep(f, raw, values, problems, counts)
+        return _finish(plan, (values, problems, counts), device, received, None)
 
     # -- internals ---------------------------------------------------------------------------------
-    def _json(self, payload: bytes, device: str | None) -> Any:
-        try:
-            return json.loads(payload)
-        except (ValueError, RecursionError) as exc:  # bad UTF-8/JSON, 4300+ digit integers, deep nesting
-            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:120]
-            raise PayloadError(f"payload is not JSON ({reason}): {payload[:60]!r}", profile=self.name,
-                               device=device) from None
-
-    def _decode_envelope(self, doc: Any, device: str | None, received: datetime) -> DecodeResult:
-        env = self.envelope
+    def _decode_envelope(self, plan: _Plan, doc: Any, device: str | None, received: datetime) -> DecodeResult:
+        env = plan.envelope
         assert env is not None
         if env.device_id is not None:
             raw_id = resolve(doc, compile_path(env.device_id))
@@ -460,7 +531,7 @@ class DeviceProfile(StrictModel):
                 raise PayloadError(f"no device id at {env.device_id}", profile=self.name, device=device,
                                    field="device_id")
             device = str(raw_id).strip()[:128]
-        if self.payload == "binary":
+        if plan.payload == "binary":
             assert env.data is not None
             encoded = resolve(doc, compile_path(env.data))
             if not isinstance(encoded, str):
@@ -472,7 +543,7 @@ class DeviceProfile(StrictModel):
             except (binascii.Error, ValueError) as exc:
                 raise PayloadError(f"{env.data} is not {env.encoding} ({exc})", profile=self.name, device=device,
                                    field="data") from None
-            values, problems, counts = self._binary_values(data, device)
+            values, problems, counts = _binary_values(plan, data, device)
             payload_doc = None
         else:
             assert env.object is not None
@@ -480,118 +551,130 @@ class DeviceProfile(StrictModel):
             if not isinstance(payload_doc, dict | list):
                 raise PayloadError(f"no decoded object at {env.object}", profile=self.name, device=device,
                                    field="object")
-            values, problems, counts = self._json_values(self.fields, payload_doc)
+            values, problems, counts = _json_values(plan.fields, payload_doc)
         if values or counts:  # radio quality only goes with a real measurement
-            extra, _, _ = self._json_values(env.fields, doc)
+            extra, _, _ = _json_values(plan.envelope_fields, doc)
             values.update({k: v for k, v in extra.items() if k not in values})
         time = None
-        if env.time is not None and (self.timestamp is None or payload_doc is None):
-            time = self._time(env.time, doc, device, received)
-        return self._finish((values, problems, counts), device, received, payload_doc, time)
+        if plan.envelope_clock is not None and (plan.clock is None or payload_doc is None):
+            time = _time(plan.envelope_clock, plan.name, doc, device, received)
+        return _finish(plan, (values, problems, counts), device, received, payload_doc, time)
 
-    def _finish(self, decoded: tuple[dict[str, float], list[str], dict[str, int]], device: str | None,
-                received: datetime, doc: Any, time: datetime | None = None) -> DecodeResult:
-        values, problems, counts = decoded
-        if not device:
-            raise PayloadError("no device id", profile=self.name)
-        if doc is not None and self.timestamp is not None:
-            time = self._time(self.timestamp, doc, device, received)
-        time = time or received
-        if self.kind == "sensor":
-            if not values and not counts:
-                raise PayloadError("no usable value: " + "; ".join(problems), profile=self.name, device=device)
-            specs = {**(self.envelope.fields if self.envelope else {}), **self.fields}
-            units = {k: specs[k].unit for k in (*values, *counts) if specs[k].unit}
-            return DecodeResult(Reading(device=device, time=time, values=values, profile=self.name, units=units),
-                                device, problems, counts)
-        for key in ("lat", "lon"):
-            if key not in values:
-                raise PayloadError("no usable position: " + "; ".join(problems), profile=self.name,
-                                   device=device, field=key)
-        attrs = {k: values.pop(k) for k in VEHICLE_ATTRS if k in values}
-        if "valid" in attrs:
-            attrs["valid"] = bool(attrs["valid"])
-        return DecodeResult(Position(time=time, device=device, extras=values, **attrs), device, problems)
 
-    def _json_values(self, fields: Mapping[str, FieldSpec], doc: Any
-                     ) -> tuple[dict[str, float], list[str], dict[str, int]]:
-        values: dict[str, float] = {}
-        problems: list[str] = []
-        counts: dict[str, int] = {}
-        for name, spec in fields.items():
-            assert spec.path is not None
-            raw = resolve(doc, compile_path(spec.path))
-            if raw is _MISSING or raw is None:
-                if not spec.optional:
-                    problems.append(f"field {name!r}: missing at {spec.path}")
+# -- decoding, from a profile's plan ---------------------------------------------------------------
+def _json(plan: _Plan, payload: bytes, device: str | None) -> Any:
+    try:
+        return json.loads(payload)
+    except (ValueError, RecursionError) as exc:  # bad UTF-8/JSON, 4300+ digit integers, deep nesting
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:120]
+        raise PayloadError(f"payload is not JSON ({reason}): {payload[:60]!r}", profile=plan.name,
+                           device=device) from None
+
+
+def _finish(plan: _Plan, decoded: tuple[dict[str, float], list[str], dict[str, int]], device: str | None,
+            received: datetime, doc: Any, time: datetime | None = None) -> DecodeResult:
+    values, problems, counts = decoded
+    if not device:
+        raise PayloadError("no device id", profile=plan.name)
+    if doc is not None and plan.clock is not None:
+        time = _time(plan.clock, plan.name, doc, device, received)
+    time = time or received
+    if plan.kind == "sensor":
+        if not values and not counts:
+            raise PayloadError("no usable value: " + "; ".join(problems), profile=plan.name, device=device)
+        unit_of = plan.units
+        units = {k: unit_of[k] for k in (*values, *counts) if k in unit_of}
+        return DecodeResult(Reading(device, time, values, plan.name, units), device, problems, counts)
+    for key in ("lat", "lon"):
+        if key not in values:
+            raise PayloadError("no usable position: " + "; ".join(problems), profile=plan.name,
+                               device=device, field=key)
+    attrs = {k: values.pop(k) for k in VEHICLE_ATTRS if k in values}
+    if "valid" in attrs:
+        attrs["valid"] = bool(attrs["valid"])
+    return DecodeResult(Position(time=time, device=device, extras=values, **attrs), device, problems)
+
+
+def _json_values(fields: tuple[_Field, ...], doc: Any) -> tuple[dict[str, float], list[str], dict[str, int]]:
+    values: dict[str, float] = {}
+    problems: list[str] = []
+    counts: dict[str, int] = {}
+    for f in fields:
+        raw = resolve(doc, f.steps)
+        if raw is _MISSING or raw is None:
+            if not f.optional:
+                problems.append(f"field {f.name!r}: missing at {f.path}")
+            continue
+        number = _number(raw)
+        if number is None:
+            problems.append(f"field {f.name!r}: {_short(raw)} at {f.path} is not a number")
+            continue
+        if f.counter and (number != int(number) or number < 0):
+            problems.append(f"field {f.name!r}: counter {number:g} at {f.path} is not a whole number")
+            continue
+        _keep(f, int(number) if f.counter else number, values, problems, counts)
+    return values, problems, counts
+
+
+def _binary_values(plan: _Plan, data: bytes, device: str | None) -> tuple[dict[str, float], list[str], dict[str, int]]:
+    values: dict[str, float] = {}
+    problems: list[str] = []
+    counts: dict[str, int] = {}
+    for f in plan.fields:
+        spec = f.spec
+        assert spec.byte is not None
+        end = spec.byte + spec.width // 8
+        if end > len(data):
+            if f.optional:
                 continue
+            raise PayloadError(f"payload of {len(data)} bytes is truncated: needs bytes {spec.byte}..{end - 1} "
+                               f"({spec.type}) at offset {spec.byte}", profile=plan.name, device=device,
+                               field=f.name)
+        _keep(f, _unpack(data, spec.byte, spec, spec.endian), values, problems, counts)
+    return values, problems, counts
+
+
+def _keep(f: _Field, raw: float, values: dict[str, float], problems: list[str], counts: dict[str, int]) -> None:
+    if f.counter:
+        counts[f.name] = int(raw)
+        return
+    if not math.isfinite(raw):  # a float32/64 NaN or inf from a binary payload
+        problems.append(f"field {f.name!r}: {raw} is not a finite number")
+        return
+    value = round(raw * f.scale + f.offset, 9)  # 3 * 0.2 -> 0.6, not 0.6000000000000001
+    lo_hi = f.bounds
+    if lo_hi and not lo_hi[0] <= value <= lo_hi[1]:
+        problems.append(f"field {f.name!r}: {value:g}{(' ' + f.unit) if f.unit else ''} "
+                        f"out of range [{lo_hi[0]:g}, {lo_hi[1]:g}]")
+        return
+    values[f.name] = value
+
+
+def _time(clock: _Clock, profile: str, doc: Any, device: str, received: datetime) -> datetime:
+    raw = resolve(doc, clock.steps)
+    try:
+        if raw is _MISSING or raw is None:
+            raise ValueError(f"missing at {clock.path}")
+        if clock.format == "iso8601":
+            if not isinstance(raw, str) or len(raw) > 64:
+                raise ValueError(f"{_short(raw)} is not ISO 8601 text")
+            t = datetime.fromisoformat(raw.replace("Z", "+00:00") if raw.endswith("Z") else raw)
+            t = t if t.tzinfo else t.replace(tzinfo=_zone(clock.timezone))
+        else:
             number = _number(raw)
             if number is None:
-                problems.append(f"field {name!r}: {_short(raw)} at {spec.path} is not a number")
-                continue
-            if spec.counter and (number != int(number) or number < 0):
-                problems.append(f"field {name!r}: counter {number:g} at {spec.path} is not a whole number")
-                continue
-            self._keep(name, spec, int(number) if spec.counter else number, values, problems, counts)
-        return values, problems, counts
-
-    def _binary_values(self, data: bytes, device: str | None) -> tuple[dict[str, float], list[str], dict[str, int]]:
-        values: dict[str, float] = {}
-        problems: list[str] = []
-        counts: dict[str, int] = {}
-        for name, spec in self.fields.items():
-            assert spec.byte is not None
-            end = spec.byte + spec.width // 8
-            if end > len(data):
-                if spec.optional:
-                    continue
-                raise PayloadError(f"payload of {len(data)} bytes is truncated: needs bytes {spec.byte}..{end - 1} "
-                                   f"({spec.type}) at offset {spec.byte}", profile=self.name, device=device,
-                                   field=name)
-            self._keep(name, spec, _unpack(data, spec.byte, spec, spec.endian), values, problems, counts)
-        return values, problems, counts
-
-    def _keep(self, name: str, spec: FieldSpec, raw: float, values: dict[str, float], problems: list[str],
-              counts: dict[str, int]) -> None:
-        if spec.counter:
-            counts[name] = int(raw)
-            return
-        if not math.isfinite(raw):  # a float32/64 NaN or inf from a binary payload
-            problems.append(f"field {name!r}: {raw} is not a finite number")
-            return
-        value = round(raw * spec.scale + spec.offset, 9)  # 3 * 0.2 -> 0.6, not 0.6000000000000001
-        lo_hi = spec.range or (_DEFAULT_RANGES.get(name) if self.kind == "vehicle" else None)
-        if lo_hi and not lo_hi[0] <= value <= lo_hi[1]:
-            problems.append(f"field {name!r}: {value:g}{(' ' + spec.unit) if spec.unit else ''} "
-                            f"out of range [{lo_hi[0]:g}, {lo_hi[1]:g}]")
-            return
-        values[name] = value
-
-    def _time(self, spec: TimestampSpec, doc: Any, device: str, received: datetime) -> datetime:
-        raw = resolve(doc, compile_path(spec.path))
-        try:
-            if raw is _MISSING or raw is None:
-                raise ValueError(f"missing at {spec.path}")
-            if spec.format == "iso8601":
-                if not isinstance(raw, str) or len(raw) > 64:
-                    raise ValueError(f"{_short(raw)} is not ISO 8601 text")
-                t = datetime.fromisoformat(raw.replace("Z", "+00:00") if raw.endswith("Z") else raw)
-                t = t if t.tzinfo else t.replace(tzinfo=_zone(spec.timezone))
-            else:
-                number = _number(raw)
-                if number is None:
-                    raise ValueError(f"{_short(raw)} is not a number")
-                seconds = number / 1000.0 if spec.format == "epoch_ms" else number
-                t = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=seconds)
-        except (ValueError, OverflowError) as exc:
-            raise PayloadError(f"bad timestamp ({spec.format}): {exc}", profile=self.name, device=device,
-                               field="timestamp") from None
-        ahead = (t - received).total_seconds()
-        if ahead > spec.max_future_s:
-            raise PayloadError(f"timestamp {t.isoformat()} is {ahead:.0f} s after its arrival (a device clock "
-                               f"in the future; at most {spec.max_future_s:g} s allowed)", profile=self.name,
-                               device=device, field="timestamp")
-        return t
+                raise ValueError(f"{_short(raw)} is not a number")
+            seconds = number / 1000.0 if clock.format == "epoch_ms" else number
+            t = _EPOCH + timedelta(seconds=seconds)
+    except (ValueError, OverflowError) as exc:
+        raise PayloadError(f"bad timestamp ({clock.format}): {exc}", profile=profile, device=device,
+                           field="timestamp") from None
+    ahead = (t - received).total_seconds()
+    if ahead > clock.max_future_s:
+        raise PayloadError(f"timestamp {t.isoformat()} is {ahead:.0f} s after its arrival (a device clock "
+                           f"in the future; at most {clock.max_future_s:g} s allowed)", profile=profile,
+                           device=device, field="timestamp")
+    return t
 
 
 def _unpack(data: bytes, at: int, spec: FieldSpec, endian: str) -> float:
@@ -609,7 +692,10 @@ def _short(raw: Any) -> str:
 
 def _number(raw: Any) -> float | None:
     """JSON numbers, booleans and numeric strings ("12.5") are accepted; NaN/inf and huge ones are not."""
-    if isinstance(raw, bool):
+    kind = raw.__class__
+    if kind is float:  # most values: checked first
+        return raw if math.isfinite(raw) else None
+    if kind is bool:
         return 1.0 if raw else 0.0
     try:
         if isinstance(raw, int | float):
@@ -670,8 +756,8 @@ class CounterTracker:
                     problems.append(f"field {name!r}: counter went {previous} -> {count}; increment out of range")
                     continue
             values[name] = increment
-        return replace(result, observation=replace(result.observation, values=values), problems=problems,
-                       counters={})
+        return result._replace(observation=result.observation._replace(values=values), problems=problems,
+                               counters={})
 
     def take_changed(self) -> set[str]:
         """The devices whose counts changed since the last call, and forgets them."""

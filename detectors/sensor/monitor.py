@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any, Literal
 
 from core.model import Alert, DetectorOutput, Evidence, HealthChange, Reading
@@ -80,6 +81,9 @@ class _RainState:
 class _Spike:
     accepted: float  # the last value let through
     pending: float | None = None  # a jump waiting for the next reading to confirm it
+
+
+_VALUE = itemgetter(1)  # of a (time, value) pair
 
 
 def _seconds(a: datetime, b: datetime) -> float:
@@ -155,6 +159,15 @@ class SensorMonitor:
         self._near = Neighbourhood(cfg.devices, h.neighbour_radius_m)
         self._series_fields = {r.field for r in cfg.level_rules} | set(h.stuck_fields)
         self._series_span = max([r.chart_hours * 3600 for r in cfg.level_rules] + [h.flatline_after_s or 0, 3600.0])
+        # what every reading needs, copied out of the config once: reading a pydantic model's attribute costs
+        # ten times a plain one (its __getattr__ hook defeats the interpreter's attribute caches)
+        self._checks = self._rules_by_device()
+        self._ranges = {d.id: d.ranges for d in cfg.devices if d.ranges}
+        self._future_tolerance_s = h.future_tolerance_s
+        self._spike_jump = list(h.spike_jump.items())
+        self._battery_low = list(h.low_battery.items())
+        self._stuck_fields = list(h.stuck_fields) if h.stuck_after_s is not None or h.flatline_after_s is not None \
+            else []
         self._level: dict[tuple[str, str], _LevelState] = {}
         self._rise: dict[tuple[str, str], _RiseState] = {}
         self._rain: dict[tuple[str, str], _RainState] = {}
@@ -173,6 +186,22 @@ class SensorMonitor:
         self._low_battery: set[tuple[str, str]] = set()
         self._dirty: set[str] = set()  # devices whose state changed since take_dirty(): what the next save writes
 
+    def _rules_by_device(self) -> dict[str, tuple[tuple[Any, Callable[..., list[Alert]], str], ...]]:
+        """Per device, the (rule, check, field) of every rule that watches it, in rule order (level, rise,
+        rain); devices watched by the same rules share one tuple."""
+        watched = [(rule, ids, check) for rules, check in ((self._level_rules, self._level_rule),
+                                                           (self._rise_rules, self._rise_rule),
+                                                           (self._rain_rules, self._rain_rule)) for rule, ids in rules]
+        shared: dict[tuple[bool, ...], tuple[tuple[Any, Callable[..., list[Alert]], str], ...]] = {}
+        checks = {}
+        for dev_id in self.devices:
+            shape = tuple(dev_id in ids for _, ids, _ in watched)
+            if shape not in shared:
+                shared[shape] = tuple((rule, check, rule.value_field)
+                                      for (rule, _, check), on in zip(watched, shape, strict=True) if on)
+            checks[dev_id] = shared[shape]
+        return checks
+
     def _offline_after(self, dev: SensorDeviceConfig) -> float | None:
         h = self.cfg.health
         interval = dev.report_interval_s or h.report_intervals.get(dev.profile)
@@ -186,13 +215,14 @@ class SensorMonitor:
         if dev is None:
             self.stats["unknown_device"] += 1
             return []
+        held = self._ahead.pop(reading.device, None) if self._ahead else None
+        if held is None:
+            return self._judge(dev, reading)
         out: list[DetectorOutput] = []
-        held = self._ahead.pop(dev.id, None)
-        if held is not None:
-            if reading.time >= held.time:  # the next reading follows it: the gap was real
-                out += self._accept(dev, held)
-            else:  # the next reading is back in the past: the held one was dated in the future
-                self.stats["future"] += 1
+        if reading.time >= held.time:  # the next reading follows it: the gap was real
+            out += self._accept(dev, held)
+        else:  # the next reading is back in the past: the held one was dated in the future
+            self.stats["future"] += 1
         return out + self._judge(dev, reading)
 
     def _judge(self, dev: SensorDeviceConfig, reading: Reading) -> list[DetectorOutput]:
@@ -200,51 +230,51 @@ class SensorMonitor:
         reading "out of order"). Live, the wall-clock tick is the reference: a reading more than
         future_tolerance_s ahead of it is dropped. On a recording's clock, or before any tick, a reading
         that far ahead of the device's last one is held until the next reading shows which was wrong."""
-        tolerance = self.cfg.health.future_tolerance_s
-        if self._wall is not None and dev.id not in self._recorded:
+        tolerance = self._future_tolerance_s
+        if self._wall is not None and reading.device not in self._recorded:
             if _seconds(reading.time, self._wall) > tolerance:
                 self.stats["future"] += 1
                 return []
         else:
-            last = self._last_time.get(dev.id)
+            last = self._last_time.get(reading.device)
             if last is not None and _seconds(reading.time, last) > tolerance:
-                self._ahead[dev.id] = reading
+                self._ahead[reading.device] = reading
                 return []
         return self._accept(dev, reading)
 
     def _accept(self, dev: SensorDeviceConfig, reading: Reading) -> list[DetectorOutput]:
-        last = self._last_time.get(dev.id)
+        dev_id = reading.device  # dev.id, the key of `dev` in self.devices
+        last = self._last_time.get(dev_id)
         if last is not None and reading.time <= last:
             self.stats["out_of_order" if reading.time < last else "duplicate"] += 1
             return []
         self.stats["readings"] += 1
         t = reading.time
-        self._last_time[dev.id] = t
-        self._dirty.add(dev.id)  # every state change of a device comes from an accepted reading or a tick
+        self._last_time[dev_id] = t
+        self._dirty.add(dev_id)  # every state change of a device comes from an accepted reading or a tick
         if self._epoch is None:
             self._epoch = t
         alerts = self._back_online(dev, t)
-        values, range_alerts = self._clean_values(dev, reading)
-        alerts += range_alerts
-        values, spiking = self._despike(dev, values)
-        for name in self._series_fields & values.keys():
-            series = self._series.get((dev.id, name))
-            if series is None:
-                series = self._series[(dev.id, name)] = MinuteSeries(self._series_span)
-            series.add(t, values[name])
-        alerts += self._check_battery(dev, t, values)
-        alerts += self._check_stuck(dev, t, values)
-        for rules, check in ((self._level_rules, self._level_rule), (self._rise_rules, self._rise_rule),
-                             (self._rain_rules, self._rain_rule)):
-            for rule, ids in rules:
-                if dev.id not in ids:
-                    continue
-                value = values.get(rule.value_field)
-                if value is None:  # this report lacks the rule's field (or holds back a spike): the rule skips it
-                    if rule.value_field not in spiking:
-                        self.stats["missing_field"] += 1
-                    continue
-                alerts += check(rule, dev, reading, value)
+        values = self._clean_values(dev, reading, alerts)
+        spiking = self._despike(dev_id, values)
+        for name in self._series_fields:
+            if name in values:
+                series = self._series.get((dev_id, name))
+                if series is None:
+                    series = self._series[(dev_id, name)] = MinuteSeries(self._series_span)
+                series.add(t, values[name])
+        if self._battery_low:
+            self._check_battery(dev, t, values, alerts)
+        if self._stuck_fields:
+            self._check_stuck(dev, dev_id, t, values, alerts)
+        for rule, check, name in self._checks[dev_id]:
+            value = values.get(name)
+            if value is None:  # this report lacks the rule's field (or holds back a spike): the rule skips it
+                if name not in spiking:
+                    self.stats["missing_field"] += 1
+                continue
+            if found := check(rule, dev, reading, value):
+                alerts += found
         return alerts
 
     def tick(self, now: datetime, *, only: Collection[str] | None = None,
@@ -299,7 +329,7 @@ class SensorMonitor:
         return self._alert(h.name, dev, state, time, h.severity, message, h.category, place, facts)
 
     def _back_online(self, dev: SensorDeviceConfig, time: datetime) -> list[DetectorOutput]:
-        since = self._offline.pop(dev.id, None)
+        since = self._offline.pop(dev.id, None) if self._offline else None
         if since is None:
             return []
         facts = {"offline_since": since.isoformat(), "offline_s": round(_seconds(time, since), 1)}
@@ -329,18 +359,20 @@ class SensorMonitor:
         self._spikes = {k: v for k, v in self._spikes.items() if k[0] != dev.id}
         return alerts
 
-    def _clean_values(self, dev: SensorDeviceConfig, reading: Reading) -> tuple[dict[str, float], list[Alert]]:
-        """The reading's values that the rules may use: finite and inside the device's ranges."""
+    def _clean_values(self, dev: SensorDeviceConfig, reading: Reading, alerts: list[DetectorOutput]
+                      ) -> dict[str, float]:
+        """The reading's values that the rules may use: finite and inside the device's ranges (alerts about
+        ranges go to `alerts`)."""
         values: dict[str, float] = {}
-        alerts: list[Alert] = []
+        ranges, bad_range = self._ranges.get(reading.device), self._bad_range
         for name, raw in reading.values.items():
             value = float(raw)
             if not math.isfinite(value):
                 self.stats["non_finite"] += 1
                 continue
-            bounds = dev.ranges.get(name)
-            key = (dev.id, name)
+            bounds = ranges.get(name) if ranges else None
             if bounds is not None and not (bounds[0] <= value <= bounds[1]):
+                key = (dev.id, name)
                 self.stats["out_of_range"] += 1
                 if self.cfg.health.range_alert and key not in self._bad_range:
                     self._bad_range.add(key)
@@ -348,26 +380,26 @@ class SensorMonitor:
                     msg = f"{self._who(dev)}: {name} = {value:g} is outside [{bounds[0]:g}, {bounds[1]:g}]"
                     alerts.append(self._health_alert(dev, "open", reading.time, f"range:{name}", msg, facts))
                 continue
-            if key in self._bad_range:
-                self._bad_range.discard(key)
+            if bad_range and (dev.id, name) in bad_range:
+                bad_range.discard((dev.id, name))
                 msg = f"{self._who(dev)}: {name} back in range"
                 alerts.append(self._health_alert(dev, "closed", reading.time, f"range:{name}", msg,
                                                  {"field": name, "value": value}))
             values[name] = value
-        return values, alerts
+        return values
 
-    def _despike(self, dev: SensorDeviceConfig, values: dict[str, float]) -> tuple[dict[str, float], set[str]]:
+    def _despike(self, dev_id: str, values: dict[str, float]) -> set[str]:
         """Confirm-next-sample: a value further than spike_jump from the last accepted one is held back;
         the next reading decides. Near the held value: the jump was real, the next value goes through.
         Near the old one: the held value was a single-sample spike (3 -> 180 -> 3 cm), dropped and
-        counted. Latency: one report interval, and only for jumps; ordinary changes pass at once."""
-        jumps = self.cfg.health.spike_jump
+        counted. Latency: one report interval, and only for jumps; ordinary changes pass at once.
+        Held values are taken out of `values`; returns their names."""
         spiking: set[str] = set()
-        for name, limit in jumps.items():
+        for name, limit in self._spike_jump:
             value = values.get(name)
             if value is None:
                 continue
-            key = (dev.id, name)
+            key = (dev_id, name)
             st = self._spikes.get(key)
             if st is None:
                 self._spikes[key] = _Spike(value)
@@ -390,13 +422,13 @@ class SensorMonitor:
                 del values[name]
                 continue
             st.accepted = value
-        return values, spiking
+        return spiking
 
-    def _check_battery(self, dev: SensorDeviceConfig, time: datetime, values: dict[str, float]) -> list[Alert]:
-        alerts: list[Alert] = []
-        for name, low in self.cfg.health.low_battery.items():
+    def _check_battery(self, dev: SensorDeviceConfig, time: datetime, values: dict[str, float],
+                       alerts: list[DetectorOutput]) -> None:
+        for name, low in self._battery_low:
             value = values.get(name)
-            if value is None:
+            if value is None or (value >= low and not self._low_battery):  # fine, and nothing to clear
                 continue
             key = (dev.id, name)
             if key not in self._low_battery and value < low:
@@ -409,21 +441,19 @@ class SensorMonitor:
                 alerts.append(self._health_alert(dev, "closed", time, f"battery:{name}",
                                                  f"{self._who(dev)}: battery recovered ({name} = {value:g})",
                                                  {"field": name, "value": value, "threshold": low}))
-        return alerts
 
-    def _check_stuck(self, dev: SensorDeviceConfig, time: datetime, values: dict[str, float]) -> list[Alert]:
-        h = self.cfg.health
-        if h.stuck_after_s is None and h.flatline_after_s is None:
-            return []
-        alerts: list[Alert] = []
-        for name in h.stuck_fields:
+    def _check_stuck(self, dev: SensorDeviceConfig, dev_id: str, time: datetime, values: dict[str, float],
+                     alerts: list[DetectorOutput]) -> None:
+        for name in self._stuck_fields:
             value = values.get(name)
             if value is None:
                 continue
-            key = (dev.id, name)
+            key = (dev_id, name)
             prev = self._same.get(key)
             if prev is None or prev[0] != value:
                 self._same[key] = (value, time)
+                if key not in self._stuck and key not in self._flat:
+                    continue
                 for opened, place, what in ((self._stuck, "stuck", "changes again"),
                                             (self._flat, "flatline", "follows the water again")):
                     if key in opened:
@@ -432,6 +462,7 @@ class SensorMonitor:
                                                          f"{self._who(dev)}: {name} {what}",
                                                          {"field": name, "value": value}))
                 continue
+            h = self.cfg.health
             same_s = _seconds(time, prev[1])
             if h.stuck_after_s is not None and value != 0 and same_s >= h.stuck_after_s and key not in self._stuck:
                 self._stuck.add(key)
@@ -446,7 +477,6 @@ class SensorMonitor:
                     alerts.append(self._health_alert(dev, "open", time, f"flatline:{name}", msg,
                                                      {"field": name, "value": value,
                                                       "unchanged_s": round(same_s, 1), **why}))
-        return alerts
 
     def _flat_evidence(self, dev: SensorDeviceConfig, name: str, time: datetime) -> dict[str, Any] | None:
         """Why an unchanged value is suspicious: rain fell on a neighbouring gauge, or a neighbour rose."""
@@ -475,18 +505,25 @@ class SensorMonitor:
                     value: float) -> list[Alert]:
         t = reading.time
         ladder = self._ladders[rule.name]
-        st = self._level.get((rule.name, dev.id))
+        st = self._level.get((rule.name, reading.device))
         if st is None:
-            st = self._level[(rule.name, dev.id)] = _LevelState([None] * len(ladder))
+            st = self._level[(rule.name, reading.device)] = _LevelState([None] * len(ladder))
+        since = st.since
+        reached = -1  # the highest level the value has stayed at for its minimum duration
         for i, lv in enumerate(ladder):
-            st.since[i] = (st.since[i] or t) if value >= lv.at else None
-        unit = reading.units.get(rule.field, "cm")
+            if value >= lv.at:
+                since[i] = start = since[i] or t
+                if _seconds(t, start) >= lv.min_duration_s:
+                    reached = i
+            else:
+                since[i] = None
         ep = st.open
+        if ep is None and reached < 0:
+            return []  # the usual reading: below the ladder, no episode
+        unit = reading.units.get(rule.field, "cm")
         if ep is not None:
             ep.peak = max(ep.peak, value)
         current = ep.level if ep is not None else -1
-        reached = max((i for i, lv in enumerate(ladder)
-                       if st.since[i] is not None and _seconds(t, st.since[i]) >= lv.min_duration_s), default=-1)
         if reached > current:
             return [self._level_change(rule, dev, st, t, value, unit, reached)]
         if ep is None:
@@ -567,12 +604,17 @@ class SensorMonitor:
     def _rise_rule(self, rule: RiseRuleConfig, dev: SensorDeviceConfig, reading: Reading,
                    value: float) -> list[Alert]:
         t = reading.time
-        st = self._rise.setdefault((rule.name, dev.id), _RiseState())
-        st.history.append((t, value))
-        while _seconds(t, st.history[0][0]) > rule.window_s:
-            st.history.popleft()
-        low_t, low = min(st.history, key=lambda p: p[1])
+        st = self._rise.get((rule.name, reading.device))
+        if st is None:
+            st = self._rise[(rule.name, reading.device)] = _RiseState()
+        history = st.history
+        history.append((t, value))
+        while _seconds(t, history[0][0]) > rule.window_s:
+            history.popleft()
+        low_t, low = min(history, key=_VALUE)  # the first of the lowest
         rise = value - low
+        if (rise < rule.rise_cm) if st.open is None else (rise >= rule.rise_cm * rule.clear_ratio):
+            return []  # the usual reading: no episode opens or closes
         unit = reading.units.get(rule.field, "cm")
         span = _seconds(t, low_t)
         facts: dict[str, Any] = {"value": value, "unit": unit, "rise": round(rise, 2), "window_s": rule.window_s,

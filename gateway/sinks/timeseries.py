@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import json
 import logging
 import math
@@ -39,10 +40,9 @@ import sqlite3
 import threading
 import time as _time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from core.model import Detection, Position, Reading, require_aware
 from gateway.aio import Backoff, wait_or_stop
@@ -56,24 +56,48 @@ log = logging.getLogger(__name__)
 FieldValue = float | int | bool | str
 
 
-@dataclass(frozen=True, slots=True)
-class Point:
+class _PointFields(NamedTuple):
     measurement: str
     tags: Mapping[str, str]
     fields: Mapping[str, FieldValue]
     time: datetime
 
-    def __post_init__(self) -> None:
-        require_aware(self.time, "Point.time")
-        if not self.fields:
-            raise ValueError(f"Point {self.measurement!r} at {self.time.isoformat()} has no fields")
-        for key, value in self.fields.items():
-            # checked here, not at write time: one bad value would otherwise get a whole batch rejected
+
+class Point(_PointFields):
+    """One point, checked when made (not at write time: one bad value would otherwise get a whole batch
+    rejected): an aware time and at least one field, each a number, bool or string, and finite.
+
+    Immutable. A NamedTuple like core.model.Position, for the same reason: every reading and position
+    makes one. `_of_observation` skips the checks for the points made here from an observation.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, measurement: str, tags: Mapping[str, str], fields: Mapping[str, FieldValue],
+                time: datetime) -> Point:
+        require_aware(time, "Point.time")
+        if not fields:
+            raise ValueError(f"Point {measurement!r} at {time.isoformat()} has no fields")
+        for key, value in fields.items():
             if not isinstance(value, bool | int | float | str):
-                raise ValueError(f"Point {self.measurement!r} field {key!r}: {type(value).__name__} is not a "
+                raise ValueError(f"Point {measurement!r} field {key!r}: {type(value).__name__} is not a "
                                  "number, bool or string")
             if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"Point {self.measurement!r} field {key!r}: {value} is not finite")
+                raise ValueError(f"Point {measurement!r} field {key!r}: {value} is not finite")
+        return tuple.__new__(cls, (measurement, tags, fields, time))
+
+    @classmethod
+    def _make(cls, iterable: Iterable[Any]) -> Point:  # _replace goes through here: keep the checks
+        return cls(*iterable)
+
+    @classmethod
+    def _of_observation(cls, measurement: str, tags: dict[str, str], fields: dict[str, FieldValue],
+                        time: datetime) -> Point:
+        """Unchecked: for fields that are finite floats (and bools) made from a Reading or Position,
+        whose time is aware by construction. Still refuses a point without fields."""
+        if not fields:
+            raise ValueError(f"Point {measurement!r} at {time.isoformat()} has no fields")
+        return tuple.__new__(cls, (measurement, tags, fields, time))
 
 
 def _finite(fields: dict[str, FieldValue]) -> dict[str, FieldValue]:
@@ -98,12 +122,17 @@ def position_point(pos: Position, vehicle_tags: Mapping[str, str] | None = None)
             fields[key] = float(value)
     tags = _tags(vehicle=vt.get("vehicle") or pos.device, type=vt.get("type"), company=vt.get("company"),
                  terminal=vt.get("terminal") or pos.device)
-    return Point("vehicle_position", tags, _finite(fields), pos.time)
+    return Point._of_observation("vehicle_position", tags, _finite(fields), pos.time)
 
 
 def reading_point(reading: Reading) -> Point:
-    fields = _finite({k: float(v) for k, v in reading.values.items()})
-    return Point("sensor_reading", _tags(device=reading.device, profile=reading.profile), fields, reading.time)
+    fields: dict[str, FieldValue] = {}
+    for key, value in reading.values.items():
+        value = float(value)
+        if math.isfinite(value):  # NaN/inf mean 'no value' (see _finite)
+            fields[key] = value
+    return Point._of_observation("sensor_reading", _tags(device=reading.device, profile=reading.profile), fields,
+                                 reading.time)
 
 
 def detection_points(camera: str, detections: Iterable[Detection], t: datetime) -> list[Point]:
@@ -117,9 +146,14 @@ class WriteRejected(Exception):
     """The backend refused a batch as malformed: retrying it would never succeed."""
 
 
+_json_text = json.JSONEncoder(ensure_ascii=False).encode  # json.dumps(x, ensure_ascii=False), one encoder for all
+
+
 class _SqliteBackend:
     PRUNE_EVERY_S = 60.0
     PRUNE_BATCH = 50_000  # rows one prune deletes at most, so a catch-up never holds the store for seconds
+    ROWS_PER_INSERT = 200  # one INSERT of many rows: a batch runs a few statements, not one per point
+    MAX_TAG_TEXTS = 100_000  # the JSON of the tag sets seen (one per device): encoded once, forgotten when full
 
     def __init__(self, path: Path, retention_days: float, max_points: int) -> None:
         self.path = path
@@ -136,14 +170,29 @@ class _SqliteBackend:
                          "tags TEXT NOT NULL, fields TEXT NOT NULL)")
         self._db.execute("CREATE INDEX IF NOT EXISTS points_measurement_time ON points (measurement, time)")
         self._last_prune = 0.0
+        self._tag_texts: dict[tuple[tuple[str, str], ...], str] = {}  # used by row(), on the loop's thread
 
-    def write(self, points: Sequence[Point]) -> None:
-        rows = [(p.measurement, p.time.timestamp(), json.dumps(dict(p.tags), ensure_ascii=False),
-                 json.dumps(dict(p.fields), ensure_ascii=False)) for p in points]
+    def row(self, p: Point) -> tuple[str, float, str, str]:
+        """The point as the table's row, made when it is buffered. Strings and a float: the garbage
+        collector stops tracking the row, where a buffer of Points (and their dicts) waiting for the next
+        flush would be promoted to its oldest generation and bring on full collections."""
+        tags = tuple(p.tags.items())
+        tags_text = self._tag_texts.get(tags)
+        if tags_text is None:
+            if len(self._tag_texts) >= self.MAX_TAG_TEXTS:
+                self._tag_texts.clear()
+            tags_text = self._tag_texts[tags] = _json_text(dict(p.tags))
+        return p.measurement, p.time.timestamp(), tags_text, _json_text(dict(p.fields))
+
+    def write(self, rows: Sequence[tuple[str, float, str, str]]) -> None:
+        values = [value for row in rows for value in row]  # one after the other, for the multi-row INSERTs
         with self._lock:
             self._db.execute("BEGIN")
             try:
-                self._db.executemany("INSERT INTO points VALUES (?, ?, ?, ?)", rows)
+                step = 4 * self.ROWS_PER_INSERT
+                for i in range(0, len(values), step):
+                    chunk = values[i:i + step]
+                    self._db.execute(_insert_rows(len(chunk) // 4), chunk)
                 now = _time.time()
                 if now - self._last_prune > self.PRUNE_EVERY_S and not self._prune(now):
                     self._last_prune = now  # caught up; otherwise the next write goes on pruning
@@ -198,6 +247,11 @@ class _SqliteBackend:
             self._db.close()
 
 
+@functools.lru_cache(maxsize=8)
+def _insert_rows(n: int) -> str:
+    return "INSERT INTO points VALUES " + ", ".join(["(?, ?, ?, ?)"] * n)
+
+
 class _InfluxBackend:
     def __init__(self, cfg: TimeSeriesConfig) -> None:
         from influxdb_client import InfluxDBClient
@@ -208,6 +262,10 @@ class _InfluxBackend:
         self._client = InfluxDBClient(url=cfg.url, token=cfg.token, org=cfg.org, timeout=cfg.timeout_ms,
                                       retries=False)
         self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
+
+    @staticmethod
+    def row(p: Point) -> Point:
+        return p
 
     def write(self, points: Sequence[Point]) -> None:
         from influxdb_client import Point as InfluxPoint
@@ -252,7 +310,8 @@ class TimeSeriesSink:
         else:
             self._backend = _InfluxBackend(config)
             self.where = f"influxdb {config.url} bucket {config.bucket}"
-        self._buffer: collections.deque[Point] = collections.deque()
+        self._buffer: collections.deque[Any] = collections.deque()  # the backend's rows of the points
+        self._buffer_size, self._batch_size = config.buffer_size, config.batch_size  # read per point: plain copies
         self._flush_lock = asyncio.Lock()
         self._full = asyncio.Event()
         self._backoff = Backoff(config.retry_min_s, config.retry_max_s)
@@ -265,15 +324,15 @@ class TimeSeriesSink:
 
     def write(self, point: Point) -> None:
         """Buffer one point (never blocks); the oldest point is dropped when the buffer is full."""
-        if len(self._buffer) >= self.config.buffer_size:
+        if len(self._buffer) >= self._buffer_size:
             self._buffer.popleft()
             self.counters["dropped"] += 1
             if self.counters["dropped"] == 1 or self.counters["dropped"] % 10_000 == 0:
                 log.warning("time-series buffer full (%d points, %s): dropping the oldest, %d dropped so far",
-                            self.config.buffer_size, self.where, self.counters["dropped"])
-        self._buffer.append(point)
+                            self._buffer_size, self.where, self.counters["dropped"])
+        self._buffer.append(self._backend.row(point))
         self.counters["buffered"] = len(self._buffer)
-        if len(self._buffer) >= self.config.batch_size:
+        if len(self._buffer) >= self._batch_size:
             self._full.set()
 
     def write_many(self, points: Iterable[Point]) -> None:
@@ -307,7 +366,7 @@ class TimeSeriesSink:
                     self.counters["buffered"] = len(self._buffer)
             return True
 
-    def _requeue(self, batch: list[Point]) -> None:
+    def _requeue(self, batch: list[Any]) -> None:
         self._buffer.extendleft(reversed(batch))
         while len(self._buffer) > self.config.buffer_size:
             self._buffer.popleft()

@@ -85,7 +85,8 @@ class Intake:
         `device` is the id known before decoding (an MQTT topic level), checked first so that a flood
         from unknown devices costs no decoding."""
         self.stats["received"] += 1
-        if device is not None and not profile.device_id_in_payload and (reason := self.admit(device, profile)):
+        id_in_payload = profile.device_id_in_payload
+        if device is not None and not id_in_payload and (reason := self.admit(device, profile)):
             return [], [reason]
         try:
             outcomes = decode()
@@ -109,12 +110,14 @@ class Intake:
                 self.warn(key, "undecodable payload: %s", outcome)
                 refused.append(str(outcome))
                 continue
-            if (device is None or profile.device_id_in_payload) and (reason := self.admit(outcome.device, profile)):
+            if (device is None or id_in_payload) and (reason := self.admit(outcome.device, profile)):
                 refused.append(reason)
                 continue
-            primed = self.counters.primed
-            result = self.counters.apply(profile, outcome)
-            self.stats["counter_primed"] += self.counters.primed - primed
+            result = outcome
+            if outcome.counters:
+                primed = self.counters.primed
+                result = self.counters.apply(profile, outcome)
+                self.stats["counter_primed"] += self.counters.primed - primed
             if result.problems:
                 self.stats["values_dropped"] += len(result.problems)
                 self.problem(result.device)
@@ -130,7 +133,7 @@ class Intake:
         """Hand one observation on; a failing callback is counted and logged, never raised."""
         try:
             result = self.on_observation(obs)
-            if inspect.isawaitable(result):
+            if result is not None and inspect.isawaitable(result):
                 await result
         except Exception:
             self.stats["callback_errors"] += 1

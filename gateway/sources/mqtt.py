@@ -106,6 +106,7 @@ class MqttSource:
         self.counts.update({"unmatched": 0, "oversize": 0, "reconnects": 0, "other_partition": 0,
                             "handling_errors": 0, "pauses": 0, "most_held": 0})
         self.device_problems = self.intake.device_problems
+        self._routes: dict[str, tuple[DeviceProfile | None, str | None]] = {}  # see _route
         self._connects = 0
         self.restart_backoff_s = (mqtt_cfg.reconnect_min_s, mqtt_cfg.reconnect_max_s)
 
@@ -166,6 +167,15 @@ class MqttSource:
         return observations
 
     def _route(self, topic: str) -> tuple[DeviceProfile | None, str | None]:
+        """`_find_route`, remembered per topic (a device's topic does not change; bounded by max_devices)."""
+        route = self._routes.get(topic)
+        if route is None:
+            if len(self._routes) >= self.intake.max_devices:
+                self._routes.clear()
+            route = self._routes[topic] = self._find_route(topic)
+        return route
+
+    def _find_route(self, topic: str) -> tuple[DeviceProfile | None, str | None]:
         """The profile that decodes a topic: the device's own among those whose topic matches, else the first."""
         first: tuple[DeviceProfile | None, str | None] = (None, None)
         for profile in self.profiles:

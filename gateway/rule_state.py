@@ -3,13 +3,16 @@ previous count of every cumulative counter (a tipping bucket's tips), in `data_d
 one row per device.
 
 `load()` (when the graph is built, before any reading) hands the saved state to the monitor and to
-the sources' counter trackers; `run(stop)` saves every `interval_s`, within `PROMPT_S` of a sensor
-alert the case desk has handled, and once more at shutdown.
+the sources' counter trackers; `run(stop)` saves every `interval_s` and once more at shutdown, and
+within `PROMPT_S` of a sensor alert the case desk has handled it saves that alert's device alone (in a
+storm, saving every changed device each second wrote each one several times between periodic saves).
 
 A save writes only the devices whose state changed since the last one (the monitor's and the
 trackers' change sets). On the event loop it encodes them, device by device, for at most `SLICE_S`
 at a time, giving the loop back between slices, so however large the fleet a save never holds the
-loop for more than a slice; the SQLite transaction runs in a thread. Each device becomes one JSON
+loop for more than a slice; the SQLite transaction runs in a thread, as one statement over one JSON
+document of all the rows, so the thread takes the interpreter's lock twice rather than once a row (an
+`executemany` of 10,000 rows fought the event loop for it: 370 ms a save, the loop slowed meanwhile). Each device becomes one JSON
 string at once: a copy of the whole state as lists and dicts kept until the write would be hundreds
 of thousands of containers that survive long enough to start a full garbage collection, which at
 10,000 devices held the loop for most of a second (measured; bench/rule_state.py).
@@ -70,7 +73,7 @@ class RuleStateStore:
         self.monitor, self.path, self.interval_s, self.bus = monitor, path, interval_s, bus
         self.trackers: dict[str, CounterTracker] = {}  # source name -> the counter tracker of its intake
         self._handled = 0
-        self._prompt = False  # a sensor alert touched a case since the last save
+        self._prompted: set[str] = set()  # devices whose sensor alert touched a case since their last save
         self._pending: set[str] = set()  # devices to write: changed, and not yet in a save
         self._db: sqlite3.Connection | None = None
         bus.listeners.append(self._after_alert)
@@ -82,7 +85,7 @@ class RuleStateStore:
     def _after_alert(self, alert: Alert, outcome: CaseOutcome | None) -> None:
         self._handled += 1
         if outcome is not None and alert.subject_kind == "sensor":
-            self._prompt = True
+            self._prompted.add(alert.subject_id)
 
     def settled(self) -> bool:
         """No alert queued or in flight on the bus."""
@@ -178,43 +181,50 @@ class RuleStateStore:
         next_save = time.monotonic() + self.interval_s
         try:
             while not await wait_or_stop(stop, min(self.interval_s, PROMPT_S)):
-                if self._prompt or time.monotonic() >= next_save:
+                if time.monotonic() >= next_save:
                     next_save = time.monotonic() + self.interval_s
                     await self.save(stop)
+                elif self._prompted:
+                    await self.save(stop, only=self._prompted)
             await self.save(None)
         finally:
             if self._db is not None:
                 self._db.close()
                 self._db = None
 
-    async def save(self, stop: asyncio.Event | None) -> None:
-        """Write the devices whose state changed. Slices are taken only while the bus is settled; when
-        it does not settle within `interval_s` (or `stop` is set) what was taken is written and the
-        rest waits for the next save."""
-        self._prompt = False
+    async def save(self, stop: asyncio.Event | None, only: set[str] | None = None) -> None:
+        """Write the devices whose state changed (of them, those in `only` when given). Slices are taken
+        only while the bus is settled; when it does not settle within `interval_s` (or `stop` is set)
+        what was taken is written and the rest waits for the next save."""
+        self._prompted = set()
         self._pending |= self.monitor.take_dirty()
         for tracker in self.trackers.values():
             self._pending |= tracker.take_changed()
         self._pending &= self.monitor.devices.keys()  # a counter of a device the rules do not know: not theirs
+        todo = self._pending if only is None else self._pending & only
         rows: list[tuple[str, str]] = []
         deadline = time.monotonic() + self.interval_s
-        while self._pending:
+        while todo:
             while not self.settled():
                 if time.monotonic() > deadline or (stop is not None and stop.is_set()):
                     self.counters["deferred"] += 1
+                    if only is not None:
+                        self._prompted |= todo  # still prompt
                     return await self._write(rows)
                 await asyncio.sleep(SETTLE_POLL_S)
-            rows += self._slice()
+            rows += self._slice(todo)
             await asyncio.sleep(0)  # the loop's turn
         await self._write(rows)
 
-    def _slice(self) -> list[tuple[str, str]]:
-        """Rows of pending devices for up to SLICE_S: each device's rules and counters together, as JSON."""
+    def _slice(self, todo: set[str]) -> list[tuple[str, str]]:
+        """Rows of devices taken from `todo` (and so from the pending ones) for up to SLICE_S: each
+        device's rules and counters together, as JSON."""
         rows = []
         start = time.perf_counter()
         end = start + SLICE_S
-        while self._pending and (not rows or time.perf_counter() < end):  # one device at least
-            device = self._pending.pop()
+        while todo and (not rows or time.perf_counter() < end):  # one device at least
+            device = todo.pop()
+            self._pending.discard(device)
             state = self.monitor.export_state([device])
             row: dict[str, Any] = {"rules": state["devices"].get(device, {})}
             counts = {name: c for name, t in self.trackers.items() if (c := t.export(device)) is not None}
@@ -240,8 +250,11 @@ class RuleStateStore:
         """In a thread: the rows in one transaction; returns the bytes written."""
         if self._db is None:
             self._db = self._connect()
+        # the rows as one JSON object {device: state}: SQLite keeps each state's text as it was written
+        document = "{" + ",".join(f"{json.dumps(device)}:{text}" for device, text in rows) + "}"
         with self._db:
-            self._db.executemany("INSERT OR REPLACE INTO devices(device, state) VALUES (?, ?)", rows)
+            self._db.execute("INSERT OR REPLACE INTO devices(device, state) SELECT key, value FROM json_each(?)",
+                             (document,))
             self._db.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
                                  [("version", str(STATE_VERSION)), ("epoch", json.dumps(epoch))])
         return sum(len(text) for _, text in rows)

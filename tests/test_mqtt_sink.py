@@ -172,6 +172,27 @@ async def test_health_state_is_retained_for_late_subscribers(broker):
                                            "since": T0.isoformat()}
 
 
+async def test_the_first_states_of_a_fleet_are_all_retained_each_device_its_latest(broker):
+    """Health states go out many at once (a start with thousands of devices): none is lost, and a state
+    changed while the first was on its way ends as the retained one."""
+    sink = sink_for(broker.port, site="fleet-site")
+    async with running(sink):
+        await asyncio.wait_for(sink.connected.wait(), WAIT)
+        for i in range(250):
+            sink.publish_health("sensor", f"WL-{i:04d}", {"state": "online"})
+        await asyncio.sleep(0)
+        sink.publish_health("sensor", "WL-0007", {"state": "offline"})
+        await until(lambda: not sink._health_pending, what="every health state sent")
+        async with subscribed(broker.port, "citygate/fleet-site/health/#") as inbox:
+            retained = {}
+            while len(retained) < 250:
+                message = await asyncio.wait_for(inbox.get(), WAIT)
+                retained[message.topic.value.rsplit("/", 1)[1]] = json.loads(message.payload)["state"]
+    assert sink.stats()["health_published"] >= 250
+    assert retained["WL-0007"] == "offline" and retained["WL-0249"] == "online"
+    assert list(retained.values()).count("online") == 249
+
+
 async def test_status_topic_is_online_then_offline_on_stop(broker):
     sink = sink_for(broker.port, site="status-site")
     async with running(sink):

@@ -138,7 +138,8 @@ async def test_an_episode_that_filed_a_case_is_saved_at_once_not_at_the_next_int
     with gateway_graph(tmp_path, save_s=3600) as graph:
         store, stop = graph.find("rule-state"), asyncio.Event()
         tasks = [asyncio.create_task(graph.bus.run(stop)), asyncio.create_task(store.run(stop))]
-        report(graph, "wl-4", 0, 5.0)
+        for i in range(DEVICES):
+            report(graph, f"wl-{i}", 0, 5.0)
         report(graph, "wl-4", 1, 30.0)  # deep: a 道路积水 case
         deadline = asyncio.get_running_loop().time() + WAIT_S
         while graph.bus.stats()["cases"] < 1 or store.stats()["saves"] < 1:
@@ -148,8 +149,11 @@ async def test_an_episode_that_filed_a_case_is_saved_at_once_not_at_the_next_int
             (text,) = db.execute("SELECT state FROM devices WHERE device='wl-4'").fetchone()
         episode = json.loads(text)["rules"]["level"]["underpass"]["open"]
         assert episode["level"] == 1 and episode["case"]
+        # the prompt save wrote the case's device alone; the other changed ones wait for the interval
+        assert saved_rows(tmp_path) == 1 and store.stats()["pending"] == DEVICES - 1
         stop.set()
         await asyncio.gather(*tasks)
+    assert saved_rows(tmp_path) == DEVICES  # the shutdown save wrote them
 
 
 async def test_a_malformed_device_row_sets_the_whole_state_aside_and_the_rules_start_empty(tmp_path):

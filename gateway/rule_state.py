@@ -12,7 +12,8 @@ trackers' change sets). On the event loop it encodes them, device by device, for
 at a time, giving the loop back between slices, so however large the fleet a save never holds the
 loop for more than a slice; the SQLite transaction runs in a thread, as one statement over one JSON
 document of all the rows, so the thread takes the interpreter's lock twice rather than once a row (an
-`executemany` of 10,000 rows fought the event loop for it: 370 ms a save, the loop slowed meanwhile). Each device becomes one JSON
+`executemany` of 10,000 rows fought the event loop for it: 370 ms a save, the loop slowed meanwhile);
+the document's members are made in the slices. Each device becomes one JSON
 string at once: a copy of the whole state as lists and dicts kept until the write would be hundreds
 of thousands of containers that survive long enough to start a full garbage collection, which at
 10,000 devices held the loop for most of a second (measured; bench/rule_state.py).
@@ -230,7 +231,8 @@ class RuleStateStore:
             counts = {name: c for name, t in self.trackers.items() if (c := t.export(device)) is not None}
             if counts:
                 row["counters"] = counts
-            rows.append((device, json.dumps(row, separators=(",", ":"))))
+            # the row as a member of the save's JSON document, `"device":{...}`, made here in the slice
+            rows.append((device, f"{json.dumps(device)}:{json.dumps(row, separators=(',', ':'))}"))
         held_ms = (time.perf_counter() - start) * 1000
         self.counters["longest_slice_ms"] = round(max(self.counters["longest_slice_ms"], held_ms), 1)
         return rows
@@ -251,13 +253,13 @@ class RuleStateStore:
         if self._db is None:
             self._db = self._connect()
         # the rows as one JSON object {device: state}: SQLite keeps each state's text as it was written
-        document = "{" + ",".join(f"{json.dumps(device)}:{text}" for device, text in rows) + "}"
+        document = "{" + ",".join([member for _, member in rows]) + "}"
         with self._db:
             self._db.execute("INSERT OR REPLACE INTO devices(device, state) SELECT key, value FROM json_each(?)",
                              (document,))
             self._db.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
                                  [("version", str(STATE_VERSION)), ("epoch", json.dumps(epoch))])
-        return sum(len(text) for _, text in rows)
+        return len(document)
 
 
 def _read(db: sqlite3.Connection) -> tuple[dict[str, Any], dict[str, dict[str, dict[str, int]]]]:

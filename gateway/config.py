@@ -188,6 +188,10 @@ class MqttSourceConfig(StrictModel):
                                      "to spread devices across gateway replicas. Only with a broker that hands "
                                      "a device's messages to one member (EMQX `shared_subscription_strategy = "
                                      "hash_topic`): Mosquitto's round robin splits a device across replicas.")
+    max_held: int = Field(1_000, ge=2, le=1_000_000,
+                          description="Messages received and not yet handled at most: at this many the source "
+                                      "stops reading until half are handled, and the rest waits in the broker "
+                                      "(what a backlog can cost the gateway in memory is bounded by it).")
 
     @model_validator(mode="after")
     def _one_way_to_split(self) -> MqttSourceConfig:

@@ -245,7 +245,7 @@ def _add_device_sources(graph: Graph, rule_state: RuleStateStore) -> None:
             mqtt = mqtt.model_copy(update={"client_id": f"citygate-{config.id}"})
         source = graph.add("sources", MqttSource(
             mqtt, [profiles[n] for n in config.mqtt_source.profiles], on_observation,
-            shared_group=config.mqtt_source.shared_group, known_devices=known,
+            shared_group=config.mqtt_source.shared_group, known_devices=known, high_water=config.mqtt_source.max_held,
             partition=(part.index, part.count) if (part := config.mqtt_source.partition) else None))
         rule_state.trackers[source.name] = source.intake.counters
     if sensors.modbus:

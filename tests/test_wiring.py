@@ -89,3 +89,22 @@ async def test_a_replay_on_its_recorded_clock_never_goes_offline_on_wall_clock_t
         assert gateway.snapshot()["rules"]["recorded_clock_devices"] == 1
     finally:
         assert await gateway.shutdown()
+
+
+def test_the_mqtt_source_holds_at_most_max_held_messages(tmp_path):
+    """`mqtt_source.max_held` is the source's high-water mark (the backlog bound: tests/test_mqtt_backlog.py)."""
+    site = tmp_path / "site.yaml"
+    site.write_text(textwrap.dedent(f"""
+        site: held
+        data_dir: {tmp_path / "data"}
+        web: {{enabled: false}}
+        mqtt: {{host: 127.0.0.1, port: 1883}}
+        mqtt_source: {{profiles: [generic-water-level-json], max_held: 300}}
+        """), encoding="utf-8")
+    graph = build_graph(load_deployment(site))
+    try:
+        assert graph.find("mqtt-source").high_water == 300
+    finally:
+        graph.desk.close()
+        graph.outbox.close()
+        graph.timeseries.close()

@@ -10,8 +10,9 @@ storm, saving every changed device each second wrote each one several times betw
 A save writes only the devices whose state changed since the last one (the monitor's and the
 trackers' change sets). On the event loop it encodes them, device by device, for at most `SLICE_S`
 at a time, giving the loop back between slices, so however large the fleet a save never holds the
-loop for more than a slice; the SQLite transaction runs in a thread, as one statement over one JSON
-document of all the rows, so the thread takes the interpreter's lock twice rather than once a row (an
+loop for more than a slice; the SQLite transaction runs in a thread, as one statement per
+ROWS_PER_STATEMENT rows over a JSON document of them, so the thread takes the interpreter's lock a
+few times rather than once a row (an
 `executemany` of 10,000 rows fought the event loop for it: 370 ms a save, the loop slowed meanwhile);
 the document's members are made in the slices. Each device becomes one JSON
 string at once: a copy of the whole state as lists and dicts kept until the write would be hundreds
@@ -64,6 +65,7 @@ SETTLE_POLL_S = 0.05
 SLICE_S = 0.005  # how long a slice encodes devices before the loop gets its turn
 PROMPT_S = 1.0  # a sensor alert that touched a case is saved within this (the hole a kill can leave)
 LEGACY_NAME = "sensor_rules.json"  # the whole state as one document (version 1), beside the SQLite file
+ROWS_PER_STATEMENT = 500  # one statement's JSON document: SQLite's parse of 10,000 rows at once took ~20 MB
 SHOWN_ORPHANS = 50  # open cases nothing can clear, listed by id in the status
 
 
@@ -252,14 +254,17 @@ class RuleStateStore:
         """In a thread: the rows in one transaction; returns the bytes written."""
         if self._db is None:
             self._db = self._connect()
-        # the rows as one JSON object {device: state}: SQLite keeps each state's text as it was written
-        document = "{" + ",".join([member for _, member in rows]) + "}"
+        size = 0
         with self._db:
-            self._db.execute("INSERT OR REPLACE INTO devices(device, state) SELECT key, value FROM json_each(?)",
-                             (document,))
+            for i in range(0, len(rows), ROWS_PER_STATEMENT):
+                # rows as one JSON object {device: state}: SQLite keeps each state's text as it was written
+                document = "{" + ",".join([member for _, member in rows[i:i + ROWS_PER_STATEMENT]]) + "}"
+                self._db.execute("INSERT OR REPLACE INTO devices(device, state) SELECT key, value FROM json_each(?)",
+                                 (document,))
+                size += len(document)
             self._db.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
                                  [("version", str(STATE_VERSION)), ("epoch", json.dumps(epoch))])
-        return len(document)
+        return size
 
 
 def _read(db: sqlite3.Connection) -> tuple[dict[str, Any], dict[str, dict[str, dict[str, int]]]]:

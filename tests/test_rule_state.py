@@ -75,7 +75,8 @@ def saved_rows(tmp: Path) -> int:
         return db.execute("SELECT count(*) FROM devices").fetchone()[0]
 
 
-async def test_a_save_writes_only_the_devices_that_changed_and_a_restart_takes_it_over(tmp_path):
+async def test_a_save_writes_only_the_devices_that_changed_and_a_restart_takes_it_over(tmp_path, monkeypatch):
+    monkeypatch.setattr(rule_state, "ROWS_PER_STATEMENT", 3)  # a save of 10 devices in four statements
     with gateway_graph(tmp_path) as graph:
         store, stop = graph.find("rule-state"), asyncio.Event()
         bus = asyncio.create_task(graph.bus.run(stop))

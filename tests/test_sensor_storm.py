@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 import json
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from conftest import REPO
@@ -19,7 +19,7 @@ from core.fonts import cjk_font_path
 from core.fonts import font as cjk_font
 from core.model import Alert
 from detectors.sensor import SensorMonitor, SensorsConfig
-from detectors.sensor.chart import CROSSING, LEFT, RIGHT, WIDTH
+from detectors.sensor.chart import CROSSING, HEIGHT, LEFT, RIGHT, TOP, WIDTH, ChartLine, render_level_chart
 from gateway.profiles import CounterTracker, load_profiles
 
 CONFIG = {
@@ -184,6 +184,20 @@ def test_the_case_chart_decodes_with_the_crossing_marked():
     blue = [x for x in range(LEFT, WIDTH - RIGHT) if any(img.getpixel((x, y))[2] > 150 and img.getpixel((x, y))[0] < 60
                                                          for y in range(60, 490))]
     assert blue and blue[0] <= LEFT + 5
+
+
+def test_a_long_level_name_is_cut_to_the_chart_not_beyond_it():
+    now = datetime(2026, 7, 20, 12, 56, tzinfo=UTC)
+    png = render_level_chart(title="东单下穿隧道积水点 道路积水 水位（cm）", unit="cm",
+                             points=[(now - timedelta(minutes=i), 30.0 - i) for i in range(20)],
+                             lines=[ChartLine("积水40cm 禁止通行 立即封路", 40, "critical"), ChartLine("wet", 15, "info")],
+                             crossing=(now, 30.0), crossing_label="12:56 30 cm ≥ 积水27cm")
+    img = Image.open(io.BytesIO(png)).convert("RGB")
+    margin = [img.getpixel((x, y)) for x in range(WIDTH - 3, WIDTH) for y in range(HEIGHT)]
+    assert set(margin) == {(255, 255, 255)}  # nothing drawn off the edge
+    right = [x for x in range(WIDTH - RIGHT, WIDTH) for y in range(TOP, TOP + 120)
+             if img.getpixel((x, y))[0] > 150 and img.getpixel((x, y))[1] < 80]  # the red label is there
+    assert right and max(right) > WIDTH - 60
 
 
 def test_chinese_labels_use_a_cjk_font():

@@ -42,6 +42,21 @@ class ChartLine:
     severity: str
 
 
+def _level_text(line: ChartLine) -> str:
+    """A level's label with its value, unless the label already says it ("积水40cm 禁止通行")."""
+    value = f"{line.value:g}"
+    return line.label if value in line.label else f"{line.label} {value}"
+
+
+def _fit(text: str, typeface, width: float) -> str:
+    """`text` cut to `width` pixels, ending in an ellipsis when cut (a long level name in the margin)."""
+    if typeface.getlength(text) <= width:
+        return text
+    while text and typeface.getlength(text + "…") > width:
+        text = text[:-1]
+    return text + "…"
+
+
 def render_level_chart(*, title: str, unit: str, points: list[tuple[datetime, float]], lines: list[ChartLine],
                        crossing: tuple[datetime, float], crossing_label: str) -> bytes:
     """A PNG: `points` as a line, each of `lines` as a dashed horizontal line with its label at the right,
@@ -76,7 +91,7 @@ def render_level_chart(*, title: str, unit: str, points: list[tuple[datetime, fl
         colour = LEVEL_COLOURS.get(ln.severity, (90, 90, 90))
         for sx in range(LEFT, LEFT + plot_w, 14):
             d.line((sx, y(ln.value), min(sx + 8, LEFT + plot_w), y(ln.value)), fill=colour, width=2)
-        d.text((LEFT + plot_w + 8, y(ln.value) - 9), f"{ln.label} {ln.value:g}", fill=colour, font=small)
+        d.text((LEFT + plot_w + 8, y(ln.value) - 9), _fit(_level_text(ln), small, RIGHT - 12), fill=colour, font=small)
     if len(points) > 1:
         d.line([(x(t), y(v)) for t, v in points], fill=SERIES, width=3)
     elif points:

@@ -25,10 +25,17 @@ SHADES = 16  # anti-aliased edges blend an ink into the white page; 16 steps loo
 
 
 def _palette() -> Image.Image:
-    """Every ink blended with white in SHADES steps: what the drawing can contain, as a PNG palette."""
-    colours = [tuple(round(255 + (c - 255) * k / (SHADES - 1)) for c in ink) for ink in INKS for k in range(SHADES)]
+    """Every ink blended with white in SHADES steps: what the drawing can contain, as a PNG palette.
+    Pillow maps a pixel to the palette through a cache of 6 bits a channel (the nearest entry to the
+    cell's corner), so one colour is kept per cell, white and the inks themselves first, and no shade
+    lighter than 240: the page stays white, the inks exact."""
+    shades = [shade for k in range(1, SHADES) for ink in INKS
+              if min(shade := tuple(round(255 + (c - 255) * k / (SHADES - 1)) for c in ink)) < 240]
+    cells: dict[tuple[int, ...], tuple[int, ...]] = {}
+    for colour in [(255, 255, 255), *INKS, *shades]:
+        cells.setdefault(tuple(c >> 2 for c in colour), colour)
     image = Image.new("P", (1, 1))
-    image.putpalette([channel for colour in colours for channel in colour])
+    image.putpalette([channel for colour in cells.values() for channel in colour])
     return image
 
 

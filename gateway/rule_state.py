@@ -12,10 +12,9 @@ trackers' change sets). On the event loop it encodes them, device by device, for
 at a time, giving the loop back between slices, so however large the fleet a save never holds the
 loop for more than a slice; the SQLite transaction runs in a thread, as one statement per
 ROWS_PER_STATEMENT rows over a JSON document of them, so the thread takes the interpreter's lock a
-few times rather than once a row (an
-`executemany` of 10,000 rows fought the event loop for it: 370 ms a save, the loop slowed meanwhile);
-the document's members are made in the slices. Each device becomes one JSON
-string at once: a copy of the whole state as lists and dicts kept until the write would be hundreds
+few times rather than once a row (an `executemany` of 10,000 rows fought the event loop for it:
+370 ms a save, the loop slowed meanwhile); the document's members are made in the slices. Each
+device becomes one JSON string at once: a copy of the whole state as lists and dicts kept until the write would be hundreds
 of thousands of containers that survive long enough to start a full garbage collection, which at
 10,000 devices held the loop for most of a second (measured; bench/rule_state.py).
 

@@ -109,7 +109,7 @@ class FlowClient(aiomqtt.Client):
             try:
                 sent = client._sock_send(data)
             except BlockingIOError:
-                sent = 0
+                pass  # nothing taken: all of it is queued
             except OSError as exc:  # the connection is gone: its end is noticed, as a paho write would
                 if not self._disconnected.done():
                     self._disconnected.set_exception(exc)
